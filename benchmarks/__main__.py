@@ -1,0 +1,68 @@
+"""Run every benchmark side by side and write BENCHMARKS.md: ``python -m benchmarks``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+
+from benchmarks import analysis_speed
+
+BENCHMARKS = {"analysis": analysis_speed.run}
+
+
+def machine() -> str:
+    import PIL
+
+    cpu = platform.processor() or platform.machine()
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, Python {platform.python_version()}, "
+        f"Pillow {PIL.__version__}, {platform.system()} {platform.release()}"
+    )
+
+
+def render(results: list[dict]) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Machine: {machine()}. Run: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC "
+        "with `python -m benchmarks`.",
+        "",
+        "| benchmark | setup | figures | ratio | target | met |",
+        "|---|---|---|---:|---:|---|",
+    ]
+    for r in results:
+        figures = "; ".join(f"{k} {v:,.2f}" for k, v in r["figures"].items())
+        lines.append(
+            f"| {r['name']} | {r['setup']} | {figures} | {r['ratio']:.1f}x "
+            f"({r['ratio_label']}) | {r['target']:g}x | {'yes' if r['passed'] else 'NO'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("names", nargs="*", choices=[[], *BENCHMARKS], help="benchmarks to run")
+    parser.add_argument("--output", default="BENCHMARKS.md", help="report file ('-': none)")
+    args = parser.parse_args(argv)
+    results = []
+    for name in args.names or BENCHMARKS:
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        result = BENCHMARKS[name]()
+        results.append(result)
+        print(f"{result['name']}: {result['ratio']:.1f}x (target {result['target']:g}x)")
+        for key, value in result["figures"].items():
+            print(f"  {key}: {value:,.2f}")
+    text = render(results)
+    if args.output != "-":
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+        print(f"wrote {args.output}")
+    return 0 if all(r["passed"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

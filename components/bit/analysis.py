@@ -1,0 +1,270 @@
+"""Dataset analysis: count, measure (headers only), flag, and derive the BiT-HyperRule.
+
+``analyze(config)`` lists the source, inspects every image in parallel, flags what cannot be
+used (each with a reason), and writes ``stats.json``, ``hyperrule.json``, ``report.md`` and
+``report.html`` to the output folder — all or nothing: any error is raised before a file is
+written.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import posixpath
+import sys
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from components.bit import hyperrule, images, sources, storage
+from components.bit.errors import BittuneError
+from components.bit.report import write_reports
+
+MISSING = "missing"
+OUTSIDE_ROOT = "outside_root"
+DUPLICATE = "duplicate"
+LABEL_CONFLICT = "label_conflict"
+STATS_FILE = "stats.json"
+HYPERRULE_FILE = "hyperrule.json"
+
+
+class AnalysisError(BittuneError):
+    """The dataset cannot be analysed or trained on, with a one-line reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisConfig:
+    """Everything ``analyze`` needs: the source, how to split it, and HyperRule choices."""
+
+    source: str
+    data_dir: str | None = None
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    max_pixels: int = images.DEFAULT_MAX_PIXELS
+    workers: int = 0  # 0: a sensible default for I/O-bound header reads
+    variant: str = "reference"
+    model: str | None = None
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    progress: bool | None = None  # None: a progress bar when stderr is a terminal
+
+
+@dataclasses.dataclass(frozen=True)
+class Inspected:
+    """One item with its split and what its header said (or why it cannot be used)."""
+
+    item: sources.Item
+    split: str
+    info: images.ImageInfo | None
+    problem: images.Problem | None
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisResult:
+    stats: dict[str, Any]
+    hyperrule: hyperrule.HyperRule
+    inspected: list[Inspected]
+
+    @property
+    def valid(self) -> list[Inspected]:
+        return [r for r in self.inspected if r.problem is None]
+
+
+def analyze(config: AnalysisConfig, output_dir: str | None = None) -> AnalysisResult:
+    """Analyse ``config.source``; write the four output files to ``output_dir`` if given."""
+    fractions = sources.check_fractions(config.split_fractions)
+    if config.max_pixels < 1:
+        raise AnalysisError(f"max_pixels must be positive, got {config.max_pixels}")
+    listing = sources.list_source(config.source, config.data_dir)
+    inspected = inspect_items(listing.items, fractions, config)
+    inspected = flag_duplicates(inspected)
+    valid = [r for r in inspected if r.problem is None]
+    train = [r for r in valid if r.split == "train"]
+    if not valid:
+        raise AnalysisError(f"no valid images in {config.source} (all {len(inspected)} flagged)")
+    if not train:
+        raise AnalysisError(f"no valid training images in {config.source}")
+    classes = sorted({r.item.label for r in valid})
+    if len(classes) < 2:
+        raise AnalysisError(f"only one class has valid images ({classes[0]!r}); need at least 2")
+    median_area = _percentile([r.info.height * r.info.width for r in train], 50)
+    rule = hyperrule.derive(
+        len(train),
+        median_area,
+        variant=config.variant,
+        model=config.model,
+        overrides=config.overrides,
+    )
+    stats = build_stats(listing, inspected, fractions, rule)
+    result = AnalysisResult(stats, rule, inspected)
+    if output_dir is not None:
+        write_outputs(result, output_dir)
+    return result
+
+
+def inspect_items(
+    items: Sequence[sources.Item], fractions: Sequence[float], config: AnalysisConfig
+) -> list[Inspected]:
+    """Read and inspect every item in parallel threads, keeping the input order."""
+    workers = config.workers or min(32, 4 * (os.cpu_count() or 1))
+    show = sys.stderr.isatty() if config.progress is None else config.progress
+
+    def one(item: sources.Item) -> Inspected:
+        return _inspect_one(item, sources.split_of(item, fractions), config.max_pixels)
+
+    from tqdm import tqdm
+
+    with (
+        ThreadPoolExecutor(max_workers=workers) as pool,
+        tqdm(total=len(items), disable=not show, unit="img", desc="analyzing") as bar,
+    ):
+        out = []
+        for result in pool.map(one, items):
+            out.append(result)
+            bar.update()
+    return out
+
+
+def _inspect_one(item: sources.Item, split: str, max_pixels: int) -> Inspected:
+    if item.problem:
+        return Inspected(item, split, None, images.Problem(OUTSIDE_ROOT, item.problem))
+    try:
+        data = item.payload if item.payload is not None else storage.read_bytes(item.uri)
+    except (FileNotFoundError, storage.StorageError):
+        return Inspected(item, split, None, images.Problem(MISSING, "file not found"))
+    except OSError as exc:
+        return Inspected(item, split, None, images.Problem(images.UNREADABLE, str(exc)))
+    ext = posixpath.splitext(item.uri)[1].lower()
+    expected = sources.IMAGE_EXTENSIONS.get(ext) if item.payload is None else None
+    outcome = images.inspect(data, expected, max_pixels)
+    if isinstance(outcome, images.Problem):
+        return Inspected(item, split, None, outcome)
+    return Inspected(item, split, outcome, None)
+
+
+def flag_duplicates(inspected: list[Inspected]) -> list[Inspected]:
+    """Flag repeated content: a copy under the same label is a duplicate of the first (by
+    identity); the same bytes under different labels make every copy a label conflict."""
+    groups: dict[str, list[int]] = collections.defaultdict(list)
+    for index, r in enumerate(inspected):
+        if r.info is not None:
+            groups[r.info.sha256].append(index)
+    out = list(inspected)
+    for indices in groups.values():
+        if len(indices) < 2:
+            continue
+        labels = sorted({inspected[i].item.label for i in indices})
+        ordered = sorted(indices, key=lambda i: inspected[i].item.identity)
+        if len(labels) > 1:
+            reason = f"same content under labels {', '.join(repr(x) for x in labels)}"
+            for i in indices:
+                out[i] = _flag(inspected[i], LABEL_CONFLICT, reason)
+            continue
+        first = inspected[ordered[0]].item.identity
+        for i in ordered[1:]:
+            out[i] = _flag(inspected[i], DUPLICATE, f"exact duplicate of {first}")
+    return out
+
+
+def _flag(r: Inspected, code: str, reason: str) -> Inspected:
+    return dataclasses.replace(r, problem=images.Problem(code, reason))
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else 0.0
+
+
+def _distribution(values: Sequence[float]) -> dict[str, float]:
+    import numpy as np
+
+    array = np.asarray(values, dtype=np.float64)
+    points = {"min": 0, "p5": 5, "p25": 25, "median": 50, "p75": 75, "p95": 95, "max": 100}
+    out = {name: float(np.percentile(array, q)) for name, q in points.items()}
+    out["mean"] = float(array.mean())
+    return out
+
+
+def build_stats(
+    listing: sources.Listing,
+    inspected: list[Inspected],
+    fractions: Sequence[float],
+    rule: hyperrule.HyperRule,
+) -> dict[str, Any]:
+    """The content of ``stats.json``."""
+    valid = [r for r in inspected if r.problem is None]
+    train = [r for r in valid if r.split == "train"]
+    per_split: dict[str, dict[str, int]] = {s: {} for s in sources.SPLITS}
+    for r in valid:
+        counts = per_split[r.split]
+        counts[r.item.label] = counts.get(r.item.label, 0) + 1
+    train_areas = [r.info.height * r.info.width for r in train]
+    small = sum(1 for a in train_areas if a < hyperrule.SMALL_IMAGE_AREA)
+    flagged = [
+        {
+            "path": r.item.identity,
+            "uri": r.item.uri,
+            "label": r.item.label,
+            "split": r.split,
+            "code": r.problem.code,
+            "reason": r.problem.reason,
+        }
+        for r in inspected
+        if r.problem is not None
+    ]
+    return {
+        "source": {
+            "uri": listing.root,
+            "kind": listing.kind,
+            "has_splits": listing.has_splits,
+            "split_fractions": list(fractions) if not listing.has_splits else None,
+        },
+        "classes": sorted({r.item.label for r in valid}),
+        "totals": {
+            "inputs": len(inspected),
+            "valid": len(valid),
+            "flagged": len(flagged),
+            "ignored": len(listing.ignored),
+        },
+        "examples": {
+            split: {"total": sum(c.values()), "per_class": dict(sorted(c.items()))}
+            for split, c in per_split.items()
+        },
+        "dimensions": {
+            "height": _distribution([r.info.height for r in valid]),
+            "width": _distribution([r.info.width for r in valid]),
+            "area": _distribution([r.info.height * r.info.width for r in valid]),
+        },
+        "formats": dict(collections.Counter(r.info.format for r in valid).most_common()),
+        "modes": dict(collections.Counter(r.info.mode for r in valid).most_common()),
+        "resolution_decision": {
+            "median_train_area": rule.image_area,
+            "threshold_area": hyperrule.SMALL_IMAGE_AREA,
+            "below_threshold": small,
+            "at_or_above_threshold": len(train_areas) - small,
+            "share_below": small / len(train_areas),
+            "resize": rule.resize,
+            "crop": rule.crop,
+        },
+        "flag_counts": dict(collections.Counter(f["code"] for f in flagged).most_common()),
+        "flagged": flagged,
+        "ignored": [{"path": i.path, "reason": i.reason} for i in listing.ignored],
+        "area_samples": sorted(r.info.height * r.info.width for r in train),
+    }
+
+
+def write_outputs(result: AnalysisResult, output_dir: str) -> None:
+    """Write stats.json, hyperrule.json, report.md and report.html to ``output_dir``."""
+    stats_text = json.dumps(_public_stats(result.stats), indent=2, ensure_ascii=False) + "\n"
+    storage.write_text(storage.join(output_dir, STATS_FILE), stats_text)
+    storage.write_text(storage.join(output_dir, HYPERRULE_FILE), result.hyperrule.to_json())
+    write_reports(result.stats, result.hyperrule, output_dir)
+
+
+def _public_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in stats.items() if k != "area_samples"}
+
+
+def load_stats(output_dir: str) -> dict[str, Any]:
+    return json.loads(storage.read_text(storage.join(output_dir, STATS_FILE)))

@@ -1,0 +1,37 @@
+"""The embedded default dataset: scikit-learn's bundled handwritten digits as an image folder.
+
+Real labelled images that install with a package (no download): 1,797 grayscale 8x8 digits,
+ten classes. Written once as PNGs ``ROOT/<digit>/<index>.png`` and reused afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+
+DIGITS_NAME = "digits"
+_COMPLETE_MARKER = ".complete"
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "bittune", "datasets")
+
+
+def materialize_digits(root: str | None = None) -> str:
+    """Write the digits as an image folder (once) and return its path."""
+    root = root or os.path.join(default_cache_dir(), DIGITS_NAME)
+    if os.path.exists(os.path.join(root, _COMPLETE_MARKER)):
+        return root
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    for index, (image, target) in enumerate(zip(pixels, digits.target, strict=True)):
+        folder = os.path.join(root, str(int(target)))
+        os.makedirs(folder, exist_ok=True)
+        Image.fromarray(image, mode="L").save(os.path.join(folder, f"{index:04d}.png"))
+    with open(os.path.join(root, _COMPLETE_MARKER), "w") as marker:
+        marker.write(f"{len(pixels)}\n")
+    return root

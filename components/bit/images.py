@@ -1,0 +1,131 @@
+"""Header-only image inspection: dimensions, format and colour mode without decoding pixels.
+
+Pillow's ``Image.open`` reads only the header. On top of that a cheap structural check catches
+files cut short (JPEG end-of-image marker, PNG ``IEND`` chunk, GIF trailer, RIFF/BMP sizes),
+still without decoding a pixel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import warnings
+
+from PIL import Image, UnidentifiedImageError
+
+# Our own pixel limit is checked on header sizes; Pillow's warning/error would only duplicate it.
+Image.MAX_IMAGE_PIXELS = None
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+DEFAULT_MAX_PIXELS = 100_000_000
+_ROTATING_ORIENTATIONS = {5, 6, 7, 8}
+_EXIF_ORIENTATION = 0x0112
+_EXIF_IN_HEADER = {"JPEG", "MPO", "WEBP", "TIFF"}
+# Pillow format name -> the name used in reports (MPO is a multi-picture JPEG).
+_FORMAT_ALIASES = {"MPO": "JPEG"}
+
+# Reason codes for flagged files.
+EMPTY = "empty"
+NOT_IMAGE = "not_image"
+TRUNCATED = "truncated"
+CORRUPT = "corrupt"
+FORMAT_MISMATCH = "format_mismatch"
+BOMB = "bomb"
+UNREADABLE = "unreadable"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInfo:
+    """What the header says: size after EXIF orientation, format, mode, content hash."""
+
+    height: int
+    width: int
+    format: str
+    mode: str
+    sha256: str
+    size_bytes: int
+    orientation: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """Why a file is not a usable image: a short code and a human reason."""
+
+    code: str
+    reason: str
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def inspect(
+    data: bytes,
+    expected_format: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> ImageInfo | Problem:
+    """Inspect encoded image bytes from the header alone.
+
+    ``expected_format`` is the Pillow format the file name promises (``"JPEG"``, ``"PNG"`` …);
+    content of another format is a :data:`FORMAT_MISMATCH`.
+    """
+    if not data:
+        return Problem(EMPTY, "empty file (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            fmt = _FORMAT_ALIASES.get(image.format or "", image.format or "unknown")
+            width, height = image.size
+            mode = image.mode
+            orientation = _orientation(image)
+    except UnidentifiedImageError:
+        promised = f" (the name says {expected_format})" if expected_format else ""
+        return Problem(NOT_IMAGE, f"not a recognised image{promised}")
+    except Exception as exc:  # Pillow raises many types for malformed headers
+        return Problem(CORRUPT, f"corrupt header: {exc}")
+    if expected_format and fmt != expected_format:
+        return Problem(FORMAT_MISMATCH, f"content is {fmt} but the name says {expected_format}")
+    if width < 1 or height < 1:
+        return Problem(CORRUPT, f"invalid size {width}x{height}")
+    if width * height > max_pixels:
+        return Problem(
+            BOMB,
+            f"{width}x{height} = {width * height:,} pixels exceeds the limit of "
+            f"{max_pixels:,} (possible decompression bomb)",
+        )
+    cut = _truncation(data, fmt)
+    if cut:
+        return Problem(TRUNCATED, cut)
+    if orientation in _ROTATING_ORIENTATIONS:
+        width, height = height, width
+    return ImageInfo(height, width, fmt, mode, content_hash(data), len(data), orientation)
+
+
+def _orientation(image: Image.Image) -> int:
+    # Only where EXIF sits in the header: Pillow's PNG getexif() would decode the whole image
+    # to look for an eXIf chunk after the pixel data.
+    if image.format not in _EXIF_IN_HEADER and "exif" not in image.info:
+        return 1
+    try:
+        value = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # a broken EXIF block does not make the image unusable
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _truncation(data: bytes, fmt: str) -> str | None:
+    """A reason when the file visibly ends early for its format, else None."""
+    tail = data[-1024:].rstrip(b"\x00\r\n\t ")
+    if fmt == "JPEG" and not tail.endswith(b"\xff\xd9") and b"\xff\xd9" not in tail[-32:]:
+        return "truncated JPEG (no end-of-image marker)"
+    if fmt == "PNG" and b"IEND" not in data[-64:]:
+        return "truncated PNG (no IEND chunk)"
+    if fmt == "GIF" and not tail.endswith(b";"):
+        return "truncated GIF (no trailer)"
+    if fmt == "WEBP" and len(data) < int.from_bytes(data[4:8], "little") + 8:
+        return "truncated WebP (shorter than its RIFF size)"
+    if fmt == "BMP":
+        declared = int.from_bytes(data[2:6], "little")
+        if declared and len(data) < declared:
+            return f"truncated BMP ({len(data)} of {declared} bytes)"
+    return None

@@ -1,0 +1,207 @@
+"""Human reports of a dataset analysis: Markdown and self-contained HTML (plots embedded).
+
+Both formats render one list of sections, so they always say the same thing.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import io
+from typing import Any
+
+from components.bit import storage
+from components.bit.hyperrule import HyperRule, format_table
+
+MAX_LISTED = 200
+
+
+@dataclasses.dataclass
+class Section:
+    title: str
+    paragraphs: list[str] = dataclasses.field(default_factory=list)
+    table: list[list[str]] | None = None  # first row is the header
+    preformatted: str | None = None
+
+
+def sections(stats: dict[str, Any], rule: HyperRule) -> list[Section]:
+    decision = stats["resolution_decision"]
+    totals = stats["totals"]
+    summary = Section(
+        "Dataset",
+        [
+            f"Source: {stats['source']['uri']} ({stats['source']['kind']}); "
+            f"{len(stats['classes'])} classes; {totals['inputs']:,} images listed, "
+            f"{totals['valid']:,} valid, {totals['flagged']:,} flagged, "
+            f"{totals['ignored']:,} non-items ignored."
+        ],
+    )
+    if not stats["source"]["has_splits"]:
+        fractions = "/".join(f"{f:g}" for f in stats["source"]["split_fractions"])
+        summary.paragraphs.append(
+            f"The source has no splits: assigned by a stable hash ({fractions})."
+        )
+    share = decision["share_below"]
+    rule_section = Section(
+        "BiT-HyperRule",
+        [
+            "Resolution decided from the median training image area, "
+            f"{decision['median_train_area']:,.0f} px: {share:.1%} of training images are below "
+            f"96*96 px ({decision['below_threshold']:,}), {1 - share:.1%} at or above "
+            f"({decision['at_or_above_threshold']:,}) -> resize {decision['resize']}, "
+            f"crop {decision['crop']}.",
+            f"Schedule and MixUp from {rule.examples:,} valid training images.",
+        ],
+        preformatted=format_table(rule),
+    )
+    splits = list(stats["examples"])
+    balance = [["class", *splits]]
+    for label in stats["classes"]:
+        balance.append(
+            [label, *(str(stats["examples"][s]["per_class"].get(label, 0)) for s in splits)]
+        )
+    balance.append(["total", *(str(stats["examples"][s]["total"]) for s in splits)])
+    points = ("min", "p5", "median", "p95", "max")
+    sizes = [["", *points]] + [
+        [name, *(f"{dist[k]:,.0f}" for k in points)] for name, dist in stats["dimensions"].items()
+    ]
+    formats = ", ".join(f"{k} {v:,}" for k, v in stats["formats"].items())
+    modes = ", ".join(f"{k} {v:,}" for k, v in stats["modes"].items())
+    flagged = Section(
+        f"Flagged files ({totals['flagged']:,})", [] if stats["flagged"] else ["None."]
+    )
+    if stats["flagged"]:
+        flagged.table = [["file", "label", "reason"]] + [
+            [f["path"], f["label"], f["reason"]] for f in stats["flagged"][:MAX_LISTED]
+        ]
+        flagged.paragraphs = _more(len(stats["flagged"]))
+    ignored = Section(f"Ignored: not dataset items ({totals['ignored']:,})")
+    if stats["ignored"]:
+        ignored.table = [["path", "reason"]] + [
+            [i["path"], i["reason"]] for i in stats["ignored"][:MAX_LISTED]
+        ]
+        ignored.paragraphs = _more(len(stats["ignored"]))
+    return [
+        summary,
+        rule_section,
+        Section("Examples per split and class", table=balance),
+        Section(
+            "Image sizes (valid images, px)",
+            [f"Formats: {formats}.", f"Colour modes: {modes}."],
+            table=sizes,
+        ),
+        flagged,
+        ignored,
+    ]
+
+
+def _more(count: int) -> list[str]:
+    return [f"… and {count - MAX_LISTED:,} more (see stats.json)."] if count > MAX_LISTED else []
+
+
+def markdown_report(stats: dict[str, Any], rule: HyperRule) -> str:
+    lines = ["# Dataset analysis", ""]
+    for section in sections(stats, rule):
+        lines += [f"## {section.title}", ""]
+        for paragraph in section.paragraphs:
+            lines += [paragraph, ""]
+        if section.preformatted:
+            lines += ["```", section.preformatted, "```", ""]
+        if section.table:
+            header, *rows = section.table
+            lines.append("| " + " | ".join(_md(c) for c in header) + " |")
+            lines.append("|" + "---|" * len(header))
+            lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def html_report(stats: dict[str, Any], rule: HyperRule) -> str:
+    """A standalone page (no external URLs) with the class balance and resolution plots."""
+    esc = html.escape
+    body = ["<h1>Dataset analysis</h1><div class='plots'>"]
+    body.append(f'<img alt="class balance" src="data:image/png;base64,{_class_plot(stats)}">')
+    body.append(f'<img alt="resolution histogram" src="data:image/png;base64,{_area_plot(stats)}">')
+    body.append("</div>")
+    for section in sections(stats, rule):
+        body.append(f"<h2>{esc(section.title)}</h2>")
+        body += [f"<p>{esc(p)}</p>" for p in section.paragraphs]
+        if section.preformatted:
+            body.append(f"<pre>{esc(section.preformatted)}</pre>")
+        if section.table:
+            header, *rows = section.table
+            body.append("<table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in header) + "</tr>")
+            body += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows]
+            body.append("</table>")
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
+        ".plots img{max-width:49%}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}"
+    )
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>bittune dataset analysis</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    )
+
+
+def _figure_png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _plot(draw) -> str:
+    """Run ``draw(ax)`` on a fresh Agg figure and return it as base64 PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    try:
+        draw(ax)
+        return _figure_png(fig)
+    finally:
+        plt.close(fig)
+
+
+def _class_plot(stats: dict[str, Any]) -> str:
+    classes = stats["classes"][:60]
+
+    def draw(ax):
+        bottom = [0] * len(classes)
+        for split, entry in stats["examples"].items():
+            counts = [entry["per_class"].get(c, 0) for c in classes]
+            ax.bar(range(len(classes)), counts, bottom=bottom, label=split)
+            bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
+        ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+        ax.set_title("Class balance (valid images)")
+        ax.legend()
+
+    return _plot(draw)
+
+
+def _area_plot(stats: dict[str, Any]) -> str:
+    import numpy as np
+
+    sides = np.sqrt(np.asarray(stats["area_samples"], dtype=np.float64))
+
+    def draw(ax):
+        ax.hist(sides, bins=40, color="#4477aa")
+        ax.axvline(96, color="#cc3311", linestyle="--", label="96 px (HyperRule threshold)")
+        ax.set_xlabel("sqrt(height x width) of training images, px")
+        ax.set_ylabel("images")
+        ax.set_title("Resolution histogram")
+        ax.legend()
+
+    return _plot(draw)
+
+
+def write_reports(stats: dict[str, Any], rule: HyperRule, output_dir: str) -> None:
+    storage.write_text(storage.join(output_dir, "report.md"), markdown_report(stats, rule))
+    storage.write_text(storage.join(output_dir, "report.html"), html_report(stats, rule))

