@@ -17,6 +17,7 @@ def analyze_dataset(
     variant: str = "reference",
     model: str = "",
     hyperrule_overrides: str = "{}",
+    few_shot: int = 0,
 ) -> int:
     """Count and measure a labelled image dataset, flag broken files, derive the BiT-HyperRule.
 
@@ -28,6 +29,7 @@ def analyze_dataset(
         variant: HyperRule variant: reference (BiT code) or paper.
         model: Model name, used by the paper variant (R152x4 keeps 512/480).
         hyperrule_overrides: JSON object overriding HyperRule fields, e.g. {"batch_size": 128}.
+        few_shot: Keep k training images per class (BiT's k-shot setting); 0 keeps all.
 
     Returns:
         The number of valid training examples.
@@ -45,6 +47,7 @@ def analyze_dataset(
         variant=variant,
         model=model or None,
         overrides=json.loads(hyperrule_overrides or "{}"),
+        few_shot=few_shot or None,
         progress=False,
     )
     result = analyze(config, analysis.path)

@@ -1,8 +1,9 @@
-"""The bit-finetune pipeline: wiring only (stages are library calls inside components)."""
+"""The bit-finetune pipeline: wiring only (every stage is a library call inside a component)."""
 
 from kfp import dsl
 
 from components.analyze import analyze_dataset
+from components.preprocess import gather_dataset, plan_workers, write_shards
 
 PIPELINE_NAME = "bit-finetune"
 
@@ -15,10 +16,14 @@ def bit_finetune(
     data_source: str,
     data_dir: str = "",
     split_fractions: str = "0.8,0.1,0.1",
+    few_shot: int = 0,
     hyperrule_variant: str = "reference",
     model: str = "",
     hyperrule_overrides: str = "{}",
     max_pixels: int = 100_000_000,
+    preprocess_workers: int = 2,
+    shard_megabytes: int = 150,
+    seed: int = 0,
 ):
     """Fine-tune BiT on an image dataset with the BiT-HyperRule.
 
@@ -26,19 +31,42 @@ def bit_finetune(
         data_source: Image folder (gs:// or /gcs/...), CSV/JSONL manifest, or tfds:NAME.
         data_dir: TFDS data folder, or the data root manifest paths must stay inside.
         split_fractions: train,validation,test fractions for sources without splits.
+        few_shot: Keep k training images per class (BiT's k-shot setting); 0 keeps all.
         hyperrule_variant: reference (BiT code) or paper.
         model: BiT model name or checkpoint.
-        hyperrule_overrides: JSON object overriding HyperRule fields.
+        hyperrule_overrides: JSON object overriding HyperRule fields, e.g. {"batch_size": 128}.
         max_pixels: Larger images are flagged as decompression bombs.
+        preprocess_workers: Parallel TFRecord-writing workers.
+        shard_megabytes: Target TFRecord shard size in MiB.
+        seed: Seed for shard order and few-shot choice.
     """
     analyze = analyze_dataset(
         source=data_source,
         data_dir=data_dir,
         split_fractions=split_fractions,
+        few_shot=few_shot,
         max_pixels=max_pixels,
         variant=hyperrule_variant,
         model=model,
         hyperrule_overrides=hyperrule_overrides,
     )
-    analyze.set_display_name("analyze dataset")
-    analyze.set_caching_options(True)
+    analyze.set_display_name("analyze dataset").set_caching_options(True)
+
+    workers = plan_workers(num_workers=preprocess_workers).set_display_name("plan workers")
+    with dsl.ParallelFor(workers.output, name="preprocess-workers") as worker_index:
+        shards = write_shards(
+            analysis=analyze.outputs["analysis"],
+            worker_index=worker_index,
+            num_workers=preprocess_workers,
+            data_dir=data_dir,
+            shard_megabytes=shard_megabytes,
+            seed=seed,
+        )
+        shards.set_display_name("write TFRecord shards").set_caching_options(True)
+    dataset = gather_dataset(
+        analysis=analyze.outputs["analysis"],
+        shards=dsl.Collected(shards.outputs["shards"]),
+        shard_megabytes=shard_megabytes,
+        seed=seed,
+    )
+    dataset.set_display_name("gather dataset").set_caching_options(True)

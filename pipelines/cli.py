@@ -103,6 +103,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         variant=args.variant,
         model=args.model,
         overrides=_overrides(args),
+        few_shot=args.few_shot,
     )
     result = analyze(config, args.output)
     stats = result.stats
@@ -119,7 +120,40 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         f"HyperRule: resize {rule.resize}, crop {rule.crop}, {rule.total_steps} steps at batch "
         f"{rule.batch_size}, lr {rule.base_lr:g}, mixup {rule.mixup_alpha:g}"
     )
-    print(f"wrote stats.json, hyperrule.json, report.md, report.html to {args.output}")
+    print(f"wrote stats.json, hyperrule.json, items.jsonl, report.md, report.html to {args.output}")
+
+
+def cmd_preprocess(args: argparse.Namespace) -> None:
+    from components.bit.preprocess import PreprocessConfig, check_source_matches, preprocess
+
+    config = PreprocessConfig(
+        analysis_dir=args.analysis,
+        output_dir=args.output,
+        data_dir=args.data_dir,
+        few_shot=args.few_shot,
+        seed=args.seed,
+        shard_bytes=int(args.shard_mb * 2**20),
+        processes=args.workers,
+        jpeg_quality=args.jpeg_quality,
+    )
+    check_source_matches(config, args.source)
+    manifest = preprocess(config)
+    totals = manifest["totals"]
+    print(
+        f"{totals['inputs']:,} inputs = {totals['written']:,} written + "
+        f"{totals['rejected']:,} rejected (see rejects.json)"
+    )
+    for split, entry in manifest["splits"].items():
+        print(
+            f"  {split}: {entry['examples']:,} examples in {len(entry['shards'])} shard(s), "
+            f"{entry['bytes'] / 2**20:,.1f} MiB"
+        )
+    saved = manifest["preresize"]
+    print(
+        f"images: {', '.join(f'{n:,} {a}' for a, n in saved['actions'].items())}; "
+        f"{saved['bytes_saved'] / 2**20:,.1f} MiB saved by pre-resizing"
+    )
+    print(f"wrote shards, labels.json, manifest.json, rejects.json to {args.output}")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -137,9 +171,15 @@ def cmd_run(args: argparse.Namespace) -> None:
         runner=args.runner,
         data_dir=args.data_dir or "",
         model=args.model or "",
+        preprocess_workers=args.preprocess_workers,
     )
-    print(f"pipeline finished: {outputs['examples']:,} training examples")
+    totals = outputs["totals"]
+    print(
+        f"pipeline finished: {totals['inputs']:,} inputs = {totals['written']:,} written + "
+        f"{totals['rejected']:,} rejected; {outputs['examples']:,} training examples"
+    )
     print(f"analysis: {outputs['analysis']}")
+    print(f"dataset (TFRecords): {outputs['dataset']}")
     print(f"open the report: {outputs['report_html']}")
 
 
@@ -189,8 +229,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="flag larger images as decompression bombs (default 100,000,000)",
     )
     p.add_argument("--workers", type=int, default=0, help="parallel readers (default: automatic)")
+    p.add_argument(
+        "--few-shot", type=int, help="keep k training images per class (BiT's k-shot setting)"
+    )
     _add_hyperrule_options(p)
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser(
+        "preprocess",
+        help="write the analysed dataset as sharded TFRecords",
+        description="Write an analysed dataset as sharded TFRecords (pre-resized, RGB), with "
+        "labels.json, manifest.json and rejects.json.",
+    )
+    p.add_argument("source", help="the data source the analysis was made of")
+    p.add_argument("--analysis", required=True, help="the folder `bittune analyze` wrote")
+    p.add_argument("--output", required=True, help="output folder (local or gs://)")
+    p.add_argument("--data-dir", help="TFDS data folder (TFDS sources only)")
+    p.add_argument(
+        "--few-shot", type=int, help="k training images per class (must match the analysis)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for shard order and few-shot choice")
+    p.add_argument(
+        "--shard-mb", type=float, default=150, help="target shard size in MiB (default 150)"
+    )
+    p.add_argument("--workers", type=int, default=0, help="processes (default: every core)")
+    p.add_argument(
+        "--jpeg-quality", type=int, default=95, help="quality of re-encoded JPEGs (default 95)"
+    )
+    p.set_defaults(func=cmd_preprocess)
 
     p = sub.add_parser(
         "run",
@@ -201,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset source (default: the embedded digits dataset)")
     p.add_argument("--data-dir", help="TFDS data folder / manifest data root")
     p.add_argument("--model", help="BiT model name or checkpoint")
+    p.add_argument(
+        "--preprocess-workers", type=int, default=2, help="parallel TFRecord workers (default 2)"
+    )
     p.add_argument(
         "--output", default="bittune-runs", help="local pipeline root (default ./bittune-runs)"
     )

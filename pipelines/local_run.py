@@ -46,13 +46,15 @@ def latest_outputs(pipeline_root: str) -> dict[str, Any]:
     if not runs:
         raise BittuneError(f"no pipeline run found under {pipeline_root}")
     run = runs[-1]
-    analysis = os.path.join(run, "analyze-dataset", "analysis")
-    from components.bit.analysis import load_stats
+    from components.bit.preprocess import load_manifest
 
-    stats = load_stats(analysis)
+    dataset = os.path.join(run, "gather-dataset", "dataset")
+    manifest = load_manifest(dataset)
     return {
         "run": run,
-        "analysis": analysis,
+        "analysis": os.path.join(run, "analyze-dataset", "analysis"),
         "report_html": os.path.join(run, "analyze-dataset", "report_html"),
-        "examples": stats["examples"]["train"]["total"],
+        "dataset": dataset,
+        "totals": manifest["totals"],
+        "examples": manifest["splits"]["train"]["examples"],
     }

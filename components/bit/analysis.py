@@ -28,6 +28,7 @@ DUPLICATE = "duplicate"
 LABEL_CONFLICT = "label_conflict"
 STATS_FILE = "stats.json"
 HYPERRULE_FILE = "hyperrule.json"
+ITEMS_FILE = "items.jsonl"
 
 
 class AnalysisError(BittuneError):
@@ -46,6 +47,7 @@ class AnalysisConfig:
     variant: str = "reference"
     model: str | None = None
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    few_shot: int | None = None  # k training examples per class (BiT's few-shot setting)
     progress: bool | None = None  # None: a progress bar when stderr is a terminal
 
 
@@ -57,6 +59,21 @@ class Inspected:
     split: str
     info: images.ImageInfo | None
     problem: images.Problem | None
+    key: str = ""  # unique within the dataset: the identity, plus "#n" for its n-th repeat
+
+    def row(self) -> dict[str, Any]:
+        """The item's line in items.jsonl."""
+        info = dataclasses.asdict(self.info) if self.info else {}
+        return {
+            "key": self.key,
+            "uri": self.item.uri,
+            "identity": self.item.identity,
+            "label": self.item.label,
+            "split": self.split,
+            **info,
+            "code": self.problem.code if self.problem else None,
+            "reason": self.problem.reason if self.problem else None,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +92,8 @@ def analyze(config: AnalysisConfig, output_dir: str | None = None) -> AnalysisRe
     fractions = sources.check_fractions(config.split_fractions)
     if config.max_pixels < 1:
         raise AnalysisError(f"max_pixels must be positive, got {config.max_pixels}")
+    if config.few_shot is not None and config.few_shot < 1:
+        raise AnalysisError(f"few_shot must be at least 1 example per class, got {config.few_shot}")
     listing = sources.list_source(config.source, config.data_dir)
     inspected = inspect_items(listing.items, fractions, config)
     inspected = flag_duplicates(inspected)
@@ -88,14 +107,20 @@ def analyze(config: AnalysisConfig, output_dir: str | None = None) -> AnalysisRe
     if len(classes) < 2:
         raise AnalysisError(f"only one class has valid images ({classes[0]!r}); need at least 2")
     median_area = _percentile([r.info.height * r.info.width for r in train], 50)
+    per_class = collections.Counter(r.item.label for r in train)
+    if config.few_shot:
+        examples = sum(min(config.few_shot, n) for n in per_class.values())
+    else:
+        examples = len(train)
     rule = hyperrule.derive(
-        len(train),
+        examples,
         median_area,
         variant=config.variant,
         model=config.model,
         overrides=config.overrides,
     )
     stats = build_stats(listing, inspected, fractions, rule)
+    stats["source"].update(few_shot=config.few_shot, max_pixels=config.max_pixels)
     result = AnalysisResult(stats, rule, inspected)
     if output_dir is not None:
         write_outputs(result, output_dir)
@@ -119,8 +144,12 @@ def inspect_items(
         tqdm(total=len(items), disable=not show, unit="img", desc="analyzing") as bar,
     ):
         out = []
+        seen: collections.Counter[str] = collections.Counter()
         for result in pool.map(one, items):
-            out.append(result)
+            identity = result.item.identity
+            key = identity if not seen[identity] else f"{identity}#{seen[identity]}"
+            seen[identity] += 1
+            out.append(dataclasses.replace(result, key=key))
             bar.update()
     return out
 
@@ -154,13 +183,13 @@ def flag_duplicates(inspected: list[Inspected]) -> list[Inspected]:
         if len(indices) < 2:
             continue
         labels = sorted({inspected[i].item.label for i in indices})
-        ordered = sorted(indices, key=lambda i: inspected[i].item.identity)
+        ordered = sorted(indices, key=lambda i: inspected[i].key)
         if len(labels) > 1:
             reason = f"same content under labels {', '.join(repr(x) for x in labels)}"
             for i in indices:
                 out[i] = _flag(inspected[i], LABEL_CONFLICT, reason)
             continue
-        first = inspected[ordered[0]].item.identity
+        first = inspected[ordered[0]].key
         for i in ordered[1:]:
             out[i] = _flag(inspected[i], DUPLICATE, f"exact duplicate of {first}")
     return out
@@ -204,6 +233,7 @@ def build_stats(
     flagged = [
         {
             "path": r.item.identity,
+            "key": r.key,
             "uri": r.item.uri,
             "label": r.item.label,
             "split": r.split,
@@ -259,6 +289,8 @@ def write_outputs(result: AnalysisResult, output_dir: str) -> None:
     stats_text = json.dumps(_public_stats(result.stats), indent=2, ensure_ascii=False) + "\n"
     storage.write_text(storage.join(output_dir, STATS_FILE), stats_text)
     storage.write_text(storage.join(output_dir, HYPERRULE_FILE), result.hyperrule.to_json())
+    rows = (json.dumps(r.row(), ensure_ascii=False) for r in result.inspected)
+    storage.write_text(storage.join(output_dir, ITEMS_FILE), "\n".join(rows) + "\n")
     write_reports(result.stats, result.hyperrule, output_dir)
 
 
@@ -268,3 +300,9 @@ def _public_stats(stats: dict[str, Any]) -> dict[str, Any]:
 
 def load_stats(output_dir: str) -> dict[str, Any]:
     return json.loads(storage.read_text(storage.join(output_dir, STATS_FILE)))
+
+
+def load_items(output_dir: str) -> list[dict[str, Any]]:
+    """The rows of items.jsonl: every listed item with its split, header facts and flag."""
+    text = storage.read_text(storage.join(output_dir, ITEMS_FILE))
+    return [json.loads(line) for line in text.splitlines() if line]

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import math
 import warnings
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Our own pixel limit is checked on header sizes; Pillow's warning/error would only duplicate it.
 Image.MAX_IMAGE_PIXELS = None
@@ -129,3 +130,89 @@ def _truncation(data: bytes, fmt: str) -> str | None:
         if declared and len(data) < declared:
             return f"truncated BMP ({len(data)} of {declared} bytes)"
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalisation for storage: 3-channel RGB, pre-resized, JPEG or PNG
+
+DEFAULT_BACKGROUND = (255, 255, 255)
+DEFAULT_JPEG_QUALITY = 95
+KEPT, REENCODED, RESIZED = "kept", "reencoded", "resized"
+
+
+@dataclasses.dataclass(frozen=True)
+class Stored:
+    """An image ready for a record: encoded bytes, their format and size, and what was done."""
+
+    data: bytes
+    format: str  # "jpeg" or "png"
+    height: int
+    width: int
+    action: str  # KEPT (byte for byte), REENCODED (converted to RGB) or RESIZED
+
+
+def prepare_for_storage(
+    data: bytes,
+    info: ImageInfo,
+    resize: int,
+    background: tuple[int, int, int] = DEFAULT_BACKGROUND,
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+) -> Stored:
+    """Make ``data`` a 3-channel RGB JPEG/PNG whose shorter side is at most ``resize``.
+
+    Aspect ratio is kept: an image whose shorter side exceeds ``resize`` is scaled down so that
+    side equals ``resize`` (training's final resize to ``resize`` x ``resize`` then only shrinks)
+    and stored as JPEG. RGB JPEGs that need neither rotation nor resizing are kept byte for byte;
+    other small images are converted to RGB (alpha composited on ``background``) and stored as
+    JPEG if they were JPEG, else as lossless PNG. Animated images keep their first frame.
+    """
+    needs_resize = min(info.height, info.width) > resize
+    if info.format == "JPEG" and info.mode == "RGB" and info.orientation == 1 and not needs_resize:
+        return Stored(data, "jpeg", info.height, info.width, KEPT)
+    with Image.open(io.BytesIO(data)) as image:
+        scale = resize / min(info.height, info.width)
+        if needs_resize and image.format in ("JPEG", "MPO"):
+            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that stays above the target.
+            image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
+        image = ImageOps.exif_transpose(image)
+        rgb = to_rgb(image, background)
+    if needs_resize:
+        size = (max(1, round(info.width * scale)), max(1, round(info.height * scale)))
+        size = (resize, size[1]) if info.width <= info.height else (size[0], resize)
+        rgb = rgb.resize(size, Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    if needs_resize or info.format == "JPEG":
+        rgb.save(
+            buffer, format="JPEG", quality=jpeg_quality, subsampling=0 if jpeg_quality >= 90 else 2
+        )
+        fmt = "jpeg"
+    else:
+        rgb.save(buffer, format="PNG", optimize=False)
+        fmt = "png"
+    action = RESIZED if needs_resize else REENCODED
+    return Stored(buffer.getvalue(), fmt, rgb.height, rgb.width, action)
+
+
+def to_rgb(
+    image: Image.Image, background: tuple[int, int, int] = DEFAULT_BACKGROUND
+) -> Image.Image:
+    """Any Pillow mode as 8-bit RGB: 16/32-bit scaled, palette and alpha composited."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        import numpy as np
+
+        array = np.asarray(image)
+        if mode == "F":
+            eight_bit = np.clip(array, 0, 255)
+        else:
+            eight_bit = np.clip(array.astype(np.int64) >> 8, 0, 255)  # 16-bit range
+        image = Image.fromarray(eight_bit.astype(np.uint8), mode="L")
+        mode = "L"
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode in ("LA", "PA", "La", "RGBa"):
+        image = image.convert("RGBA")
+    if image.mode == "RGBA":
+        base = Image.new("RGBA", image.size, (*background, 255))
+        return Image.alpha_composite(base, image).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")

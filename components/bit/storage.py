@@ -50,7 +50,8 @@ def join(base: str, *parts: str) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _client(emulator: str | None):
+def _client(emulator: str | None, pid: int):
+    """One client per process: a forked child must not share its parent's connections."""
     from google.cloud import storage  # imported lazily: local runs never need it
 
     if emulator:
@@ -62,7 +63,7 @@ def _client(emulator: str | None):
 
 def gcs_client():
     """A google-cloud-storage client (anonymous when ``STORAGE_EMULATOR_HOST`` is set)."""
-    return _client(os.environ.get("STORAGE_EMULATOR_HOST"))
+    return _client(os.environ.get("STORAGE_EMULATOR_HOST"), os.getpid())
 
 
 def _blob(uri: str):
@@ -145,11 +146,24 @@ def write_bytes(uri: str, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        make_readable(tmp)
         os.replace(tmp, uri)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def upload_file(local_path: str, uri: str) -> None:
+    """Upload a finished local file to ``gs://`` (the object appears only when complete)."""
+    _blob(uri).upload_from_filename(local_path)
+
+
+def make_readable(path: str) -> None:
+    """Give a temporary file the permissions a normal file gets (mkstemp makes it 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def write_text(uri: str, text: str) -> None:

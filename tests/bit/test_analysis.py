@@ -8,7 +8,7 @@ from PIL import Image
 from components.bit.analysis import AnalysisConfig, AnalysisError, analyze
 from components.bit.errors import BittuneError
 
-OUTPUT_FILES = {"stats.json", "hyperrule.json", "report.md", "report.html"}
+OUTPUT_FILES = {"stats.json", "hyperrule.json", "items.jsonl", "report.md", "report.html"}
 
 
 def codes(result):

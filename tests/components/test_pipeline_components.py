@@ -1,28 +1,53 @@
-"""The analyze component, run for real through kfp.local inside the pipeline."""
+"""The components, run for real through kfp.local inside the pipeline."""
 
 import json
 import pathlib
 
 import pytest
 
+from components.bit import tfrecords
 from components.bit.errors import BittuneError
 from pipelines.local_run import run_locally
 
 
-def test_pipeline_runs_analysis_locally(odd_folder, tmp_path):
+@pytest.fixture(scope="module")
+def odd_run(odd_folder, tmp_path_factory):
     root, expected = odd_folder
-    outputs = run_locally(str(root), pipeline_root=str(tmp_path))
+    outputs = run_locally(
+        str(root), pipeline_root=str(tmp_path_factory.mktemp("root")), preprocess_workers=3
+    )
+    return outputs, expected
+
+
+def test_analysis_component_outputs(odd_run):
+    outputs, expected = odd_run
     analysis = pathlib.Path(outputs["analysis"])
     stats = json.loads((analysis / "stats.json").read_text())
     assert stats["totals"]["flagged"] == sum(1 for v in expected.values() if v)
-    rule = json.loads((analysis / "hyperrule.json").read_text())
-    assert outputs["examples"] == rule["examples"] == stats["examples"]["train"]["total"]
     task = analysis.parent
     assert (task / "report").read_text().startswith("# Dataset analysis")  # Markdown artifact
     assert "<img" in (task / "report_html").read_text()  # HTML artifact
     executor_output = json.loads((task / "executor_output.json").read_text())
     metadata = executor_output["artifacts"]["analysis"]["artifacts"][0]["metadata"]
     assert metadata["valid"] == stats["totals"]["valid"] and metadata["resize"] == 160
+
+
+def test_preprocess_fan_out_and_gather(odd_run):
+    outputs, expected = odd_run
+    manifest = json.loads((pathlib.Path(outputs["dataset"]) / "manifest.json").read_text())
+    assert manifest["totals"] == {"inputs": len(expected), "written": 16, "rejected": 9}
+    folders = {
+        pathlib.Path(s["path"]).parent for e in manifest["splits"].values() for s in e["shards"]
+    }
+    assert len(folders) >= 2  # shards came from different ParallelFor workers
+    written = sum(
+        len(list(tfrecords.read_records(s["path"])))
+        for e in manifest["splits"].values()
+        for s in e["shards"]
+    )
+    assert written == 16
+    hyperrule = json.loads((pathlib.Path(outputs["analysis"]) / "hyperrule.json").read_text())
+    assert outputs["examples"] == hyperrule["examples"] == manifest["splits"]["train"]["examples"]
 
 
 def test_missing_data_is_reported_before_the_pipeline_starts(tmp_path):
