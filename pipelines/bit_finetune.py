@@ -4,6 +4,7 @@ from kfp import dsl
 
 from components.analyze import analyze_dataset
 from components.preprocess import gather_dataset, plan_workers, write_shards
+from components.train import train_model
 
 PIPELINE_NAME = "bit-finetune"
 
@@ -18,12 +19,18 @@ def bit_finetune(
     split_fractions: str = "0.8,0.1,0.1",
     few_shot: int = 0,
     hyperrule_variant: str = "reference",
-    model: str = "",
+    model: str = "bittune-tiny",
     hyperrule_overrides: str = "{}",
     max_pixels: int = 100_000_000,
     preprocess_workers: int = 2,
     shard_megabytes: int = 150,
     seed: int = 0,
+    random_crop: bool = True,
+    random_flip: bool = True,
+    mixup: bool = True,
+    training_strategy: str = "auto",
+    precision: str = "auto",
+    checkpoint_every: int = 100,
 ):
     """Fine-tune BiT on an image dataset with the BiT-HyperRule.
 
@@ -33,12 +40,18 @@ def bit_finetune(
         split_fractions: train,validation,test fractions for sources without splits.
         few_shot: Keep k training images per class (BiT's k-shot setting); 0 keeps all.
         hyperrule_variant: reference (BiT code) or paper.
-        model: BiT model name or checkpoint.
+        model: BiT model name (bit-m-r50x1, BiT-M-R50x1, …), .npz or SavedModel path.
         hyperrule_overrides: JSON object overriding HyperRule fields, e.g. {"batch_size": 128}.
         max_pixels: Larger images are flagged as decompression bombs.
         preprocess_workers: Parallel TFRecord-writing workers.
         shard_megabytes: Target TFRecord shard size in MiB.
-        seed: Seed for shard order and few-shot choice.
+        seed: Seed for shard order, few-shot choice, shuffling and augmentation.
+        random_crop: Random-crop augmentation (off for counting tasks).
+        random_flip: Random-flip augmentation (off for localisation tasks).
+        mixup: MixUp when the HyperRule turns it on.
+        training_strategy: auto, default, mirrored, multiworker or tpu.
+        precision: auto, float32, bfloat16 or float16.
+        checkpoint_every: Steps between training checkpoints.
     """
     analyze = analyze_dataset(
         source=data_source,
@@ -70,3 +83,17 @@ def bit_finetune(
         seed=seed,
     )
     dataset.set_display_name("gather dataset").set_caching_options(True)
+
+    trained = train_model(
+        dataset=dataset.outputs["dataset"],
+        analysis=analyze.outputs["analysis"],
+        model_source=model,
+        random_crop=random_crop,
+        random_flip=random_flip,
+        mixup=mixup,
+        strategy=training_strategy,
+        precision=precision,
+        checkpoint_every=checkpoint_every,
+        seed=seed,
+    )
+    trained.set_display_name("fine-tune BiT")

@@ -4,6 +4,7 @@ KFP components. Heavy imports (TensorFlow, KFP) happen inside the commands that 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -156,22 +157,67 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
     print(f"wrote shards, labels.json, manifest.json, rejects.json to {args.output}")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from components.bit.training import TrainConfig, train
+
+    config = TrainConfig(
+        data_dir=args.data,
+        hyperrule_path=args.hyperrule,
+        model=args.model,
+        output_dir=args.output,
+        crop=not args.no_crop,
+        flip=not args.no_flip,
+        mixup=not args.no_mixup,
+        strategy=args.strategy,
+        precision=args.precision,
+        xla={"auto": None, "on": True, "off": False}[args.xla],
+        checkpoint_every=args.checkpoint_every,
+        eval_every=args.eval_every,
+        max_steps=args.max_steps,
+        seed=args.seed,
+        deterministic=args.deterministic,
+    )
+    summary = train(config)
+    state = "finished" if summary["finished"] else "stopped (resume by running it again)"
+    print(f"training {state} at step {summary['steps']}/{summary['total_steps']}")
+    if summary["validation"]:
+        last = summary["validation"][-1]
+        print(f"validation accuracy {last['accuracy']:.4f}, loss {last['loss']:.4f}")
+    print(f"wrote checkpoints, logs (TensorBoard) and saved_model to {args.output}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from components.bit.training import predict
+
+    for result in predict(args.model, args.images):
+        ranked = ", ".join(f"{name} {score:.3f}" for name, score in result["top_k"])
+        print(f"{result['image']}: {ranked}")
+
+
 def cmd_run(args: argparse.Namespace) -> None:
-    from components.bit.datasets import materialize_digits
+    from components.bit.datasets import DIGITS_DEMO_OVERRIDES, materialize_digits
     from pipelines.local_run import run_locally
 
-    source = args.data or materialize_digits()
-    if not args.data:
+    try:
+        overrides = json.loads(args.hyperrule_overrides or "{}")
+    except json.JSONDecodeError as exc:
+        raise BittuneError(f"--hyperrule-overrides is not valid JSON: {exc}") from None
+    source = args.data
+    if not source:
+        source = materialize_digits()
+        overrides = {**DIGITS_DEMO_OVERRIDES, **overrides}
         print(
-            f"no --data given: using the embedded default dataset (scikit-learn digits) at {source}"
+            f"no --data given: the embedded default dataset (scikit-learn digits) at {source};\n"
+            f"model {args.model}; demo schedule {json.dumps(DIGITS_DEMO_OVERRIDES)}"
         )
     outputs = run_locally(
         source,
         pipeline_root=os.path.abspath(args.output),
         runner=args.runner,
         data_dir=args.data_dir or "",
-        model=args.model or "",
+        model=args.model,
         preprocess_workers=args.preprocess_workers,
+        hyperrule_overrides=json.dumps(overrides),
     )
     totals = outputs["totals"]
     print(
@@ -180,7 +226,11 @@ def cmd_run(args: argparse.Namespace) -> None:
     )
     print(f"analysis: {outputs['analysis']}")
     print(f"dataset (TFRecords): {outputs['dataset']}")
+    print(f"model: {outputs['model']} (validation accuracy {outputs['validation_accuracy']:.4f})")
     print(f"open the report: {outputs['report_html']}")
+
+
+STRATEGY_CHOICES = ("auto", "default", "mirrored", "multiworker", "tpu")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,6 +309,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_preprocess)
 
     p = sub.add_parser(
+        "train",
+        help="fine-tune a BiT model on preprocessed TFRecords",
+        description="Fine-tune BiT with the BiT-HyperRule; resumes from the latest checkpoint "
+        "in --output.",
+    )
+    p.add_argument("--data", required=True, help="the folder `bittune preprocess` wrote")
+    p.add_argument("--hyperrule", required=True, help="hyperrule.json (from `bittune analyze`)")
+    p.add_argument(
+        "--model",
+        default="bittune-tiny",
+        help="bit-{s,m}-r50x1…, BiT-{S,M}-R50x1…, an .npz, a SavedModel folder or hub handle, "
+        "or bittune-tiny (default)",
+    )
+    p.add_argument("--output", required=True, help="run folder (local or gs://)")
+    p.add_argument("--no-crop", action="store_true", help="no random crop (counting tasks)")
+    p.add_argument("--no-flip", action="store_true", help="no random flip (localisation tasks)")
+    p.add_argument("--no-mixup", action="store_true", help="no MixUp even if the rule has it")
+    p.add_argument(
+        "--strategy",
+        choices=STRATEGY_CHOICES,
+        default="auto",
+        help="tf.distribute strategy (auto: TPU, several GPUs, or default)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="mixed precision (auto: bfloat16 on TPU/recent GPUs)",
+    )
+    p.add_argument(
+        "--xla",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="XLA compilation (auto: on for GPU/TPU)",
+    )
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    p.add_argument("--eval-every", type=int, default=100, help="steps between validations")
+    p.add_argument("--max-steps", type=int, help="stop at this step (schedule unchanged)")
+    p.add_argument("--seed", type=int, default=0, help="seed of shuffle and augmentation")
+    p.add_argument("--deterministic", action="store_true", help="deterministic TensorFlow ops")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "predict",
+        help="classify images with an exported model",
+        description="Print the top-k classes of each image with a model exported by train.",
+    )
+    p.add_argument("--model", required=True, help="a training output folder or its saved_model")
+    p.add_argument("images", nargs="+", help="image files (local or gs://)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
         "run",
         help="run the bit-finetune pipeline locally (kfp.local)",
         description="Run the bit-finetune pipeline locally with kfp.local. "
@@ -266,7 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", help="dataset source (default: the embedded digits dataset)")
     p.add_argument("--data-dir", help="TFDS data folder / manifest data root")
-    p.add_argument("--model", help="BiT model name or checkpoint")
+    p.add_argument("--model", default="bittune-tiny", help="BiT model (default bittune-tiny)")
+    p.add_argument(
+        "--hyperrule-overrides",
+        help="JSON object of HyperRule fields to override, e.g. '{\"batch_size\": 128}'",
+    )
     p.add_argument(
         "--preprocess-workers", type=int, default=2, help="parallel TFRecord workers (default 2)"
     )

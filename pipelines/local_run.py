@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 from typing import Any
@@ -56,5 +57,17 @@ def latest_outputs(pipeline_root: str) -> dict[str, Any]:
         "report_html": os.path.join(run, "analyze-dataset", "report_html"),
         "dataset": dataset,
         "totals": manifest["totals"],
+        "model": os.path.join(run, "train-model", "model"),
+        "validation_accuracy": _training_summary(run)
+        .get("validation", [{}])[-1]
+        .get("accuracy", float("nan")),
         "examples": manifest["splits"]["train"]["examples"],
     }
+
+
+def _training_summary(run: str) -> dict[str, Any]:
+    path = os.path.join(run, "train-model", "model", "training.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

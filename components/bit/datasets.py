@@ -35,3 +35,18 @@ def materialize_digits(root: str | None = None) -> str:
     with open(os.path.join(root, _COMPLETE_MARKER), "w") as marker:
         marker.write(f"{len(pixels)}\n")
     return root
+
+
+# The embedded default's demo schedule: a shortened HyperRule so that the whole pipeline runs in
+# a few minutes on 2 CPU cores. Every value is recorded as an override in hyperrule.json.
+# (The rule itself would give resize 160 / crop 128 and 500 steps at batch 512.)
+DIGITS_DEMO_OVERRIDES = {
+    "resize": 32,
+    "crop": 28,
+    "batch_size": 128,
+    "micro_batch_size": 128,
+    "base_lr": 0.01,
+    "warmup_steps": 30,
+    "decay_steps": [150, 220, 270],
+    "total_steps": 300,
+}

@@ -8,13 +8,18 @@ import pytest
 from components.bit import tfrecords
 from components.bit.errors import BittuneError
 from pipelines.local_run import run_locally
+from tests.bit.test_training import TINY_RULE
 
 
 @pytest.fixture(scope="module")
 def odd_run(odd_folder, tmp_path_factory):
     root, expected = odd_folder
     outputs = run_locally(
-        str(root), pipeline_root=str(tmp_path_factory.mktemp("root")), preprocess_workers=3
+        str(root),
+        pipeline_root=str(tmp_path_factory.mktemp("root")),
+        preprocess_workers=3,
+        hyperrule_overrides=json.dumps(TINY_RULE),
+        checkpoint_every=2,
     )
     return outputs, expected
 
@@ -29,7 +34,7 @@ def test_analysis_component_outputs(odd_run):
     assert "<img" in (task / "report_html").read_text()  # HTML artifact
     executor_output = json.loads((task / "executor_output.json").read_text())
     metadata = executor_output["artifacts"]["analysis"]["artifacts"][0]["metadata"]
-    assert metadata["valid"] == stats["totals"]["valid"] and metadata["resize"] == 160
+    assert metadata["valid"] == stats["totals"]["valid"] and metadata["resize"] == 32
 
 
 def test_preprocess_fan_out_and_gather(odd_run):
@@ -62,3 +67,17 @@ def test_pipeline_failure_is_one_clear_error(tmp_path):
     with pytest.raises(BittuneError, match="pipeline failed") as info:
         run_locally(str(tmp_path / "data"), pipeline_root=str(tmp_path / "root"))
     assert "\n" not in str(info.value)
+
+
+def test_train_component_exports_a_model(odd_run, odd_folder):
+    outputs, _ = odd_run
+    model = pathlib.Path(outputs["model"])
+    summary = json.loads((model / "training.json").read_text())
+    assert summary["finished"] and summary["steps"] == TINY_RULE["total_steps"]
+    assert (model / "saved_model" / "saved_model.pb").exists()
+    assert (model / "checkpoints" / "checkpoint").exists()
+    from components.bit.training import predict
+
+    root, _ = odd_folder
+    (result,) = predict(str(model), [str(root / "cats" / "cmyk.jpg")])
+    assert {name for name, _ in result["top_k"]} == {"birds", "cats", "dogs"}

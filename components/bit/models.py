@@ -1,0 +1,307 @@
+"""BiT backbones behind one input contract: float32 images in [0, 1], NHWC -> pre-logit features.
+
+Sources (see :func:`load_backbone`):
+
+* TF Hub: short names ``bit-s-r50x1`` … ``bit-m-r152x4`` (their tfhub.dev feature-vector
+  handles), any hub handle, or a local / ``gs://`` SavedModel folder that takes [0, 1] images.
+* The official ``.npz`` checkpoints: short names ``BiT-S-R50x1`` … ``BiT-M-R152x4`` (the public
+  ``bit_models`` bucket), or any local, ``gs://`` or ``https://`` ``.npz`` path. They load into
+  bittune's own Keras ResNet-v2 (GroupNorm + Weight Standardization); depth and width come from
+  the keys; the head (1,000 or 21,843 classes) is dropped. Their weights expect [-1, 1] pixels:
+  the model rescales inside, so callers always pass [0, 1].
+* ``bittune-tiny``: a small BiT-architecture checkpoint shipped with bittune (same layout),
+  pretrained by ``benchmarks/pretrain_tiny.py``: the embedded default for demos and tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import re
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from components.bit import storage
+from components.bit.errors import BittuneError
+from components.bit.tf_env import import_tensorflow
+
+tf = import_tensorflow()
+
+GN_GROUPS = 32
+GN_EPSILON = 1e-5
+WS_EPSILON = 1e-10
+DEPTH_UNITS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+_HUB_ARCHS = ("50x1", "50x3", "101x1", "101x3", "152x4")
+_NPZ_ARCHS = ("50x1", "50x3", "101x1", "101x3", "152x2", "152x4")
+HUB_MODELS = {
+    f"bit-{family}-r{arch}": f"https://tfhub.dev/google/bit/{family}-r{arch}/1"
+    for family in "sm"
+    for arch in _HUB_ARCHS
+}
+NPZ_MODELS = {
+    f"BiT-{family}-R{arch}": f"https://storage.googleapis.com/bit_models/BiT-{family}-R{arch}.npz"
+    for family in "SM"
+    for arch in _NPZ_ARCHS
+}
+TINY_MODEL = "bittune-tiny"
+_TINY_FILE = "bittune-tiny.npz"
+_UNIT_KEY = re.compile(r"resnet/block(\d+)/unit(\d+)/")
+
+
+class ModelError(BittuneError):
+    """A model source that cannot be loaded, with the reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """A BiT ResNet-v2: bottleneck units per stage and the width multiplier."""
+
+    units: tuple[int, ...]
+    width: float
+
+    @property
+    def root_filters(self) -> int:
+        return int(64 * self.width)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.root_filters * 2 ** (len(self.units) - 1) * 4
+
+    @property
+    def name(self) -> str:
+        depth = {units: depth for depth, units in DEPTH_UNITS.items()}.get(self.units)
+        label = f"R{depth}" if depth else "R" + "-".join(map(str, self.units))
+        return f"{label}x{self.width:g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers
+
+
+class StandardizedConv2D(tf.keras.layers.Conv2D):
+    """A bias-free convolution whose kernel is standardised (Weight Standardization) on use:
+    zero mean and unit variance over its height, width and input-channel axes."""
+
+    def __init__(self, filters: int, kernel_size: int, strides: int = 1, **kwargs):
+        kwargs.setdefault("use_bias", False)
+        kwargs.setdefault("padding", "valid")
+        super().__init__(filters, kernel_size, strides=strides, **kwargs)
+
+    def convolution_op(self, inputs, kernel):
+        kernel = tf.cast(kernel, tf.float32)
+        mean, variance = tf.nn.moments(kernel, axes=[0, 1, 2], keepdims=True)
+        kernel = (kernel - mean) / tf.sqrt(variance + WS_EPSILON)
+        return super().convolution_op(inputs, tf.cast(kernel, inputs.dtype))
+
+
+def _group_norm(name: str):
+    return tf.keras.layers.GroupNormalization(groups=GN_GROUPS, epsilon=GN_EPSILON, name=name)
+
+
+def _unit(x, mid: int, out: int, stride: int, project: bool, prefix: str):
+    relu = tf.keras.layers.ReLU
+    pre = relu()(_group_norm(f"{prefix}_a_gn")(x))
+    shortcut = StandardizedConv2D(out, 1, stride, name=f"{prefix}_a_proj")(pre) if project else x
+    r = StandardizedConv2D(mid, 1, name=f"{prefix}_a_conv")(pre)
+    r = relu()(_group_norm(f"{prefix}_b_gn")(r))
+    r = tf.keras.layers.ZeroPadding2D(1)(r)
+    r = StandardizedConv2D(mid, 3, stride, name=f"{prefix}_b_conv")(r)
+    r = relu()(_group_norm(f"{prefix}_c_gn")(r))
+    r = StandardizedConv2D(out, 1, name=f"{prefix}_c_conv")(r)
+    return tf.keras.layers.Add()([shortcut, r])
+
+
+def build_resnet(arch: Architecture, name: str = "bit_backbone") -> tf.keras.Model:
+    """bittune's Keras BiT ResNet-v2: [0, 1] images -> ``arch.feature_dim`` features."""
+    inputs = tf.keras.Input((None, None, 3), name="images")
+    x = tf.keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus_one_one")(inputs)
+    x = tf.keras.layers.ZeroPadding2D(3)(x)
+    x = StandardizedConv2D(arch.root_filters, 7, 2, name="root_block_conv")(x)
+    x = tf.keras.layers.ZeroPadding2D(1)(x)
+    x = tf.keras.layers.MaxPooling2D(3, strides=2)(x)
+    for block, count in enumerate(arch.units, start=1):
+        mid = arch.root_filters * 2 ** (block - 1)
+        for unit in range(1, count + 1):
+            stride = 2 if unit == 1 and block > 1 else 1
+            x = _unit(x, mid, 4 * mid, stride, unit == 1, f"block{block}_unit{unit:02d}")
+    x = tf.keras.layers.ReLU()(_group_norm("pre_head_gn")(x))
+    x = tf.keras.layers.GlobalAveragePooling2D(name="features")(x)
+    x = tf.keras.layers.Activation("linear", dtype="float32", name="features_float32")(x)
+    return tf.keras.Model(inputs, x, name=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# The .npz layout
+
+_LAYER_TO_KEY = [
+    (re.compile(r"^root_block_conv$"), "resnet/root_block/standardized_conv2d/"),
+    (re.compile(r"^pre_head_gn$"), "resnet/group_norm/"),
+    (
+        re.compile(r"^block(\d+)_unit(\d+)_a_proj$"),
+        "resnet/block{0}/unit{1}/a/proj/standardized_conv2d/",
+    ),
+    (
+        re.compile(r"^block(\d+)_unit(\d+)_([abc])_conv$"),
+        "resnet/block{0}/unit{1}/{2}/standardized_conv2d/",
+    ),
+    (re.compile(r"^block(\d+)_unit(\d+)_([abc])_gn$"), "resnet/block{0}/unit{1}/{2}/group_norm/"),
+]
+
+
+def npz_variables(model: tf.keras.Model) -> dict[str, Any]:
+    """The model's variables by their key in the official .npz layout."""
+    out = {}
+    for layer in model.layers:
+        for pattern, template in _LAYER_TO_KEY:
+            match = pattern.match(layer.name)
+            if match:
+                prefix = template.format(*match.groups())
+                for variable in layer.weights:
+                    leaf = variable.name.split("/")[-1].split(":")[0]
+                    out[prefix + leaf] = variable
+    return out
+
+
+def architecture_of(weights: Mapping[str, np.ndarray]) -> Architecture:
+    """Depth and width from the keys and the root kernel's shape."""
+    root = weights.get("resnet/root_block/standardized_conv2d/kernel")
+    if root is None or root.ndim != 4 or root.shape[:3] != (7, 7, 3):
+        raise ModelError("not a BiT checkpoint: no 7x7x3 root kernel")
+    counts: dict[int, set[int]] = {}
+    for key in weights:
+        match = _UNIT_KEY.match(key)
+        if match:
+            counts.setdefault(int(match[1]), set()).add(int(match[2]))
+    if not counts or sorted(counts) != list(range(1, len(counts) + 1)):
+        raise ModelError(f"not a BiT checkpoint: blocks {sorted(counts)} in the keys")
+    units = tuple(len(counts[b]) for b in sorted(counts))
+    return Architecture(units, root.shape[3] / 64)
+
+
+def read_npz(source: str) -> dict[str, np.ndarray]:
+    """The arrays of a local, gs:// or https:// .npz file."""
+    try:
+        if source.startswith(("http://", "https://")):
+            import urllib.request
+
+            with urllib.request.urlopen(source, timeout=60) as response:
+                data = response.read()
+        else:
+            data = storage.read_bytes(source)
+    except (OSError, storage.StorageError) as exc:
+        raise ModelError(f"cannot read checkpoint {source}: {exc}") from None
+    try:
+        with np.load(io.BytesIO(data)) as archive:
+            return {key: archive[key] for key in archive.files}
+    except (ValueError, OSError) as exc:
+        raise ModelError(f"{source} is not an .npz checkpoint: {exc}") from None
+
+
+def backbone_from_npz(weights: Mapping[str, np.ndarray], name: str = "bit_backbone"):
+    """Build the architecture the keys describe and load the weights (the head is dropped)."""
+    model = build_resnet(architecture_of(weights), name=name)
+    variables = npz_variables(model)
+    missing = sorted(set(variables) - set(weights))
+    if missing:
+        raise ModelError(f"checkpoint lacks {len(missing)} weight(s), e.g. {missing[0]}")
+    for key, variable in variables.items():
+        value = np.asarray(weights[key], dtype=np.float32)
+        if tuple(variable.shape) != value.shape:
+            raise ModelError(f"{key}: checkpoint shape {value.shape} != model {variable.shape}")
+        variable.assign(value)
+    return model
+
+
+def save_npz(path: str, backbone: tf.keras.Model, head_kernel=None, head_bias=None, dtype=None):
+    """Write ``backbone`` (and optionally a head) in the official .npz layout."""
+    arrays = {
+        key: v.numpy().astype(dtype or np.float32) for key, v in npz_variables(backbone).items()
+    }
+    if head_kernel is not None:
+        arrays["resnet/head/conv2d/kernel"] = np.asarray(head_kernel)[None, None].astype(
+            dtype or np.float32
+        )
+        arrays["resnet/head/conv2d/bias"] = np.asarray(head_bias).astype(dtype or np.float32)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    storage.write_bytes(path, buffer.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading any source
+
+
+def tiny_checkpoint_path() -> str:
+    return str(resources.files("components.bit").joinpath("assets", _TINY_FILE))
+
+
+def hub_backbone(handle: str, name: str = "bit_backbone") -> tf.keras.Model:
+    """A TF Hub (or SavedModel) feature vector taking [0, 1] images, wrapped as a Keras model."""
+    import tensorflow_hub as hub
+
+    try:
+        layer = hub.KerasLayer(handle, trainable=True, name="hub_features")
+    except Exception as exc:  # hub raises many error types for unreachable handles
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot load TF Hub model {handle}: {first}") from None
+    inputs = tf.keras.Input((None, None, 3), name="images")
+    outputs = tf.keras.layers.Activation("linear", dtype="float32")(layer(inputs))
+    return tf.keras.Model(inputs, outputs, name=name)
+
+
+def valid_names() -> list[str]:
+    return [TINY_MODEL, *HUB_MODELS, *NPZ_MODELS]
+
+
+def resolve(source: str) -> tuple[str, str]:
+    """(kind, location) for a model source: kind is 'npz' or 'hub'."""
+    if not source:
+        raise ModelError("no model given")
+    lowered = source.lower()
+    if lowered == TINY_MODEL:
+        return "npz", tiny_checkpoint_path()
+    if lowered in HUB_MODELS:
+        return "hub", HUB_MODELS[lowered]
+    npz_names = {name.lower(): url for name, url in NPZ_MODELS.items()}
+    if lowered in npz_names or lowered.removesuffix(".npz") in npz_names:
+        return "npz", npz_names[lowered.removesuffix(".npz")]
+    if lowered.endswith(".npz"):
+        return "npz", source
+    if lowered.startswith(("https://tfhub.dev/", "https://www.kaggle.com/models/")):
+        return "hub", source
+    if storage.exists(storage.join(source, "saved_model.pb")):
+        return "hub", source
+    if lowered.startswith("bit-") or lowered.startswith("bittune"):
+        raise ModelError(f"unknown model {source!r}; valid names: {', '.join(valid_names())}")
+    raise ModelError(
+        f"model {source!r} is neither a known name, an .npz checkpoint nor a SavedModel "
+        f"folder; valid names: {', '.join(valid_names())}"
+    )
+
+
+def load_backbone(source: str, name: str = "bit_backbone") -> tf.keras.Model:
+    """Any supported source as a Keras model: [0, 1] float32 NHWC images -> features."""
+    kind, location = resolve(source)
+    if kind == "npz":
+        return backbone_from_npz(read_npz(location), name=name)
+    if location.startswith("gs://") and os.environ.get("STORAGE_EMULATOR_HOST"):
+        raise ModelError("SavedModels on gs:// load through TensorFlow, which ignores emulators")
+    return hub_backbone(location, name=name)
+
+
+def build_classifier(backbone: tf.keras.Model, num_classes: int) -> tf.keras.Model:
+    """Backbone + a zero-initialised dense head producing float32 logits."""
+    inputs = tf.keras.Input((None, None, 3), name="images")
+    features = backbone(inputs)
+    logits = tf.keras.layers.Dense(
+        num_classes,
+        kernel_initializer="zeros",
+        bias_initializer="zeros",
+        dtype="float32",
+        name="head",
+    )(features)
+    return tf.keras.Model(inputs, logits, name="bit_classifier")

@@ -1,0 +1,133 @@
+"""Training as separate processes: a run killed mid-way resumes to the same model, and two CPU
+workers train together with MultiWorkerMirroredStrategy on localhost."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.bit.test_training import TINY_RULE, small_npz  # noqa: F401  (fixture)
+
+tf = pytest.importorskip("tensorflow")
+LONGER_RULE = {**TINY_RULE, "total_steps": 12, "decay_steps": [6, 8, 10]}
+
+
+@pytest.fixture(scope="module")
+def longer_data(digits_folder, tmp_path_factory):
+    from components.bit.analysis import AnalysisConfig, analyze
+    from components.bit.preprocess import PreprocessConfig, preprocess
+
+    root = tmp_path_factory.mktemp("resume-data")
+    analyze(
+        AnalysisConfig(str(digits_folder), overrides=LONGER_RULE, progress=False),
+        str(root / "analysis"),
+    )
+    preprocess(PreprocessConfig(str(root / "analysis"), str(root / "data"), progress=False))
+    return root
+
+
+def train_command(root, output, model, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "train",
+        "--data",
+        str(root / "data"),
+        "--hyperrule",
+        str(root / "analysis" / "hyperrule.json"),
+        "--model",
+        model,
+        "--output",
+        str(output),
+        "--checkpoint-every",
+        "2",
+        "--eval-every",
+        "100",
+        "--deterministic",
+        *extra,
+    ]
+
+
+def final_weights(output):
+    reader = tf.train.load_checkpoint(str(output / "checkpoints"))
+    names = [n for n in reader.get_variable_to_shape_map() if n.startswith("model/")]
+    return {n: reader.get_tensor(n) for n in names}
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(longer_data, small_npz, tmp_path):  # noqa: F811
+    whole = tmp_path / "whole"
+    done = subprocess.run(
+        train_command(longer_data, whole, small_npz), capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        train_command(longer_data, killed, small_npz),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "ckpt-4.index").exists():
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "saved_model").exists()  # it really stopped before the end
+    resumed = subprocess.run(
+        train_command(longer_data, killed, small_npz), capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "steps 0->" not in resumed.stderr  # it resumed, not restarted
+    a, b = final_weights(whole), final_weights(killed)
+    assert a.keys() == b.keys() and len(a) > 10
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-7, err_msg=name)
+    assert json.loads((killed / "training.json").read_text())["steps"] == 12
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_cpu_workers_with_multiworker_strategy(longer_data, small_npz, tmp_path):  # noqa: F811
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    output = tmp_path / "multi"
+    processes = []
+    for index in range(2):
+        env = {
+            **os.environ,
+            "TF_CONFIG": json.dumps(
+                {"cluster": cluster, "task": {"type": "worker", "index": index}}
+            ),
+        }
+        command = train_command(
+            longer_data, output, small_npz, "--strategy", "multiworker", "--max-steps", "4"
+        )
+        processes.append(
+            subprocess.Popen(
+                command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    outputs = [p.communicate(timeout=600) for p in processes]
+    for process, (_, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, err[-3000:]
+    assert "2 replica(s)" in outputs[0][1]
+    summary = json.loads((output / "training.json").read_text())
+    assert summary["replicas"] == 2 and summary["steps"] == 4
+    assert summary["strategy"] == "multiworker"
+    assert (output / "checkpoints" / "ckpt-4.index").exists()
