@@ -76,7 +76,7 @@ def _case(name: str, setup: str, make) -> dict:
     }
 
 
-def run(small: int = 2000, large: int = 24) -> list[dict]:
+def run(small: int = 5000, large: int = 24) -> list[dict]:
     return [
         _case(
             "preprocess: JPEG pass-through",

@@ -3,6 +3,7 @@
 from kfp import dsl
 
 from components.analyze import analyze_dataset
+from components.evaluate import evaluate_model, push_model
 from components.preprocess import gather_dataset, plan_workers, write_shards
 from components.train import train_model
 
@@ -31,6 +32,10 @@ def bit_finetune(
     training_strategy: str = "auto",
     precision: str = "auto",
     checkpoint_every: int = 100,
+    blessing_threshold: float = 0.0,
+    baseline_model: str = "",
+    baseline_tolerance: float = 0.0,
+    serving_root: str = "",
 ):
     """Fine-tune BiT on an image dataset with the BiT-HyperRule.
 
@@ -52,6 +57,10 @@ def bit_finetune(
         training_strategy: auto, default, mirrored, multiworker or tpu.
         precision: auto, float32, bfloat16 or float16.
         checkpoint_every: Steps between training checkpoints.
+        blessing_threshold: Minimum test accuracy for the model to be pushed.
+        baseline_model: Baseline model (training output or SavedModel) to beat; "" for none.
+        baseline_tolerance: How much below the baseline's accuracy is still blessed.
+        serving_root: Versioned serving location (gs://…); "" keeps versions in the push artifact.
     """
     analyze = analyze_dataset(
         source=data_source,
@@ -97,3 +106,20 @@ def bit_finetune(
         seed=seed,
     )
     trained.set_display_name("fine-tune BiT")
+
+    evaluated = evaluate_model(
+        dataset=dataset.outputs["dataset"],
+        model=trained.outputs["model"],
+        baseline_model=baseline_model,
+        threshold=blessing_threshold,
+        tolerance=baseline_tolerance,
+    ).set_display_name("evaluate and gate")
+    with dsl.If(evaluated.outputs["Output"] == True, name="blessed"):  # noqa: E712
+        push_model(
+            model=trained.outputs["model"],
+            evaluation=evaluated.outputs["evaluation"],
+            dataset=dataset.outputs["dataset"],
+            serving_root=serving_root,
+            model_source=model,
+            pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        ).set_display_name("push blessed model")

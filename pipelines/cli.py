@@ -186,6 +186,32 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"wrote checkpoints, logs (TensorBoard) and saved_model to {args.output}")
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from components.bit.evaluation import EvalConfig, evaluate
+
+    result = evaluate(
+        EvalConfig(
+            data_dir=args.data,
+            model_dir=args.model,
+            output_dir=args.output,
+            split=args.split,
+            baseline_model=args.baseline,
+            threshold=args.threshold,
+            tolerance=args.tolerance,
+        )
+    )
+    m = result["metrics"]
+    print(
+        f"{result['split']}: {m['examples']:,} examples, accuracy {m['accuracy']:.4f}, "
+        f"top-{m['top5_k']} {m['top5_accuracy']:.4f}, loss {m['loss']:.4f}, macro F1 "
+        f"{m['macro_f1']:.4f}, ECE {m['expected_calibration_error']:.4f}"
+    )
+    if result["baseline_accuracy"] is not None:
+        print(f"baseline accuracy {result['baseline_accuracy']:.4f}")
+    print(f"{'BLESSED' if result['blessed'] else 'NOT BLESSED'}: {result['reason']}")
+    print(f"wrote metrics.json and report.html to {args.output}")
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     from components.bit.training import predict
 
@@ -218,16 +244,25 @@ def cmd_run(args: argparse.Namespace) -> None:
         model=args.model,
         preprocess_workers=args.preprocess_workers,
         hyperrule_overrides=json.dumps(overrides),
+        serving_root=os.path.abspath(args.serving_root or os.path.join(args.output, "serving")),
+        blessing_threshold=args.threshold,
+        baseline_model=args.baseline or "",
     )
     totals = outputs["totals"]
     print(
         f"pipeline finished: {totals['inputs']:,} inputs = {totals['written']:,} written + "
         f"{totals['rejected']:,} rejected; {outputs['examples']:,} training examples"
     )
-    print(f"analysis: {outputs['analysis']}")
-    print(f"dataset (TFRecords): {outputs['dataset']}")
-    print(f"model: {outputs['model']} (validation accuracy {outputs['validation_accuracy']:.4f})")
-    print(f"open the report: {outputs['report_html']}")
+    print(
+        f"{outputs['test_split']} accuracy {outputs['test_accuracy']:.4f} — "
+        f"{'BLESSED' if outputs['blessed'] else 'NOT BLESSED'}: {outputs['reason']}"
+    )
+    print(f"  analysis report:   {outputs['report_html']}")
+    print(f"  dataset:           {outputs['dataset']}")
+    print(f"  model:             {outputs['model']}")
+    print(f"  evaluation report: {outputs['evaluation_report']}")
+    print(f"  pushed version:    {outputs['pushed'] or '(not pushed)'}")
+    print(f"open a report in a browser, e.g. xdg-open {outputs['evaluation_report']}")
 
 
 STRATEGY_CHOICES = ("auto", "default", "mirrored", "multiworker", "tpu")
@@ -352,6 +387,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
+        "evaluate",
+        help="evaluate an exported model and decide whether to bless it",
+        description="Evaluate on the test split (validation if none): accuracy, top-5, loss, "
+        "per-class precision/recall/F1, confusion matrix, calibration; HTML report; gate.",
+    )
+    p.add_argument("--data", required=True, help="the folder `bittune preprocess` wrote")
+    p.add_argument("--model", required=True, help="a training output folder or its saved_model")
+    p.add_argument("--output", required=True, help="folder for metrics.json and report.html")
+    p.add_argument("--split", choices=("train", "validation", "test"), help="default: test")
+    p.add_argument("--baseline", help="a baseline model to compare on the same data")
+    p.add_argument("--threshold", type=float, default=0.0, help="minimum accuracy to bless")
+    p.add_argument(
+        "--tolerance", type=float, default=0.0, help="accepted accuracy drop below the baseline"
+    )
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
         "predict",
         help="classify images with an exported model",
         description="Print the top-k classes of each image with a model exported by train.",
@@ -379,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--output", default="bittune-runs", help="local pipeline root (default ./bittune-runs)"
     )
+    p.add_argument("--serving-root", help="where blessed versions go (default OUTPUT/serving)")
+    p.add_argument("--threshold", type=float, default=0.0, help="minimum test accuracy to push")
+    p.add_argument("--baseline", help="baseline model the new one must not fall behind")
     p.add_argument(
         "--runner",
         choices=("subprocess", "docker"),

@@ -58,6 +58,7 @@ def latest_outputs(pipeline_root: str) -> dict[str, Any]:
         "dataset": dataset,
         "totals": manifest["totals"],
         "model": os.path.join(run, "train-model", "model"),
+        **_evaluation(run),
         "validation_accuracy": _training_summary(run)
         .get("validation", [{}])[-1]
         .get("accuracy", float("nan")),
@@ -71,3 +72,26 @@ def _training_summary(run: str) -> dict[str, Any]:
         return {}
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def _evaluation(run: str) -> dict[str, Any]:
+    folder = os.path.join(run, "evaluate-model")
+    path = os.path.join(folder, "evaluation", "metrics.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        result = json.load(f)
+    pushed = os.path.join(run, "push-model", "executor_output.json")
+    version = None
+    if os.path.exists(pushed):
+        with open(pushed, encoding="utf-8") as f:
+            version = json.load(f)["parameterValues"]["Output"]
+    return {
+        "evaluation": os.path.join(folder, "evaluation"),
+        "evaluation_report": os.path.join(folder, "report"),
+        "test_split": result["split"],
+        "test_accuracy": result["metrics"]["accuracy"],
+        "blessed": result["blessed"],
+        "reason": result["reason"],
+        "pushed": version,
+    }

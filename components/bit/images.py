@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import math
 import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -158,28 +157,26 @@ def prepare_for_storage(
     background: tuple[int, int, int] = DEFAULT_BACKGROUND,
     jpeg_quality: int = DEFAULT_JPEG_QUALITY,
 ) -> Stored:
-    """Make ``data`` a 3-channel RGB JPEG/PNG whose shorter side is at most ``resize``.
+    """Make ``data`` a 3-channel RGB JPEG/PNG ready for training at the HyperRule's ``resize``.
 
-    Aspect ratio is kept: an image whose shorter side exceeds ``resize`` is scaled down so that
-    side equals ``resize`` (training's final resize to ``resize`` x ``resize`` then only shrinks)
-    and stored as JPEG. RGB JPEGs that need neither rotation nor resizing are kept byte for byte;
-    other small images are converted to RGB (alpha composited on ``background``) and stored as
-    JPEG if they were JPEG, else as lossless PNG. Animated images keep their first frame.
+    An image whose shorter side exceeds ``resize`` is resized once, here, to ``resize`` x
+    ``resize`` — the HyperRule's own first step, which ignores the aspect ratio — and stored as
+    JPEG, so training decodes only its crop window and never resizes. RGB JPEGs that need
+    neither rotation nor resizing are kept byte for byte; other small images are converted to
+    RGB (alpha composited on ``background``) and stored as JPEG if they were JPEG, else as
+    lossless PNG. Animated images keep their first frame.
     """
     needs_resize = min(info.height, info.width) > resize
     if info.format == "JPEG" and info.mode == "RGB" and info.orientation == 1 and not needs_resize:
         return Stored(data, "jpeg", info.height, info.width, KEPT)
     with Image.open(io.BytesIO(data)) as image:
-        scale = resize / min(info.height, info.width)
         if needs_resize and image.format in ("JPEG", "MPO"):
             # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that stays above the target.
-            image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
+            image.draft("RGB", (resize, resize))
         image = ImageOps.exif_transpose(image)
         rgb = to_rgb(image, background)
     if needs_resize:
-        size = (max(1, round(info.width * scale)), max(1, round(info.height * scale)))
-        size = (resize, size[1]) if info.width <= info.height else (size[0], resize)
-        rgb = rgb.resize(size, Image.Resampling.LANCZOS)
+        rgb = rgb.resize((resize, resize), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     if needs_resize or info.format == "JPEG":
         rgb.save(

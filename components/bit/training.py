@@ -111,14 +111,20 @@ def shard_paths(manifest: dict[str, Any], split: str) -> list[str]:
     return [s["path"] if os.path.exists(s.get("path", "")) else s["uri"] for s in entry["shards"]]
 
 
-def _records(paths: Sequence[str]):
+def _records(paths: Sequence[str], parse: bool = True):
+    """The records of ``paths`` in a fixed order, parsed (or still serialized)."""
     files = tf.data.Dataset.from_tensor_slices(list(paths))
-    return files.interleave(
+    records = files.interleave(
         lambda path: tf.data.TFRecordDataset(path, buffer_size=8 * 2**20),
         cycle_length=max(1, min(len(paths), 8)),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
-    ).map(lambda raw: tf.io.parse_single_example(raw, _FEATURES), tf.data.AUTOTUNE)
+    )
+    return records.map(_parse, tf.data.AUTOTUNE) if parse else records
+
+
+def _parse(serialized):
+    return tf.io.parse_single_example(serialized, _FEATURES)
 
 
 def _decode(encoded):
@@ -128,15 +134,32 @@ def _decode(encoded):
 
 
 def _resize(image, size: int):
-    return tf.image.resize(image, (size, size), method="bilinear")
+    """``image`` (uint8) at ``size`` x ``size``, untouched when already that size."""
+
+    def resized():
+        out = tf.image.resize(image, (size, size), method="bilinear")
+        return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
+
+    shape = tf.shape(image)
+    same = tf.logical_and(tf.equal(shape[0], size), tf.equal(shape[1], size))
+    out = tf.cond(same, lambda: image, resized)
+    out.set_shape([size, size, 3])
+    return out
+
+
+def to_unit_range(images):
+    """uint8 pixels to float32 in [0, 1] (float batches, e.g. after MixUp, pass through)."""
+    if images.dtype == tf.uint8:
+        return tf.cast(images, tf.float32) / 255.0
+    return images
 
 
 def eval_dataset(paths: Sequence[str], crop: int, batch_size: int):
-    """Evaluation preprocessing: resize straight to the crop size; every example, in order."""
+    """Evaluation preprocessing: resize straight to the crop size; every example, in order.
+    Yields (uint8 images, class indices)."""
 
     def prepare(example):
-        image = _resize(_decode(example["image/encoded"]), crop) / 255.0
-        return image, example["label"]
+        return _resize(_decode(example["image/encoded"]), crop), example["label"]
 
     records = _records(paths).map(prepare, tf.data.AUTOTUNE, deterministic=True)
     return records.batch(batch_size).prefetch(tf.data.AUTOTUNE)
@@ -151,7 +174,8 @@ def train_dataset(
     num_examples: int,
     skip_examples: int = 0,
 ):
-    """Endless augmented batches of ([0, 1] images, one-hot labels) of ``batch_size``.
+    """Endless augmented batches of (images, one-hot labels) of ``batch_size``: uint8 images
+    (made [0, 1] floats on the accelerator), or [0, 1] floats when MixUp blends them.
 
     Shuffle, crop offsets, flips and MixUp's lambda are stateless functions of the seed and the
     example's index in the stream; ``skip_examples`` resumes the stream where a run stopped.
@@ -160,17 +184,18 @@ def train_dataset(
     cache = config.cache
     if cache is None:
         cache = num_examples * resize * resize * 3 <= config.cache_bytes
-    records = _records(paths)
+    # Uncached, records stay serialized until the one map that parses, decodes and augments.
+    records = _records(paths, parse=False)
     if cache:
         # Decoded once, at the resize size, then served from memory every epoch.
-        records = records.map(
-            lambda ex: {
-                "image": tf.cast(_resize(_decode(ex["image/encoded"]), resize), tf.uint8),
-                "label": ex["label"],
-            },
-            tf.data.AUTOTUNE,
-            deterministic=True,
-        ).cache()
+        def decoded(raw):
+            example = _parse(raw)
+            return {
+                "image": _resize(_decode(example["image/encoded"]), resize),
+                "label": example["label"],
+            }
+
+        records = records.map(decoded, tf.data.AUTOTUNE, deterministic=True).cache()
     stream = (
         records.shuffle(min(num_examples, 4096), seed=seed, reshuffle_each_iteration=True)
         .repeat()
@@ -180,8 +205,10 @@ def train_dataset(
 
     def augment(index, example):
         key = tf.stack([tf.cast(seed, tf.int64), index])
+        if not cache:
+            example = _parse(example)
         if cache:
-            image = tf.cast(example["image"], tf.float32)
+            image = example["image"]
             image = (
                 tf.image.stateless_random_crop(image, (crop, crop, 3), seed=key)
                 if config.crop
@@ -193,8 +220,7 @@ def train_dataset(
             image = _resize(_decode(example["image/encoded"]), crop)
         if config.flip:
             image = tf.image.stateless_random_flip_left_right(image, seed=key + 1)
-        label = tf.one_hot(example["label"], num_classes)
-        return index, image / 255.0, label
+        return index, image, example["label"]
 
     batches = stream.map(augment, tf.data.AUTOTUNE, deterministic=True).batch(
         batch_size, drop_remainder=True
@@ -206,15 +232,17 @@ def train_dataset(
         beta = tfp.distributions.Beta(alpha, alpha)
 
         def mixup(indices, images, labels):
+            labels = tf.one_hot(labels, num_classes)
             key = tf.stack([tf.cast(seed + 7, tf.int64), indices[0]])
             lam = tf.cast(beta.sample(seed=tf.cast(key, tf.int32)), tf.float32)
+            images = to_unit_range(images)
             images = lam * images + (1 - lam) * tf.reverse(images, axis=[0])
             labels = lam * labels + (1 - lam) * tf.reverse(labels, axis=[0])
             return images, labels
 
         batches = batches.map(mixup, tf.data.AUTOTUNE, deterministic=True)
     else:
-        batches = batches.map(lambda i, x, y: (x, y))
+        batches = batches.map(lambda i, x, y: (x, tf.one_hot(y, num_classes)))
     options = tf.data.Options()
     # Every worker reads the whole stream and keeps its share of each batch: deterministic
     # whatever the number of shard files.
@@ -223,8 +251,9 @@ def train_dataset(
 
 
 def _fused_random_crop(example, resize: int, crop: int, key):
-    """A random crop of the image resized to ``resize``, cropping before decoding when the
-    record is a JPEG (only the window is decoded), then resized to ``crop``."""
+    """A random ``crop`` x ``crop`` window of the image at ``resize`` x ``resize``. For JPEG
+    records only the window is decoded (preprocessing stores large images at exactly
+    ``resize`` x ``resize``, so no resizing is left to do); others are decoded whole."""
     offsets = tf.random.stateless_uniform([2], seed=key, maxval=resize - crop + 1, dtype=tf.int32)
 
     def jpeg():
@@ -236,8 +265,7 @@ def _fused_random_crop(example, resize: int, crop: int, key):
         window_h = tf.maximum(1, tf.minimum(tf.cast(crop * scale_y, tf.int32), shape[0] - top))
         window_w = tf.maximum(1, tf.minimum(tf.cast(crop * scale_x, tf.int32), shape[1] - left))
         window = tf.stack([top, left, window_h, window_w])
-        image = tf.image.decode_and_crop_jpeg(example["image/encoded"], window, channels=3)
-        return _resize(image, crop)
+        return _resize(tf.image.decode_and_crop_jpeg(example["image/encoded"], window, 3), crop)
 
     def generic():
         image = _resize(_decode(example["image/encoded"]), resize)
@@ -554,6 +582,7 @@ def _make_train_step(strategy, model, optimizer, accumulators, rule, xla: bool):
 
     @tf.function(jit_compile=xla)
     def gradients(images, labels):
+        images = to_unit_range(images)
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
             losses = tf.nn.softmax_cross_entropy_with_logits(labels, logits)
@@ -606,7 +635,7 @@ def evaluate_model(model, paths: Sequence[str], crop: int, batch_size: int) -> d
     """Loss and top-1 accuracy over every example of ``paths``."""
     total = loss_sum = correct = 0.0
     for images, labels in eval_dataset(paths, crop, batch_size):
-        logits = model(images, training=False)
+        logits = model(to_unit_range(images), training=False)
         loss_sum += float(
             tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
         )
@@ -662,7 +691,7 @@ class _Serving(tf.Module):
         def one(encoded):
             image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
             image.set_shape([None, None, 3])
-            return _resize(image, self.crop) / 255.0
+            return to_unit_range(_resize(image, self.crop))
 
         images = tf.map_fn(
             one,

@@ -109,7 +109,7 @@ def test_input_pipeline_is_deterministic_and_resumable(digits_data):
     for (x1, _), (x2, _) in zip(first[2:], _first(resumed, 2), strict=True):
         np.testing.assert_array_equal(x1, x2)
     x, y = first[0]
-    assert x.shape == (8, 28, 28, 3) and x.dtype == np.float32 and 0 <= x.min() <= x.max() <= 1
+    assert x.shape == (8, 28, 28, 3) and x.dtype == np.uint8  # made [0, 1] floats in the step
     assert y.shape == (8, 10) and np.all(y.sum(axis=1) == 1)
 
 
@@ -146,7 +146,8 @@ def test_fused_jpeg_crop_matches_crop_after_resize():
 
     def crop(fmt, key):
         example = {"image/encoded": encoded, "image/format": tf.constant(fmt)}
-        return training._fused_random_crop(example, 64, 48, tf.constant(key, tf.int64))
+        crop = training._fused_random_crop(example, 64, 48, tf.constant(key, tf.int64))
+        return tf.cast(crop, tf.float32)
 
     fused, generic, elsewhere = crop("jpeg", [0, 7]), crop("png", [0, 7]), crop("png", [0, 8])
     assert fused.shape == generic.shape == (48, 48, 3)
@@ -163,6 +164,8 @@ def test_mixup_mixes_images_and_labels_with_one_lambda(digits_data):
         lam = my[0][np.argmax(y[0])] if np.argmax(y[0]) != np.argmax(y[-1]) else None
         if lam is None:
             continue
+        x = x / 255.0
+        assert mx.dtype == np.float32 and 0 <= mx.min() <= mx.max() <= 1
         np.testing.assert_allclose(mx, lam * x + (1 - lam) * x[::-1], atol=1e-5)
         np.testing.assert_allclose(my, lam * y + (1 - lam) * y[::-1], atol=1e-6)
         lambdas.append(lam)

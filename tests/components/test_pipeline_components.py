@@ -20,6 +20,7 @@ def odd_run(odd_folder, tmp_path_factory):
         preprocess_workers=3,
         hyperrule_overrides=json.dumps(TINY_RULE),
         checkpoint_every=2,
+        serving_root=str(tmp_path_factory.mktemp("serving")),
     )
     return outputs, expected
 
@@ -81,3 +82,35 @@ def test_train_component_exports_a_model(odd_run, odd_folder):
     root, _ = odd_folder
     (result,) = predict(str(model), [str(root / "cats" / "cmyk.jpg")])
     assert {name for name, _ in result["top_k"]} == {"birds", "cats", "dogs"}
+
+
+def test_evaluate_component_gates_and_pushes(odd_run):
+    outputs, _ = odd_run
+    task = pathlib.Path(outputs["evaluation"]).parent
+    executor = json.loads((task / "executor_output.json").read_text())
+    metrics = executor["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    assert metrics["examples"] == 2 and metrics["accuracy"] == outputs["test_accuracy"]
+    confusion = executor["artifacts"]["confusion"]["artifacts"][0]["metadata"]["confusionMatrix"]
+    assert [a["displayName"] for a in confusion["annotationSpecs"]] == ["birds", "cats", "dogs"]
+    assert "<h2>Per class</h2>" in (task / "report").read_text()  # the HTML artifact
+    assert outputs["blessed"] and outputs["pushed"].endswith("/1")
+    card = json.loads((pathlib.Path(outputs["pushed"]) / "model_card.json").read_text())
+    assert card["lineage"]["pipeline_run"].startswith("bit-finetune")
+    assert card["metrics"]["accuracy"] == outputs["test_accuracy"]
+
+
+def test_a_model_below_the_threshold_is_not_pushed(odd_folder, tmp_path):
+    root, _ = odd_folder
+    serving = tmp_path / "serving"
+    outputs = run_locally(
+        str(root),
+        pipeline_root=str(tmp_path / "root"),
+        hyperrule_overrides=json.dumps(
+            {**TINY_RULE, "total_steps": 2, "warmup_steps": 1, "decay_steps": []}
+        ),
+        serving_root=str(serving),
+        blessing_threshold=1.0,
+    )
+    assert outputs["blessed"] is False and outputs["pushed"] is None
+    assert "below the threshold" in outputs["reason"]
+    assert not serving.exists()
