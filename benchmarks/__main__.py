@@ -17,10 +17,17 @@ def _training():
     return training_speed.run()
 
 
+def _end_to_end():
+    from benchmarks import end_to_end
+
+    return end_to_end.run()
+
+
 BENCHMARKS = {
     "analysis": analysis_speed.run,
     "preprocess": preprocess_speed.run,
     "training": _training,
+    "end-to-end": _end_to_end,
 }
 
 

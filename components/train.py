@@ -2,10 +2,10 @@
 
 from kfp import dsl
 
-from components.image import BITTUNE_IMAGE
+from components.image import BITTUNE_GPU_IMAGE
 
 
-@dsl.component(base_image=BITTUNE_IMAGE, install_kfp_package=False)
+@dsl.component(base_image=BITTUNE_GPU_IMAGE, install_kfp_package=False)
 def train_model(
     dataset: dsl.Input[dsl.Dataset],
     analysis: dsl.Input[dsl.Dataset],

@@ -265,6 +265,89 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(f"open a report in a browser, e.g. xdg-open {outputs['evaluation_report']}")
 
 
+def cmd_compile(args: argparse.Namespace) -> None:
+    from pipelines.submit import DEFAULT_PIPELINE_FILE, compile_pipeline
+
+    output = args.output or DEFAULT_PIPELINE_FILE
+    path = compile_pipeline(output, args.image_registry, args.image_tag)
+    print(f"wrote {path}")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from benchmarks.__main__ import main as bench_main
+
+    code = bench_main([*args.names, "--output", args.output])
+    if code:
+        raise BittuneError("a benchmark missed its target (see the table above)")
+
+
+def _submit_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"token": args.token, "namespace": args.namespace, "ssl_ca_cert": args.ssl_ca_cert}
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    import yaml
+
+    from pipelines.submit import parse_params
+
+    with open(args.pipeline, encoding="utf-8") as f:
+        return parse_params(args.param, next(yaml.safe_load_all(f)))
+
+
+def cmd_submit(args: argparse.Namespace) -> None:
+    from pipelines.submit import submit
+
+    run = submit(args.host, _params(args), args.experiment, args.pipeline, **_submit_options(args))
+    print(f"submitted run {run['run_id']}: {run['url']}")
+
+
+def cmd_trigger(args: argparse.Namespace) -> None:
+    from pipelines.submit import submit, trigger
+
+    params = {"data_source": args.data, **_params_with_default_data(args)}
+    result = trigger(
+        args.data,
+        args.state,
+        lambda: submit(args.host, params, args.experiment, args.pipeline, **_submit_options(args)),
+    )
+    messages = {
+        "submitted": lambda r: (
+            f"data changed: submitted run {r['run']['run_id']}: {r['run']['url']}"
+        ),
+        "unchanged": lambda r: "data unchanged since the last triggered run: nothing submitted",
+        "busy": lambda r: "another trigger is submitting this change: nothing submitted",
+    }
+    print(messages[result["action"]](result))
+
+
+def _params_with_default_data(args: argparse.Namespace) -> dict[str, Any]:
+    args.param = [p for p in args.param if not p.startswith("data_source=")]
+    args.param.append(f"data_source={args.data}")
+    return _params(args)
+
+
+def _add_submit_options(p: argparse.ArgumentParser) -> None:
+    from pipelines.submit import DEFAULT_PIPELINE_FILE
+
+    p.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://…/pipeline")
+    p.add_argument("--experiment", default="bittune", help="experiment name (default bittune)")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="pipeline parameter (repeatable), e.g. --param model=bit-m-r50x1",
+    )
+    p.add_argument(
+        "--pipeline",
+        default=DEFAULT_PIPELINE_FILE,
+        help="compiled pipeline YAML (default: the one shipped with bittune)",
+    )
+    p.add_argument("--token", help="bearer token for the KFP API (kfp.Client existing_token)")
+    p.add_argument("--namespace", help="Kubeflow namespace (multi-user deployments)")
+    p.add_argument("--ssl-ca-cert", help="CA bundle for the KFP API's TLS certificate")
+
+
 STRATEGY_CHOICES = ("auto", "default", "mirrored", "multiworker", "tpu")
 
 
@@ -441,6 +524,52 @@ def build_parser() -> argparse.ArgumentParser:
         help="kfp.local runner (default subprocess)",
     )
     p.set_defaults(func=cmd_run)
+
+    from components.image import IMAGE_REGISTRY, IMAGE_TAG
+
+    p = sub.add_parser(
+        "compile",
+        help="write the pipeline's IR YAML",
+        description="Compile bit-finetune to KFP IR YAML.",
+    )
+    p.add_argument("--output", default=None, help="file (default: pipelines/bit_finetune.yaml)")
+    p.add_argument(
+        "--image-registry",
+        default=IMAGE_REGISTRY,
+        help=f"registry of the component images (default {IMAGE_REGISTRY})",
+    )
+    p.add_argument("--image-tag", default=IMAGE_TAG, help=f"image tag (default {IMAGE_TAG})")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser(
+        "submit",
+        help="upload the pipeline and start a run on a KFP server",
+        description="Upload bit-finetune (a new version when it changed) and "
+        "create a run; prints its URL.",
+    )
+    _add_submit_options(p)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser(
+        "trigger",
+        help="start a run only when the data changed",
+        description="Fingerprint the data (object names, sizes, generations); "
+        "submit a run only when it changed since the last successful trigger.",
+    )
+    p.add_argument("--data", required=True, help="data prefix (gs://…), also the data_source")
+    p.add_argument("--state", required=True, help="state object, gs://…/state.json")
+    _add_submit_options(p)
+    p.set_defaults(func=cmd_trigger)
+
+    p = sub.add_parser(
+        "bench",
+        help="run the benchmarks and write BENCHMARKS.md",
+        description="Run every benchmark side by side (or the named ones) and "
+        "write BENCHMARKS.md; GPU: python -m benchmarks.gpu_benchmark.",
+    )
+    p.add_argument("names", nargs="*", help="analysis, preprocess, training, end-to-end")
+    p.add_argument("--output", default="BENCHMARKS.md", help="report file (default BENCHMARKS.md)")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

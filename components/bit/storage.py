@@ -166,5 +166,47 @@ def make_readable(path: str) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
+class PreconditionFailed(StorageError):
+    """The object changed since it was read (another writer got there first)."""
+
+
+def read_versioned(uri: str) -> tuple[bytes | None, int]:
+    """A gs:// object's bytes and generation; (None, 0) when it does not exist."""
+    from google.api_core import exceptions
+
+    blob = _blob(uri)
+    try:
+        data = blob.download_as_bytes()
+    except exceptions.NotFound:
+        return None, 0
+    return data, int(blob.generation)
+
+
+def write_if_generation(uri: str, data: bytes, generation: int) -> int:
+    """Write a gs:// object only if its generation is still ``generation`` (0: only if absent);
+    return the new generation. Two writers racing from the same read: exactly one succeeds."""
+    from google.api_core import exceptions
+
+    blob = _blob(uri)
+    try:
+        blob.upload_from_string(data, if_generation_match=generation)
+    except exceptions.PreconditionFailed:
+        raise PreconditionFailed(f"{uri} changed since it was read") from None
+    return int(blob.generation)
+
+
+def object_versions(root: str) -> list[tuple[str, int, int]]:
+    """(relative name, size, generation) of every object under a gs:// prefix; for a local
+    folder the modification time in nanoseconds stands in for the generation."""
+    if not is_gcs(root):
+        return sorted((e.relpath, e.size, os.stat(e.uri).st_mtime_ns) for e in list_files(root))
+    bucket, name = split_gcs(root)
+    prefix = name.rstrip("/") + "/" if name else ""
+    return sorted(
+        (b.name[len(prefix) :], int(b.size or 0), int(b.generation))
+        for b in gcs_client().list_blobs(bucket, prefix=prefix)
+    )
+
+
 def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))

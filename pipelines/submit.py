@@ -1,0 +1,251 @@
+"""Compiling the pipeline, submitting runs to a KFP API server, and triggering runs on new data.
+
+Authentication uses the standard ``kfp.Client`` options: ``--token`` (``existing_token``), or
+inside a cluster the service-account token the client finds by itself
+(``KF_PIPELINES_SA_TOKEN_PATH``); ``--namespace`` for multi-user deployments; ``--ssl-ca-cert``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import yaml
+
+from components.bit import storage
+from components.bit.errors import BittuneError
+from components.image import IMAGE_REGISTRY, IMAGE_TAG, image_for
+
+DEFAULT_PIPELINE_FILE = os.path.join(os.path.dirname(__file__), "bit_finetune.yaml")
+STALE_CLAIM = datetime.timedelta(minutes=15)
+
+
+class SubmitError(BittuneError):
+    """A run could not be submitted, with the reason."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiling
+
+
+def compile_pipeline(
+    output: str = DEFAULT_PIPELINE_FILE, registry: str = IMAGE_REGISTRY, tag: str = IMAGE_TAG
+) -> str:
+    """Write the pipeline's IR YAML, its component images pointed at ``registry``/``tag``."""
+    from kfp import compiler
+
+    from pipelines.bit_finetune import bit_finetune
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "pipeline.yaml")
+        compiler.Compiler().compile(bit_finetune, path)
+        with open(path, encoding="utf-8") as f:
+            documents = list(yaml.safe_load_all(f))
+    executors = documents[0]["deploymentSpec"]["executors"]
+    for executor in executors.values():
+        container = executor.get("container", {})
+        for kind in ("cpu", "gpu"):
+            if container.get("image") == image_for(kind):
+                container["image"] = image_for(kind, registry, tag)
+    text = yaml.safe_dump_all(documents, sort_keys=True)
+    storage.write_text(output, text)
+    return output
+
+
+def pipeline_parameters(spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The pipeline's parameters: {name: {"parameterType": …, "defaultValue"?: …}}."""
+    return spec["root"]["inputDefinitions"]["parameters"]
+
+
+def parse_params(pairs: Sequence[str], spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``k=v`` strings typed by the pipeline's parameter types; unknown names are refused."""
+    declared = pipeline_parameters(spec)
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep:
+            raise SubmitError(f"--param {pair!r}: expected NAME=VALUE")
+        if name not in declared:
+            raise SubmitError(f"unknown parameter {name!r}; valid: {', '.join(sorted(declared))}")
+        params[name] = _typed(name, text, declared[name]["parameterType"])
+    missing = [
+        n
+        for n, d in declared.items()
+        if "defaultValue" not in d and n not in params and not d.get("isOptional")
+    ]
+    if missing:
+        raise SubmitError(f"missing required parameter(s): {', '.join(missing)} (--param NAME=…)")
+    return params
+
+
+def _typed(name: str, text: str, kind: str) -> Any:
+    try:
+        if kind == "NUMBER_INTEGER":
+            return int(text)
+        if kind == "NUMBER_DOUBLE":
+            return float(text)
+        if kind == "BOOLEAN":
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1")
+        if kind in ("STRUCT", "LIST"):
+            value = json.loads(text)
+            if not isinstance(value, dict if kind == "STRUCT" else list):
+                raise ValueError(text)
+            return value
+    except ValueError:
+        raise SubmitError(f"parameter {name}: {text!r} is not a valid {kind.lower()}") from None
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Submitting
+
+
+def _client(
+    host: str,
+    token: str | None = None,
+    namespace: str | None = None,
+    ssl_ca_cert: str | None = None,
+):
+    import kfp
+
+    try:
+        return kfp.Client(
+            host=host,
+            existing_token=token,
+            namespace=namespace or "kubeflow",
+            ssl_ca_cert=ssl_ca_cert,
+        )
+    except Exception as exc:  # connection and auth failures surface as many types
+        raise SubmitError(f"cannot reach the KFP API at {host}: {exc}") from None
+
+
+def submit(
+    host: str,
+    params: Mapping[str, Any],
+    experiment: str = "bittune",
+    pipeline_file: str = DEFAULT_PIPELINE_FILE,
+    token: str | None = None,
+    namespace: str | None = None,
+    ssl_ca_cert: str | None = None,
+) -> dict[str, str]:
+    """Upload the pipeline (a new version when it exists and changed) and start a run."""
+    with open(pipeline_file, encoding="utf-8") as f:
+        text = f.read()
+    spec = next(yaml.safe_load_all(text))
+    name = spec["pipelineInfo"]["name"]
+    version_name = f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    client = _client(host, token, namespace, ssl_ca_cert)
+    from kfp_server_api.exceptions import ApiException
+
+    try:
+        pipeline_id = client.get_pipeline_id(name)
+        if pipeline_id is None:
+            # The first version takes the pipeline's name; its description carries the
+            # content-named version, so that the same YAML is recognised next time.
+            description = f"{spec['pipelineInfo'].get('description', '')} [{version_name}]"
+            pipeline_id = client.upload_pipeline(
+                pipeline_file, pipeline_name=name, description=description.strip()
+            ).pipeline_id
+            version_id = _version_id(client, pipeline_id, version_name)
+        else:
+            version_id = _version_id(client, pipeline_id, version_name)
+            if version_id is None:
+                version_id = client.upload_pipeline_version(
+                    pipeline_file, pipeline_version_name=version_name, pipeline_id=pipeline_id
+                ).pipeline_version_id
+        experiment_id = client.create_experiment(experiment, namespace=namespace).experiment_id
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
+        run = client.run_pipeline(
+            experiment_id=experiment_id,
+            job_name=f"{name}-{stamp}",
+            pipeline_id=pipeline_id,
+            version_id=version_id,
+            params=dict(params),
+        )
+    except ApiException as exc:
+        raise SubmitError(f"the KFP API refused the request ({exc.status}): {exc.reason}") from None
+    return {
+        "run_id": run.run_id,
+        "pipeline_id": pipeline_id,
+        "version_id": version_id,
+        "experiment_id": experiment_id,
+        "url": f"{host.rstrip('/')}/#/runs/details/{run.run_id}",
+    }
+
+
+def _version_id(client, pipeline_id: str, display_name: str) -> str | None:
+    response = client.list_pipeline_versions(pipeline_id, page_size=200)
+    for version in response.pipeline_versions or []:
+        if display_name in (version.display_name, *_bracketed(version.description)):
+            return version.pipeline_version_id
+    return None
+
+
+def _bracketed(text: str | None) -> list[str]:
+    return re.findall(r"\[([^\]]+)\]", text or "")
+
+
+# ---------------------------------------------------------------------------------------------
+# Triggering on new data
+
+
+def fingerprint(data: str) -> str:
+    """A digest of every object under ``data``: names, sizes and generations."""
+    objects = storage.object_versions(data)
+    if not objects:
+        raise SubmitError(f"no objects under {data}")
+    return hashlib.sha256(json.dumps(objects).encode()).hexdigest()
+
+
+def trigger(data: str, state: str, submit_run, now: datetime.datetime | None = None) -> dict:
+    """Submit a run (``submit_run()``) when ``data`` changed since the last successful trigger.
+
+    The state object is claimed and updated with generation preconditions, so of two triggers
+    racing on the same change exactly one submits; a claim left by a crashed trigger is taken
+    over after 15 minutes. Returns {"action": "submitted" | "unchanged" | "busy", …}.
+    """
+    if not storage.is_gcs(state):
+        raise SubmitError(f"the trigger state must be a gs:// object, got {state}")
+    now = now or datetime.datetime.now(datetime.UTC)
+    current = fingerprint(data)
+    raw, generation = storage.read_versioned(state)
+    previous = json.loads(raw) if raw else {}
+    if previous.get("fingerprint") == current:
+        if previous.get("status") == "submitted":
+            return {"action": "unchanged", "fingerprint": current, "run": previous.get("run")}
+        claimed = datetime.datetime.fromisoformat(previous.get("claimed_at", now.isoformat()))
+        if now - claimed < STALE_CLAIM:
+            return {"action": "busy", "fingerprint": current}
+    last_submitted = previous if previous.get("status") == "submitted" else previous.get("last")
+    claim = {
+        "fingerprint": current,
+        "status": "submitting",
+        "claimed_at": now.isoformat(),
+        "last": last_submitted,
+    }
+    try:
+        generation = storage.write_if_generation(state, json.dumps(claim).encode(), generation)
+    except storage.PreconditionFailed:
+        return {"action": "busy", "fingerprint": current}
+    try:
+        run = submit_run()
+    except BaseException:
+        restore = last_submitted or {}
+        storage.write_if_generation(state, json.dumps(restore).encode(), generation)
+        raise
+    done = {
+        "fingerprint": current,
+        "status": "submitted",
+        "submitted_at": now.isoformat(),
+        "run": run,
+    }
+    storage.write_if_generation(state, json.dumps(done).encode(), generation)
+    return {"action": "submitted", "fingerprint": current, "run": run}
