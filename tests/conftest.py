@@ -29,6 +29,18 @@ def digits_folder(tmp_path_factory) -> pathlib.Path:
     return pathlib.Path(materialize_digits(str(tmp_path_factory.mktemp("digits") / "digits")))
 
 
+def prepare_dataset(source: pathlib.Path, root: pathlib.Path, overrides=None) -> pathlib.Path:
+    """Analyse ``source`` (with HyperRule overrides) into root/analysis and preprocess it into
+    root/data; return ``root``."""
+    from components.bit.analysis import AnalysisConfig, analyze
+    from components.bit.preprocess import PreprocessConfig, preprocess
+
+    config = AnalysisConfig(str(source), overrides=overrides or {}, progress=False)
+    analyze(config, str(root / "analysis"))
+    preprocess(PreprocessConfig(str(root / "analysis"), str(root / "data"), progress=False))
+    return root
+
+
 class FakeGcs:
     """fake-gcs-server on loopback with helpers to create buckets and upload trees."""
 

@@ -45,7 +45,7 @@ DIGITS_DEMO_OVERRIDES = {
     "crop": 28,
     "batch_size": 128,
     "micro_batch_size": 128,
-    "base_lr": 0.01,
+    "base_lr": 0.02,
     "warmup_steps": 30,
     "decay_steps": [150, 220, 270],
     "total_steps": 300,

@@ -52,20 +52,7 @@ OVERRIDABLE = (
     "mixup_alpha",
     "momentum",
 )
-REQUIRED_FIELDS = (
-    "resize",
-    "crop",
-    "batch_size",
-    "micro_batch_size",
-    "accumulation_steps",
-    "base_lr",
-    "warmup_steps",
-    "decay_steps",
-    "total_steps",
-    "mixup_alpha",
-    "momentum",
-    "variant",
-)
+REQUIRED_FIELDS = (*OVERRIDABLE, "accumulation_steps", "variant")
 
 
 class HyperRuleError(BittuneError):

@@ -8,12 +8,11 @@ import pytest
 from sklearn import metrics as skm
 
 from components.bit import evaluation, push
-from components.bit.analysis import AnalysisConfig, analyze
 from components.bit.errors import BittuneError
 from components.bit.evaluation import EvalConfig, Tally
-from components.bit.preprocess import PreprocessConfig, preprocess
 from components.bit.training import TrainConfig, train
 from tests.bit.test_training import TINY_RULE
+from tests.conftest import prepare_dataset
 
 
 def tally_of(probabilities, labels, classes, batch=7):
@@ -78,12 +77,7 @@ def test_gate():
 
 @pytest.fixture(scope="module")
 def trained(digits_folder, tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval")
-    analyze(
-        AnalysisConfig(str(digits_folder), overrides=TINY_RULE, progress=False),
-        str(root / "analysis"),
-    )
-    preprocess(PreprocessConfig(str(root / "analysis"), str(root / "data"), progress=False))
+    root = prepare_dataset(digits_folder, tmp_path_factory.mktemp("eval"), TINY_RULE)
     train(
         TrainConfig(
             str(root / "data"),

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 
 from components.bit import hyperrule, models, training
-from components.bit.analysis import AnalysisConfig, analyze
-from components.bit.preprocess import PreprocessConfig, preprocess
 from components.bit.training import TrainConfig, TrainingError
 from tests.bit.test_models import SMALL, random_checkpoint
+from tests.conftest import prepare_dataset
 
 tf = models.tf
 TINY_RULE = {
@@ -28,12 +27,7 @@ TINY_RULE = {
 @pytest.fixture(scope="module")
 def digits_data(digits_folder, tmp_path_factory):
     """Digits analysed with a tiny schedule and preprocessed: (analysis dir, dataset dir)."""
-    root = tmp_path_factory.mktemp("train-data")
-    analyze(
-        AnalysisConfig(str(digits_folder), overrides=TINY_RULE, progress=False),
-        str(root / "analysis"),
-    )
-    preprocess(PreprocessConfig(str(root / "analysis"), str(root / "data"), progress=False))
+    root = prepare_dataset(digits_folder, tmp_path_factory.mktemp("train-data"), TINY_RULE)
     return root / "analysis", root / "data"
 
 

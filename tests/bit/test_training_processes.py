@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tests.bit.test_training import TINY_RULE, small_npz  # noqa: F401  (fixture)
+from tests.conftest import prepare_dataset
 
 tf = pytest.importorskip("tensorflow")
 LONGER_RULE = {**TINY_RULE, "total_steps": 12, "decay_steps": [6, 8, 10]}
@@ -20,16 +21,7 @@ LONGER_RULE = {**TINY_RULE, "total_steps": 12, "decay_steps": [6, 8, 10]}
 
 @pytest.fixture(scope="module")
 def longer_data(digits_folder, tmp_path_factory):
-    from components.bit.analysis import AnalysisConfig, analyze
-    from components.bit.preprocess import PreprocessConfig, preprocess
-
-    root = tmp_path_factory.mktemp("resume-data")
-    analyze(
-        AnalysisConfig(str(digits_folder), overrides=LONGER_RULE, progress=False),
-        str(root / "analysis"),
-    )
-    preprocess(PreprocessConfig(str(root / "analysis"), str(root / "data"), progress=False))
-    return root
+    return prepare_dataset(digits_folder, tmp_path_factory.mktemp("resume-data"), LONGER_RULE)
 
 
 def train_command(root, output, model, *extra):
