@@ -260,3 +260,20 @@ def test_output_of_another_dataset_is_refused(digits_data, small_npz, tmp_path):
     (tmp_path / "run" / "labels.json").write_text(json.dumps({"labels": ["cat", "dog"]}))
     with pytest.raises(TrainingError, match="holds a run on 2 other classes"):
         training.train(config_for(digits_data, tmp_path / "run", small_npz))
+
+
+def test_gcs_output_checkpoints_and_resumes(digits_data, small_npz, gcs):
+    bucket = gcs.new_bucket()
+    output = f"gs://{bucket}/runs/digits"
+    first = training.train(config_for(digits_data, output, small_npz, max_steps=3))
+    assert first["steps"] == 3 and not first["finished"]
+    names = gcs.names(bucket, "runs/digits/")
+    assert "runs/digits/checkpoints/checkpoint" in names
+    assert any(n.startswith("runs/digits/checkpoints/ckpt-3") for n in names)
+    import shutil
+
+    shutil.rmtree(training._staging_dir(output))  # a new machine: only gs:// remains
+    second = training.train(config_for(digits_data, output, small_npz))
+    assert second["finished"] and second["steps"] == 6
+    assert [h["step"] for h in second["validation"]] == [6]  # resumed at 3, not restarted
+    assert "runs/digits/saved_model/saved_model.pb" in gcs.names(bucket, "runs/digits/")
