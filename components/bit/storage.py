@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 
 from components.bit.errors import BittuneError
@@ -49,9 +50,10 @@ def join(base: str, *parts: str) -> str:
     return os.path.join(base, *parts)
 
 
-@functools.lru_cache(maxsize=4)
-def _client(emulator: str | None, pid: int):
-    """One client per process: a forked child must not share its parent's connections."""
+@functools.lru_cache(maxsize=128)
+def _client(emulator: str | None, pid: int, thread: int):
+    """One client per process and thread: a forked child must not share its parent's
+    connections, and concurrent threads must not share one HTTP session."""
     from google.cloud import storage  # imported lazily: local runs never need it
 
     if emulator:
@@ -63,7 +65,7 @@ def _client(emulator: str | None, pid: int):
 
 def gcs_client():
     """A google-cloud-storage client (anonymous when ``STORAGE_EMULATOR_HOST`` is set)."""
-    return _client(os.environ.get("STORAGE_EMULATOR_HOST"), os.getpid())
+    return _client(os.environ.get("STORAGE_EMULATOR_HOST"), os.getpid(), threading.get_ident())
 
 
 def _blob(uri: str):
