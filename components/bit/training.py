@@ -399,6 +399,7 @@ def _staging_dir(output_dir: str) -> str:
         os.makedirs(output_dir, exist_ok=True)
         return output_dir
     local = os.path.join(tempfile.gettempdir(), "bittune-train", output_dir.replace("/", "_"))
+    shutil.rmtree(local, ignore_errors=True)  # an exact mirror: nothing left from older runs
     os.makedirs(local, exist_ok=True)
     for entry in storage.list_files(output_dir) if storage.is_dir(output_dir) else []:
         target = os.path.join(local, entry.relpath)
