@@ -191,7 +191,7 @@ def write_if_generation(uri: str, data: bytes, generation: int) -> int:
 
     blob = _blob(uri)
     try:
-        blob.upload_from_string(data, if_generation_match=generation)
+        blob.upload_from_string(data, if_generation_match=generation, timeout=15)
     except exceptions.PreconditionFailed:
         raise PreconditionFailed(f"{uri} changed since it was read") from None
     return int(blob.generation)
