@@ -34,19 +34,24 @@ def analyze_dataset(
     Returns:
         The number of valid training examples.
     """
-    import json
     import shutil
 
+    from components.bit import validation as v
     from components.bit.analysis import AnalysisConfig, analyze
 
+    v.require(
+        v.check_int("max_pixels", max_pixels, 1),
+        v.check_int("few_shot", few_shot, 0),
+        v.check_choice("variant", variant, v.VARIANTS),
+    )
     config = AnalysisConfig(
         source=source,
         data_dir=data_dir or None,
-        split_fractions=tuple(float(f) for f in split_fractions.split(",")),
+        split_fractions=v.parse_fractions(split_fractions),
         max_pixels=max_pixels,
         variant=variant,
         model=model or None,
-        overrides=json.loads(hyperrule_overrides or "{}"),
+        overrides=v.parse_overrides(hyperrule_overrides),
         few_shot=few_shot or None,
         progress=False,
     )

@@ -33,6 +33,9 @@ def evaluate_model(
     import os
     import shutil
 
+    from components.bit import validation as v
+
+    v.require(v.check_fraction("threshold", threshold), v.check_fraction("tolerance", tolerance))
     from components.bit.evaluation import EvalConfig, evaluate, kfp_confusion_matrix
 
     os.makedirs(evaluation.path, exist_ok=True)

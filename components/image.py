@@ -1,14 +1,46 @@
 """The one setting for the container images the bittune components run in.
 
-Images are ``{IMAGE_REGISTRY}/bittune-{cpu,gpu}:{IMAGE_TAG}``, built from docker/. Point a
-compiled pipeline at your registry with ``bittune compile --image-registry R --image-tag T``.
+Images are ``{registry}/bittune-{cpu,gpu,tpu}:{tag}``, built from docker/Dockerfile by
+docker/build.sh. Every component runs in the CPU image except training, which runs in the GPU
+image. Point a compiled pipeline at your registry with ``bittune compile --image-registry R
+--image-tag T``; ``bittune run --runner docker`` runs every step in the CPU image.
 """
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
 
 IMAGE_REGISTRY = "bittune"
 IMAGE_TAG = "0.1.0"
-BITTUNE_IMAGE = f"{IMAGE_REGISTRY}/bittune-cpu:{IMAGE_TAG}"  # every component but training
-BITTUNE_GPU_IMAGE = f"{IMAGE_REGISTRY}/bittune-gpu:{IMAGE_TAG}"  # training (CUDA TensorFlow)
+ACCELERATORS = ("cpu", "gpu", "tpu")
 
 
 def image_for(kind: str, registry: str = IMAGE_REGISTRY, tag: str = IMAGE_TAG) -> str:
-    return f"{registry}/bittune-{kind}:{tag}"
+    """The image name for one accelerator kind (cpu, gpu or tpu)."""
+    if kind not in ACCELERATORS:
+        raise ValueError(f"unknown image kind {kind!r} (use {', '.join(ACCELERATORS)})")
+    return f"{registry.rstrip('/')}/bittune-{kind}:{tag}"
+
+
+BITTUNE_IMAGE = image_for("cpu")  # every component but training
+BITTUNE_GPU_IMAGE = image_for("gpu")  # training (CUDA TensorFlow)
+
+
+def retarget_images(
+    containers: Iterable[dict],
+    registry: str = IMAGE_REGISTRY,
+    tag: str = IMAGE_TAG,
+    training: str = "gpu",
+) -> dict[str, str]:
+    """Point compiled executors' ``image`` fields at ``registry``/``tag``; training runs in the
+    ``training`` kind's image. Returns {old image: new image} for the images it changed."""
+    mapping: Mapping[str, str] = {
+        BITTUNE_IMAGE: image_for("cpu", registry, tag),
+        BITTUNE_GPU_IMAGE: image_for(training, registry, tag),
+    }
+    changed = {}
+    for container in containers:
+        old = container["image"]
+        if old in mapping and mapping[old] != old:
+            container["image"] = changed[old] = mapping[old]
+    return changed

@@ -17,6 +17,9 @@ def plan_workers(num_workers: int) -> list:
     """
     if num_workers < 1:
         raise ValueError(f"num_workers must be at least 1, got {num_workers}")
+    from components.bit import validation as v
+
+    v.require(v.check_int("num_workers", num_workers, 1, 1000))
     return list(range(num_workers))
 
 
@@ -40,9 +43,15 @@ def write_shards(
         shard_megabytes: Target shard size in MiB.
         seed: Seed for shard order and few-shot choice.
     """
+    from components.bit import validation as v
     from components.bit.preprocess import PreprocessConfig
     from components.bit.preprocess import write_shards as write
 
+    v.require(
+        v.check_int("num_workers", num_workers, 1, 1000),
+        v.check_int("worker_index", worker_index, 0, num_workers - 1),
+        v.check_int("shard_megabytes", shard_megabytes, 1, 10_000),
+    )
     config = PreprocessConfig(
         analysis_dir=analysis.path,
         output_dir=shards.path,
@@ -75,7 +84,10 @@ def gather_dataset(
     Returns:
         The number of training examples written.
     """
+    from components.bit import validation as v
     from components.bit.preprocess import PreprocessConfig, gather
+
+    v.require(v.check_int("shard_megabytes", shard_megabytes, 1, 10_000))
 
     config = PreprocessConfig(
         analysis_dir=analysis.path,

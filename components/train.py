@@ -36,6 +36,15 @@ def train_model(
     Returns:
         The last validation accuracy (NaN without a validation split).
     """
+    from components.bit import validation as v
+    from components.bit.model_sources import check_model
+
+    v.require(
+        v.check_choice("strategy", strategy, v.STRATEGIES),
+        v.check_choice("precision", precision, v.PRECISIONS),
+        v.check_int("checkpoint_every", checkpoint_every, 1),
+    )
+    check_model(model_source)
     from components.bit.training import TrainConfig, train
 
     summary = train(

@@ -4,6 +4,7 @@ KFP components. Heavy imports (TensorFlow, KFP) happen inside the commands that 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -222,16 +223,19 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> None:
     from components.bit.datasets import DIGITS_DEMO_OVERRIDES, materialize_digits
+    from components.bit.validation import ParameterError, parse_overrides
     from pipelines.local_run import run_locally
 
-    try:
-        overrides = json.loads(args.hyperrule_overrides or "{}")
-    except json.JSONDecodeError as exc:
-        raise BittuneError(f"--hyperrule-overrides is not valid JSON: {exc}") from None
+    overrides_text = args.hyperrule_overrides or "{}"
     source = args.data
     if not source:
-        source = materialize_digits()
-        overrides = {**DIGITS_DEMO_OVERRIDES, **overrides}
+        # Docker runs read it from inside the pipeline root, which the containers can reach.
+        inside = os.path.join(os.path.abspath(args.output), "inputs", "digits")
+        source = materialize_digits(inside if args.runner == "docker" else None)
+        with contextlib.suppress(ParameterError):  # run_locally names every bad parameter
+            overrides_text = json.dumps(
+                {**DIGITS_DEMO_OVERRIDES, **parse_overrides(overrides_text)}
+            )
         print(
             f"no --data given: the embedded default dataset (scikit-learn digits) at {source};\n"
             f"model {args.model}; demo schedule {json.dumps(DIGITS_DEMO_OVERRIDES)}"
@@ -240,10 +244,12 @@ def cmd_run(args: argparse.Namespace) -> None:
         source,
         pipeline_root=os.path.abspath(args.output),
         runner=args.runner,
+        image_registry=args.image_registry,
+        image_tag=args.image_tag,
         data_dir=args.data_dir or "",
         model=args.model,
         preprocess_workers=args.preprocess_workers,
-        hyperrule_overrides=json.dumps(overrides),
+        hyperrule_overrides=overrides_text,
         serving_root=os.path.abspath(args.serving_root or os.path.join(args.output, "serving")),
         blessing_threshold=args.threshold,
         baseline_model=args.baseline or "",
@@ -281,17 +287,27 @@ def cmd_bench(args: argparse.Namespace) -> None:
         raise BittuneError("a benchmark missed its target (see the table above)")
 
 
+def _add_image_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    from components.image import IMAGE_REGISTRY, IMAGE_TAG
+
+    p.add_argument(
+        "--image-registry",
+        default=IMAGE_REGISTRY,
+        help=f"{prefix}registry of the component images (default {IMAGE_REGISTRY})",
+    )
+    p.add_argument(
+        "--image-tag", default=IMAGE_TAG, help=f"{prefix}image tag (default {IMAGE_TAG})"
+    )
+
+
 def _submit_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"token": args.token, "namespace": args.namespace, "ssl_ca_cert": args.ssl_ca_cert}
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
-    import yaml
+    from pipelines.submit import load_pipeline, parse_params
 
-    from pipelines.submit import parse_params
-
-    with open(args.pipeline, encoding="utf-8") as f:
-        return parse_params(args.param, next(yaml.safe_load_all(f)))
+    return parse_params(args.param, load_pipeline(args.pipeline)[1])
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
@@ -521,11 +537,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--runner",
         choices=("subprocess", "docker"),
         default="subprocess",
-        help="kfp.local runner (default subprocess)",
+        help="kfp.local runner: subprocess (this environment) or docker (every step in the "
+        "CPU image, built by docker/build.sh); default subprocess",
     )
-    p.set_defaults(func=cmd_run)
 
-    from components.image import IMAGE_REGISTRY, IMAGE_TAG
+    _add_image_options(p, "with --runner docker: ")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
         "compile",
@@ -533,12 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compile bit-finetune to KFP IR YAML.",
     )
     p.add_argument("--output", default=None, help="file (default: pipelines/bit_finetune.yaml)")
-    p.add_argument(
-        "--image-registry",
-        default=IMAGE_REGISTRY,
-        help=f"registry of the component images (default {IMAGE_REGISTRY})",
-    )
-    p.add_argument("--image-tag", default=IMAGE_TAG, help=f"image tag (default {IMAGE_TAG})")
+    _add_image_options(p)
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser(

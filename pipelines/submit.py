@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tempfile
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,7 +21,8 @@ import yaml
 
 from components.bit import storage
 from components.bit.errors import BittuneError
-from components.image import IMAGE_REGISTRY, IMAGE_TAG, image_for
+from components.bit.validation import ParameterError, check_pipeline_parameters
+from components.image import IMAGE_REGISTRY, IMAGE_TAG, retarget_images
 
 DEFAULT_PIPELINE_FILE = os.path.join(os.path.dirname(__file__), "bit_finetune.yaml")
 STALE_CLAIM = datetime.timedelta(minutes=15)
@@ -47,15 +49,27 @@ def compile_pipeline(
         compiler.Compiler().compile(bit_finetune, path)
         with open(path, encoding="utf-8") as f:
             documents = list(yaml.safe_load_all(f))
-    executors = documents[0]["deploymentSpec"]["executors"]
-    for executor in executors.values():
-        container = executor.get("container", {})
-        for kind in ("cpu", "gpu"):
-            if container.get("image") == image_for(kind):
-                container["image"] = image_for(kind, registry, tag)
+    executors = documents[0]["deploymentSpec"]["executors"].values()
+    retarget_images([e["container"] for e in executors if "container" in e], registry, tag)
     text = yaml.safe_dump_all(documents, sort_keys=True)
     storage.write_text(output, text)
     return output
+
+
+def load_pipeline(path: str) -> tuple[str, dict[str, Any]]:
+    """A compiled pipeline's text and its spec, loaded safely (plain YAML only)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        spec = next(yaml.safe_load_all(text), None)
+    except OSError as exc:
+        raise SubmitError(f"cannot read the pipeline file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0]
+        raise SubmitError(f"{path} is not a plain YAML pipeline file: {first}") from None
+    if not isinstance(spec, dict) or "pipelineInfo" not in spec or "root" not in spec:
+        raise SubmitError(f"{path} is not a compiled KFP pipeline (no pipelineInfo/root)")
+    return text, spec
 
 
 def pipeline_parameters(spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -136,11 +150,24 @@ def submit(
     namespace: str | None = None,
     ssl_ca_cert: str | None = None,
 ) -> dict[str, str]:
-    """Upload the pipeline (a new version when it exists and changed) and start a run."""
-    with open(pipeline_file, encoding="utf-8") as f:
-        text = f.read()
-    spec = next(yaml.safe_load_all(text))
+    """Upload the pipeline (a new version when it exists and changed) and start a run.
+
+    The parameters are checked first (bit-finetune's, with its defaults for the ones not
+    given): a bad one fails here, before the KFP API is called."""
+    from pipelines.bit_finetune import PIPELINE_NAME
+
+    text, spec = load_pipeline(pipeline_file)
     name = spec["pipelineInfo"]["name"]
+    if name == PIPELINE_NAME:
+        defaults = {
+            key: declared["defaultValue"]
+            for key, declared in pipeline_parameters(spec).items()
+            if "defaultValue" in declared
+        }
+        try:
+            check_pipeline_parameters({**defaults, **params}, on_cluster=True)
+        except ParameterError as exc:
+            raise SubmitError(str(exc)) from None
     version_name = f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
     client = _client(host, token, namespace, ssl_ca_cert)
     from kfp_server_api.exceptions import ApiException
@@ -228,6 +255,7 @@ def trigger(data: str, state: str, submit_run, now: datetime.datetime | None = N
     claim = {
         "fingerprint": current,
         "status": "submitting",
+        "claim_id": uuid.uuid4().hex,  # makes this trigger's write unique (write_if_generation)
         "claimed_at": now.isoformat(),
         "last": last_submitted,
     }

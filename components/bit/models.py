@@ -20,13 +20,20 @@ import io
 import os
 import re
 from collections.abc import Mapping
-from importlib import resources
 from typing import Any
 
 import numpy as np
 
 from components.bit import storage
-from components.bit.errors import BittuneError
+from components.bit.model_sources import (  # noqa: F401  (re-exported)
+    HUB_MODELS,
+    NPZ_MODELS,
+    TINY_MODEL,
+    ModelError,
+    resolve,
+    tiny_checkpoint_path,
+    valid_names,
+)
 from components.bit.tf_env import import_tensorflow
 
 tf = import_tensorflow()
@@ -35,25 +42,7 @@ GN_GROUPS = 32
 GN_EPSILON = 1e-5
 WS_EPSILON = 1e-10
 DEPTH_UNITS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
-_HUB_ARCHS = ("50x1", "50x3", "101x1", "101x3", "152x4")
-_NPZ_ARCHS = ("50x1", "50x3", "101x1", "101x3", "152x2", "152x4")
-HUB_MODELS = {
-    f"bit-{family}-r{arch}": f"https://tfhub.dev/google/bit/{family}-r{arch}/1"
-    for family in "sm"
-    for arch in _HUB_ARCHS
-}
-NPZ_MODELS = {
-    f"BiT-{family}-R{arch}": f"https://storage.googleapis.com/bit_models/BiT-{family}-R{arch}.npz"
-    for family in "SM"
-    for arch in _NPZ_ARCHS
-}
-TINY_MODEL = "bittune-tiny"
-_TINY_FILE = "bittune-tiny.npz"
 _UNIT_KEY = re.compile(r"resnet/block(\d+)/unit(\d+)/")
-
-
-class ModelError(BittuneError):
-    """A model source that cannot be loaded, with the reason."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,10 +224,6 @@ def save_npz(path: str, backbone: tf.keras.Model, head_kernel=None, head_bias=No
 # Loading any source
 
 
-def tiny_checkpoint_path() -> str:
-    return str(resources.files("components.bit").joinpath("assets", _TINY_FILE))
-
-
 def hub_backbone(handle: str, name: str = "bit_backbone") -> tf.keras.Model:
     """A TF Hub (or SavedModel) feature vector taking [0, 1] images, wrapped as a Keras model."""
     import tensorflow_hub as hub
@@ -251,36 +236,6 @@ def hub_backbone(handle: str, name: str = "bit_backbone") -> tf.keras.Model:
     inputs = tf.keras.Input((None, None, 3), name="images")
     outputs = tf.keras.layers.Activation("linear", dtype="float32")(layer(inputs))
     return tf.keras.Model(inputs, outputs, name=name)
-
-
-def valid_names() -> list[str]:
-    return [TINY_MODEL, *HUB_MODELS, *NPZ_MODELS]
-
-
-def resolve(source: str) -> tuple[str, str]:
-    """(kind, location) for a model source: kind is 'npz' or 'hub'."""
-    if not source:
-        raise ModelError("no model given")
-    lowered = source.lower()
-    if lowered == TINY_MODEL:
-        return "npz", tiny_checkpoint_path()
-    if lowered in HUB_MODELS:
-        return "hub", HUB_MODELS[lowered]
-    npz_names = {name.lower(): url for name, url in NPZ_MODELS.items()}
-    if lowered in npz_names or lowered.removesuffix(".npz") in npz_names:
-        return "npz", npz_names[lowered.removesuffix(".npz")]
-    if lowered.endswith(".npz"):
-        return "npz", source
-    if lowered.startswith(("https://tfhub.dev/", "https://www.kaggle.com/models/")):
-        return "hub", source
-    if storage.exists(storage.join(source, "saved_model.pb")):
-        return "hub", source
-    if lowered.startswith("bit-") or lowered.startswith("bittune"):
-        raise ModelError(f"unknown model {source!r}; valid names: {', '.join(valid_names())}")
-    raise ModelError(
-        f"model {source!r} is neither a known name, an .npz checkpoint nor a SavedModel "
-        f"folder; valid names: {', '.join(valid_names())}"
-    )
 
 
 def load_backbone(source: str, name: str = "bit_backbone") -> tf.keras.Model:

@@ -192,7 +192,12 @@ def list_folder(root: str) -> Listing:
             ignored.append(Ignored(entry.relpath, f"not an image extension ({ext or 'none'})"))
             continue
         split = normalise_split(parts[0]) if split_layout else None
-        items.append(Item(entry.uri, entry.relpath, parts[depth - 1], split))
+        problem = None
+        if not storage.is_gcs(root) and not _within(
+            os.path.realpath(entry.uri), os.path.realpath(root)
+        ):
+            problem = f"symlink escapes the data root {root}"
+        items.append(Item(entry.uri, entry.relpath, parts[depth - 1], split, problem=problem))
 
     found_dirs = _class_folders(root, split_layout) | class_dirs
     with_items = {"/".join(item.identity.split("/")[:depth]) for item in items}
@@ -258,9 +263,16 @@ def _manifest_item(uri: str, label: str, split: str | None, base: str, root: str
             return Item(uri, uri, label, split, problem="path escapes the manifest's folder")
         return Item(storage.join(base, uri), uri, label, split)
     path = os.path.normpath(os.path.join(base, uri))
-    if os.path.commonpath([path, root]) != root:
+    if not _within(path, root):
         return Item(path, uri, label, split, problem=f"path escapes the data root {root}")
-    return Item(path, os.path.relpath(path, root).replace(os.sep, "/"), label, split)
+    identity = os.path.relpath(path, root).replace(os.sep, "/")
+    if not _within(os.path.realpath(path), os.path.realpath(root)):
+        return Item(path, identity, label, split, problem=f"symlink escapes the data root {root}")
+    return Item(path, identity, label, split)
+
+
+def _within(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root
 
 
 def _row_split(value: str, where: str) -> str | None:

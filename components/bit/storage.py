@@ -1,14 +1,17 @@
 """One place for local and ``gs://`` file I/O.
 
 ``gs://`` goes through google-cloud-storage, so ``STORAGE_EMULATOR_HOST`` points it at an
-emulator (TensorFlow's own gs:// filesystem cannot be redirected). Local writes are atomic:
-a temporary file in the same folder is renamed into place when complete.
+emulator (TensorFlow's own gs:// filesystem cannot be redirected). Every gs:// request, writes
+included, is retried with exponential backoff on dropped connections, timeouts, 429 and 5xx
+(whole-object writes of the same bytes are idempotent); each retry is logged and counted. Local
+writes are atomic: a temporary file in the same folder is renamed into place when complete.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import tempfile
 import threading
@@ -17,6 +20,45 @@ from collections.abc import Iterator
 from components.bit.errors import BittuneError
 
 GCS_PREFIX = "gs://"
+# (connect, read) seconds for one gs:// request; the retry policy bounds the whole call.
+TIMEOUT = (10, 60)
+RETRY_DEADLINE_S = 300.0
+# First backoff delay; it doubles up to 16 s. BITTUNE_GCS_RETRY_INITIAL_S tunes it.
+RETRY_INITIAL_S = float(os.environ.get("BITTUNE_GCS_RETRY_INITIAL_S", "1.0"))
+
+log = logging.getLogger("bittune.storage")
+_retries = {"count": 0}
+_retries_lock = threading.Lock()
+
+
+def retry_count() -> int:
+    """How many gs:// requests this process has retried so far."""
+    return _retries["count"]
+
+
+def _note_retry(exc: Exception) -> None:
+    with _retries_lock:
+        _retries["count"] += 1
+    log.warning("gs:// request failed (%s); retrying", str(exc).splitlines()[0][:200])
+
+
+def _retry():
+    from google.api_core.retry import Retry
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return Retry(
+        predicate=DEFAULT_RETRY._predicate,
+        initial=RETRY_INITIAL_S,
+        maximum=16.0,
+        multiplier=2.0,
+        timeout=RETRY_DEADLINE_S,
+        on_error=_note_retry,
+    )
+
+
+def _call(method, *args, **kwargs):
+    """A google-cloud-storage call with bittune's retry policy and timeout."""
+    return method(*args, retry=_retry(), timeout=TIMEOUT, **kwargs)
 
 
 class StorageError(BittuneError):
@@ -77,8 +119,8 @@ def exists(uri: str) -> bool:
     if is_gcs(uri):
         bucket, name = split_gcs(uri)
         if not name:
-            return gcs_client().bucket(bucket).exists()
-        return _blob(uri).exists() or is_dir(uri)
+            return _call(gcs_client().bucket(bucket).exists)
+        return _call(_blob(uri).exists) or is_dir(uri)
     return os.path.exists(uri)
 
 
@@ -87,7 +129,7 @@ def is_dir(uri: str) -> bool:
     if is_gcs(uri):
         bucket, name = split_gcs(uri)
         prefix = name.rstrip("/") + "/" if name else ""
-        blobs = gcs_client().list_blobs(bucket, prefix=prefix, max_results=1)
+        blobs = _call(gcs_client().list_blobs, bucket, prefix=prefix, max_results=1)
         return any(True for _ in blobs)
     return os.path.isdir(uri)
 
@@ -97,7 +139,7 @@ def list_files(root: str) -> Iterator[FileEntry]:
     if is_gcs(root):
         bucket, name = split_gcs(root)
         prefix = name.rstrip("/") + "/" if name else ""
-        for blob in gcs_client().list_blobs(bucket, prefix=prefix):
+        for blob in _call(gcs_client().list_blobs, bucket, prefix=prefix):
             if blob.name.endswith("/"):  # folder placeholder objects
                 continue
             rel = blob.name[len(prefix) :]
@@ -126,7 +168,7 @@ def read_bytes(uri: str) -> bytes:
         from google.api_core import exceptions
 
         try:
-            return _blob(uri).download_as_bytes()
+            return _call(_blob(uri).download_as_bytes)
         except exceptions.NotFound:
             raise StorageError(f"not found: {uri}") from None
     with open(uri, "rb") as f:
@@ -140,7 +182,7 @@ def read_text(uri: str) -> str:
 def write_bytes(uri: str, data: bytes) -> None:
     """Write a whole file at once; readers never see it half-written."""
     if is_gcs(uri):
-        _blob(uri).upload_from_string(data)
+        _call(_blob(uri).upload_from_string, data)
         return
     folder = os.path.dirname(os.path.abspath(uri))
     os.makedirs(folder, exist_ok=True)
@@ -158,7 +200,7 @@ def write_bytes(uri: str, data: bytes) -> None:
 
 def upload_file(local_path: str, uri: str) -> None:
     """Upload a finished local file to ``gs://`` (the object appears only when complete)."""
-    _blob(uri).upload_from_filename(local_path)
+    _call(_blob(uri).upload_from_filename, local_path)
 
 
 def make_readable(path: str) -> None:
@@ -174,11 +216,15 @@ class PreconditionFailed(StorageError):
 
 def read_versioned(uri: str) -> tuple[bytes | None, int]:
     """A gs:// object's bytes and generation; (None, 0) when it does not exist."""
+    return _download_versioned(uri)
+
+
+def _download_versioned(uri: str) -> tuple[bytes | None, int]:
     from google.api_core import exceptions
 
     blob = _blob(uri)
     try:
-        data = blob.download_as_bytes()
+        data = _call(blob.download_as_bytes)
     except exceptions.NotFound:
         return None, 0
     return data, int(blob.generation)
@@ -186,13 +232,20 @@ def read_versioned(uri: str) -> tuple[bytes | None, int]:
 
 def write_if_generation(uri: str, data: bytes, generation: int) -> int:
     """Write a gs:// object only if its generation is still ``generation`` (0: only if absent);
-    return the new generation. Two writers racing from the same read: exactly one succeeds."""
+    return the new generation. Two writers racing from the same read: exactly one succeeds.
+
+    A retried write can fail its precondition because its own earlier attempt landed (the reply
+    was lost): when the object now holds exactly ``data``, that write was ours. ``data`` must
+    therefore be unique to the writer (callers put a claim id in it)."""
     from google.api_core import exceptions
 
     blob = _blob(uri)
     try:
-        blob.upload_from_string(data, if_generation_match=generation, timeout=15)
+        _call(blob.upload_from_string, data, if_generation_match=generation)
     except exceptions.PreconditionFailed:
+        current, current_generation = _download_versioned(uri)
+        if current == data:
+            return current_generation
         raise PreconditionFailed(f"{uri} changed since it was read") from None
     return int(blob.generation)
 
@@ -206,7 +259,7 @@ def object_versions(root: str) -> list[tuple[str, int, int]]:
     prefix = name.rstrip("/") + "/" if name else ""
     return sorted(
         (b.name[len(prefix) :], int(b.size or 0), int(b.generation))
-        for b in gcs_client().list_blobs(bucket, prefix=prefix)
+        for b in _call(gcs_client().list_blobs, bucket, prefix=prefix)
     )
 
 

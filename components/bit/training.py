@@ -23,9 +23,8 @@ from components.bit import hyperrule, models, storage
 from components.bit.errors import BittuneError
 from components.bit.models import tf
 from components.bit.preprocess import load_manifest
+from components.bit.validation import PRECISIONS, STRATEGIES
 
-STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
-PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 CHECKPOINT_DIR = "checkpoints"
 EXPORT_DIR = "saved_model"
 LOG_DIR = "logs"
