@@ -8,6 +8,7 @@ the client never hears of it), forwarded and answered slowly, or forwarded untou
 from __future__ import annotations
 
 import collections
+import contextlib
 import http.client
 import http.server
 import random
@@ -114,9 +115,11 @@ def _handler(proxy: FaultProxy):
                 self._reply(int(fate), json_type, message % fate.encode())
                 return
             connection = http.client.HTTPConnection(proxy.upstream.netloc, timeout=120)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
             try:
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-                connection.request(self.command, self.path, body=body or None, headers=headers)
+                # The server may answer (404, say) and close before it has read a large body.
+                with contextlib.suppress(OSError):
+                    connection.request(self.command, self.path, body=body or None, headers=headers)
                 response = connection.getresponse()
                 payload = response.read()
                 reply_headers = [
@@ -124,6 +127,9 @@ def _handler(proxy: FaultProxy):
                     for k, v in response.getheaders()
                     if k.lower() not in HOP_BY_HOP
                 ]
+            except (OSError, http.client.HTTPException):
+                self._reply(502, [], b"bad gateway: the upstream server failed")
+                return
             finally:
                 connection.close()
             if fate == "drop_reply":

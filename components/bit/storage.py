@@ -9,6 +9,7 @@ writes are atomic: a temporary file in the same folder is renamed into place whe
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
 import logging
@@ -182,7 +183,10 @@ def read_text(uri: str) -> str:
 def write_bytes(uri: str, data: bytes) -> None:
     """Write a whole file at once; readers never see it half-written."""
     if is_gcs(uri):
-        _call(_blob(uri).upload_from_string, data)
+        import google_crc32c
+
+        blob = _blob(uri)
+        _upload(blob, lambda: _call(blob.upload_from_string, data), google_crc32c.Checksum(data))
         return
     folder = os.path.dirname(os.path.abspath(uri))
     os.makedirs(folder, exist_ok=True)
@@ -200,7 +204,36 @@ def write_bytes(uri: str, data: bytes) -> None:
 
 def upload_file(local_path: str, uri: str) -> None:
     """Upload a finished local file to ``gs://`` (the object appears only when complete)."""
-    _call(_blob(uri).upload_from_filename, local_path)
+    import google_crc32c
+
+    checksum = google_crc32c.Checksum()
+    with open(local_path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            checksum.update(chunk)
+    blob = _blob(uri)
+    _upload(blob, lambda: _call(blob.upload_from_filename, local_path), checksum)
+
+
+def _upload(blob, send, checksum) -> None:
+    """Run an upload. When it fails after a reply may have been lost (the retry of a finished
+    resumable upload finds its session gone, say), the write still counts if the object is
+    there with exactly our bytes: its CRC32C is ours."""
+    try:
+        send()
+    except Exception:
+        expected = base64.b64encode(checksum.digest()).decode()
+        try:
+            _call(blob.reload)
+            landed = blob.crc32c == expected
+        except Exception:
+            landed = False
+        if not landed:
+            raise
+        log.warning(
+            "gs://%s/%s: the reply was lost, but the object is complete",
+            blob.bucket.name,
+            blob.name,
+        )
 
 
 def make_readable(path: str) -> None:

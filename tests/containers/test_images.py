@@ -184,6 +184,6 @@ def test_whole_pipeline_runs_in_docker(cpu_image):
             assert model.stat().st_uid == 1000
         else:
             assert model.stat().st_uid == os.geteuid()
-        assert next((output / "runs" / "serving").glob("*/saved_model"))
+        assert next((output / "runs" / "serving").glob("*/saved_model.pb"))  # pushed
     finally:
         shutil.rmtree(output, ignore_errors=True)
