@@ -34,6 +34,9 @@ def analyze_dataset(
     Returns:
         The number of valid training examples.
     """
+    from components.bit.errors import exit_on_error
+
+    exit_on_error()
     import shutil
 
     from components.bit import validation as v
@@ -64,4 +67,6 @@ def analyze_dataset(
         result.hyperrule.resize,
         result.hyperrule.crop,
     )
+    for warning in result.stats["warnings"]:
+        print(f"warning: {warning}")
     return result.hyperrule.examples

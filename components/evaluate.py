@@ -29,6 +29,9 @@ def evaluate_model(
     Returns:
         Whether the model passed the gate (blessed).
     """
+    from components.bit.errors import exit_on_error
+
+    exit_on_error()
     import json
     import os
     import shutil
@@ -84,6 +87,9 @@ def push_model(
     Returns:
         The URI of the pushed version.
     """
+    from components.bit.errors import exit_on_error
+
+    exit_on_error()
     import json
     import os
 

@@ -15,8 +15,9 @@ def plan_workers(num_workers: int) -> list:
     Returns:
         The worker indices 0..num_workers-1.
     """
-    if num_workers < 1:
-        raise ValueError(f"num_workers must be at least 1, got {num_workers}")
+    from components.bit.errors import exit_on_error
+
+    exit_on_error()
     from components.bit import validation as v
 
     v.require(v.check_int("num_workers", num_workers, 1, 1000))
@@ -43,6 +44,9 @@ def write_shards(
         shard_megabytes: Target shard size in MiB.
         seed: Seed for shard order and few-shot choice.
     """
+    from components.bit.errors import exit_on_error
+
+    exit_on_error()
     from components.bit import validation as v
     from components.bit.preprocess import PreprocessConfig
     from components.bit.preprocess import write_shards as write
@@ -84,6 +88,9 @@ def gather_dataset(
     Returns:
         The number of training examples written.
     """
+    from components.bit.errors import exit_on_error
+
+    exit_on_error()
     from components.bit import validation as v
     from components.bit.preprocess import PreprocessConfig, gather
 

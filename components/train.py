@@ -36,6 +36,9 @@ def train_model(
     Returns:
         The last validation accuracy (NaN without a validation split).
     """
+    from components.bit.errors import exit_on_error
+
+    exit_on_error()
     from components.bit import validation as v
     from components.bit.model_sources import check_model
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from components.bit import hyperrule
-from components.bit.errors import BittuneError
+from components.bit.errors import ERROR_PREFIX, BittuneError
 
 
 def _image_size(text: str) -> tuple[int, int]:
@@ -117,6 +117,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     print("examples: " + ", ".join(f"{s} {e['total']:,}" for s, e in stats["examples"].items()))
     for code, count in stats["flag_counts"].items():
         print(f"  flagged {code}: {count}")
+    for warning in stats["warnings"]:
+        print(f"  warning: {warning}")
     rule = result.hyperrule
     print(
         f"HyperRule: resize {rule.resize}, crop {rule.crop}, {rule.total_steps} steps at batch "
@@ -590,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.func(args)
     except BittuneError as exc:
-        print(f"bittune: error: {exc}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

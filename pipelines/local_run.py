@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import io
 import json
 import os
 import re
+import sys
 from collections.abc import Iterator
 from typing import Any
 
-from components.bit.errors import BittuneError
+from components.bit.errors import ERROR_PREFIX, BittuneError
 from components.bit.validation import check_pipeline_parameters
 from components.image import IMAGE_REGISTRY, IMAGE_TAG, retarget_images
 
@@ -42,13 +44,34 @@ def run_locally(
     else:
         raise BittuneError(f"unknown runner {runner!r} (use subprocess or docker)")
     local.init(runner=chosen, pipeline_root=pipeline_root, raise_on_error=True)
+    log = _ErrorWatch(sys.stdout)
     try:
-        with images:
+        with images, _without_retries(bit_finetune), contextlib.redirect_stdout(log):
             bit_finetune(data_source=data_source, **parameters)
     except RuntimeError as exc:
-        message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc).splitlines()[0])
-        raise BittuneError(f"pipeline failed: {message} (its log is above)") from None
+        failed = re.sub(r"\x1b\[[0-9;]*m", "", str(exc).splitlines()[0]).rstrip(".")
+        if log.error:  # the failed step's own one-line reason
+            raise BittuneError(f"{log.error} ({failed}; its log is above)") from None
+        raise BittuneError(f"pipeline failed: {failed} (its log is above)") from None
     return latest_outputs(pipeline_root)
+
+
+class _ErrorWatch(io.TextIOBase):
+    """Passes the steps' logs through and remembers the last one-line bittune error in them."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.error: str | None = None
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            start = line.find(ERROR_PREFIX)
+            if start >= 0:
+                self.error = line[start + len(ERROR_PREFIX) :].strip()
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 # The image's own non-root user (docker/Dockerfile).
@@ -122,6 +145,26 @@ def _closed_ancestor(path: str) -> str | None:
 
 def _inside(path: str, root: str) -> bool:
     return os.path.commonpath([os.path.abspath(path), root]) == root
+
+
+@contextlib.contextmanager
+def _without_retries(pipeline) -> Iterator[None]:
+    """Local runs fail fast: the steps' retries (with minutes of backoff) are there for
+    preempted cluster nodes, and a step that failed here would only fail again."""
+    spec = pipeline.pipeline_spec
+    dags = [spec.root.dag] + [c.dag for c in spec.components.values() if c.HasField("dag")]
+    saved = []
+    for dag in dags:
+        for task in dag.tasks.values():
+            if task.HasField("retry_policy"):
+                saved.append((task, type(task.retry_policy)()))
+                saved[-1][1].CopyFrom(task.retry_policy)
+                task.ClearField("retry_policy")
+    try:
+        yield
+    finally:
+        for task, policy in saved:
+            task.retry_policy.CopyFrom(policy)
 
 
 @contextlib.contextmanager

@@ -100,7 +100,11 @@ def analyze(config: AnalysisConfig, output_dir: str | None = None) -> AnalysisRe
     valid = [r for r in inspected if r.problem is None]
     train = [r for r in valid if r.split == "train"]
     if not valid:
-        raise AnalysisError(f"no valid images in {config.source} (all {len(inspected)} flagged)")
+        counts = collections.Counter(r.problem.code for r in inspected if r.problem)
+        why = ", ".join(f"{n} {code}" for code, n in counts.most_common())
+        raise AnalysisError(
+            f"no valid images in {config.source}: all {len(inspected)} flagged ({why})"
+        )
     if not train:
         raise AnalysisError(f"no valid training images in {config.source}")
     classes = sorted({r.item.label for r in valid})
@@ -244,6 +248,7 @@ def build_stats(
         if r.problem is not None
     ]
     return {
+        "warnings": class_warnings(per_split),
         "source": {
             "uri": listing.root,
             "kind": listing.kind,
@@ -282,6 +287,22 @@ def build_stats(
         "ignored": [{"path": i.path, "reason": i.reason} for i in listing.ignored],
         "area_samples": sorted(r.info.height * r.info.width for r in train),
     }
+
+
+def class_warnings(per_split: dict[str, dict[str, int]]) -> list[str]:
+    """Classes the model will learn badly or not at all, one sentence each."""
+    warnings = []
+    for label in sorted({label for counts in per_split.values() for label in counts}):
+        train = per_split["train"].get(label, 0)
+        elsewhere = [s for s in sources.SPLITS if s != "train" and per_split[s].get(label)]
+        if train == 0:
+            warnings.append(
+                f"class {label!r} has no training images (only in {', '.join(elsewhere)}): "
+                "the model cannot learn it"
+            )
+        elif train == 1:
+            warnings.append(f"class {label!r} has a single training image")
+    return warnings
 
 
 def write_outputs(result: AnalysisResult, output_dir: str) -> None:

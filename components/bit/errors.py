@@ -3,3 +3,23 @@
 
 class BittuneError(ValueError):
     """Bad input or configuration, with a one-line message naming the problem."""
+
+
+ERROR_PREFIX = "bittune: error: "
+
+
+def exit_on_error() -> None:
+    """Called first in every component: a :class:`BittuneError` ends the step with its one-line
+    message (which KFP shows in the step's log, and ``bittune run`` repeats) instead of a
+    traceback. Other exceptions keep their traceback."""
+    import sys
+
+    default = sys.excepthook
+
+    def hook(kind, value, traceback) -> None:
+        if issubclass(kind, BittuneError):
+            print(f"{ERROR_PREFIX}{value}", file=sys.stderr, flush=True)
+        else:
+            default(kind, value, traceback)
+
+    sys.excepthook = hook

@@ -376,9 +376,7 @@ class _AtomicFile:
         if storage.is_gcs(uri):
             self._fd, self._tmp = tempfile.mkstemp(prefix="bittune-shard-")
         else:
-            folder, base = os.path.split(uri)
-            os.makedirs(folder or ".", exist_ok=True)
-            self._fd, self._tmp = tempfile.mkstemp(dir=folder or ".", prefix=f".{base}.tmp-")
+            self._fd, self._tmp = storage.local_temp(uri)
         self._file = os.fdopen(self._fd, "wb")
 
     def write(self, data: bytes) -> None:

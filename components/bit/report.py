@@ -82,8 +82,14 @@ def sections(stats: dict[str, Any], rule: HyperRule) -> list[Section]:
             [i["path"], i["reason"]] for i in stats["ignored"][:MAX_LISTED]
         ]
         ignored.paragraphs = _more(len(stats["ignored"]))
+    warnings = stats.get("warnings", [])
     return [
         summary,
+        *(
+            [Section(f"Warnings ({len(warnings)})", [f"{w}." for w in warnings])]
+            if warnings
+            else []
+        ),
         rule_section,
         Section("Examples per split and class", table=balance),
         Section(

@@ -10,8 +10,10 @@ writes are atomic: a temporary file in the same folder is renamed into place whe
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import functools
+import glob
 import logging
 import os
 import tempfile
@@ -188,9 +190,7 @@ def write_bytes(uri: str, data: bytes) -> None:
         blob = _blob(uri)
         _upload(blob, lambda: _call(blob.upload_from_string, data), google_crc32c.Checksum(data))
         return
-    folder = os.path.dirname(os.path.abspath(uri))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(uri))
+    fd, tmp = local_temp(uri)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -200,6 +200,17 @@ def write_bytes(uri: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def local_temp(path: str) -> tuple[int, str]:
+    """A hidden temporary file beside ``path`` (``.NAME.tmp-XXXX``), to be renamed onto it when
+    complete. Temporaries a killed writer of the same file left behind are removed first."""
+    folder, base = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    for stale in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(base)}.tmp-*")):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(stale)
+    return tempfile.mkstemp(dir=folder, prefix=f".{base}.tmp-")
 
 
 def upload_file(local_path: str, uri: str) -> None:

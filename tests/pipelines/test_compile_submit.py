@@ -197,7 +197,9 @@ def test_two_concurrent_triggers_start_one_run(gcs, kfp_server, compiled, monkey
             submit.trigger(
                 f"gs://{bucket}/data",
                 state,
-                lambda: submit.submit(kfp_server.url, {"data_source": "gs://data/x"}, "t", str(compiled)),
+                lambda: submit.submit(
+                    kfp_server.url, {"data_source": "gs://data/x"}, "t", str(compiled)
+                ),
             )["action"]
         )
 
