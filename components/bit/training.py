@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from components.bit import hyperrule, models, storage
+from components.bit import images as image_files
 from components.bit.errors import BittuneError
 from components.bit.models import tf
 from components.bit.preprocess import load_manifest
@@ -719,7 +720,7 @@ def export(model, labels: Sequence[str], crop: int, directory: str, top_k: int =
     return directory
 
 
-def predict(model_dir: str, images: Sequence[str]) -> list[dict[str, Any]]:
+def predict(model_dir: str, image_uris: Sequence[str]) -> list[dict[str, Any]]:
     """Top-k classes of each image file, from an exported model (a run's output or its
     saved_model folder)."""
     path = model_dir
@@ -729,11 +730,14 @@ def predict(model_dir: str, images: Sequence[str]) -> list[dict[str, Any]]:
         raise TrainingError(f"no exported model in {model_dir} (did training finish?)")
     serve = tf.saved_model.load(path).signatures["serving_default"]
     results = []
-    for image in images:
+    for image in image_uris:
         try:
             data = storage.read_bytes(image)
         except (OSError, storage.StorageError) as exc:
             raise TrainingError(f"cannot read {image}: {exc}") from None
+        checked = image_files.inspect(data)  # header only: bombs and broken files never decode
+        if isinstance(checked, image_files.Problem):
+            raise TrainingError(f"{image}: {checked.reason}")
         try:
             out = serve(image_bytes=tf.constant([data]))
         except tf.errors.InvalidArgumentError:

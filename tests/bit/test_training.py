@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from components.bit import hyperrule, models, training
+from components.bit.errors import BittuneError
 from components.bit.training import TrainConfig, TrainingError
+from tests import imagegen
 from tests.bit.test_models import SMALL, random_checkpoint
 from tests.conftest import prepare_dataset
 
@@ -221,8 +223,12 @@ def test_train_export_and_predict(digits_data, small_npz, tmp_path, digits_folde
     np.testing.assert_allclose(out["probabilities"].numpy().sum(axis=1), 1.0, rtol=1e-5)
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
-    with pytest.raises(TrainingError, match="is not a JPEG, PNG, GIF or BMP image"):
+    with pytest.raises(TrainingError, match="bad.png: not a recognised image"):
         training.predict(str(tmp_path / "run"), [str(bad)])
+    bomb = tmp_path / "bomb.png"  # a 100,000 x 100,000 header: refused before any decoding
+    bomb.write_bytes(imagegen._bomb_png())
+    with pytest.raises(TrainingError, match="possible decompression bomb"):
+        training.predict(str(tmp_path / "run"), [str(bomb)])
 
 
 @pytest.mark.parametrize(
@@ -238,7 +244,7 @@ def test_train_export_and_predict(digits_data, small_npz, tmp_path, digits_folde
 )
 def test_bad_input_fails_before_training(digits_data, small_npz, tmp_path, change, message):
     config = dataclasses.replace(config_for(digits_data, tmp_path / "run", small_npz), **change)
-    with pytest.raises(models.BittuneError, match=message):
+    with pytest.raises(BittuneError, match=message):
         training.train(config)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
@@ -251,7 +257,7 @@ def test_hyperrule_missing_fields(digits_data, small_npz, tmp_path):
         config_for(digits_data, tmp_path / "run", small_npz),
         hyperrule_path=str(tmp_path / "h.json"),
     )
-    with pytest.raises(models.BittuneError, match="missing field\\(s\\): crop"):
+    with pytest.raises(BittuneError, match="missing field\\(s\\): crop"):
         training.train(config)
 
 

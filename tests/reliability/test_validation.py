@@ -1,0 +1,147 @@
+"""Parameter validation up front: `bittune run`, `bittune submit` and every component refuse
+wrong types, out-of-range numbers, unknown models and unreachable data with a clear message,
+before any expensive step."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from components.analyze import analyze_dataset
+from components.bit.errors import BittuneError
+from components.evaluate import evaluate_model
+from components.preprocess import gather_dataset, plan_workers, write_shards
+from components.train import train_model
+from pipelines import cli
+from tests.kfp_fake import FakeKfpServer
+
+
+def _bittune(capsys, *args: str) -> tuple[int, str]:
+    try:
+        code = cli.main(list(args))
+    except SystemExit as exit_:  # argparse refuses wrong types itself
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--preprocess-workers", "0"], "preprocess_workers must be between 1 and 1000, got 0"),
+        (["--preprocess-workers", "two"], "invalid int value: 'two'"),
+        (["--threshold", "-0.1"], "blessing_threshold must be a number between 0 and 1"),
+        (["--model", "bit-m-r9x9"], "unknown model 'bit-m-r9x9'; valid names: bittune-tiny"),
+        (["--model", "/nowhere/ckpt.npz"], "model checkpoint not found: /nowhere/ckpt.npz"),
+        (["--hyperrule-overrides", '{"total_steps": 0}'], "total_steps must be >= 1, got 0"),
+        (["--hyperrule-overrides", '{"resize": "big"}'], "resize must be a whole number"),
+        (["--hyperrule-overrides", '{"lr": 0.1}'], "unknown HyperRule field(s) lr"),
+        (["--hyperrule-overrides", "{not json"], "hyperrule_overrides is not valid JSON"),
+        (["--data", "/nowhere/photos"], "data folder not found: /nowhere/photos"),
+        (["--data", "/nowhere/list.csv"], "manifest not found: /nowhere/list.csv"),
+    ],
+)
+def test_bittune_run_refuses_before_starting(args, message, digits_folder, tmp_path, capsys,
+                                             ledger):  # fmt: skip
+    output = tmp_path / "runs"
+    code, err = _bittune(capsys, "run", "--data", str(digits_folder), "--output", str(output),
+                         *args)  # fmt: skip
+    assert code == 2 and message in err
+    assert "Traceback" not in err
+    assert not output.exists()  # nothing started
+    ledger["bad_parameters_refused"] += 1
+
+
+def test_every_problem_is_named_at_once(digits_folder, tmp_path, capsys, ledger):
+    code, err = _bittune(
+        capsys, "run", "--data", str(digits_folder), "--output", str(tmp_path / "r"),
+        "--preprocess-workers", "0", "--threshold", "2", "--model", "nope",
+    )  # fmt: skip
+    assert code == 2 and err.count("\n  - ") == 3
+    ledger["bad_parameters_refused"] += 3
+
+
+def test_submit_refuses_before_calling_the_api(tmp_path, capsys, ledger):
+    with FakeKfpServer() as kfp:
+        code, err = _bittune(
+            capsys, "submit", "--host", kfp.url,
+            "--param", "data_source=/home/me/photos",  # a path on this machine
+            "--param", "preprocess_workers=-2",
+            "--param", "training_strategy=fastest",
+        )  # fmt: skip
+        assert code == 2
+        assert "data_source '/home/me/photos' is a path on this machine" in err
+        assert "preprocess_workers must be between 1 and 1000, got -2" in err
+        assert "training_strategy must be one of auto, default" in err
+        code, err = _bittune(capsys, "submit", "--host", kfp.url, "--param",
+                             "data_source=gs://b/d", "--param", "few_shot=many")  # fmt: skip
+        assert code == 2 and "few_shot" in err
+        assert kfp.requests == []  # the KFP API was never called
+    ledger["bad_parameters_refused"] += 4
+
+
+def test_unsafe_pipeline_yaml_is_refused(tmp_path, capsys, ledger):
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("pipelineInfo: !!python/object/apply:os.system ['touch /tmp/pwned']\n")
+    code, err = _bittune(capsys, "submit", "--host", "http://127.0.0.1:9", "--pipeline",
+                         str(evil), "--param", "data_source=gs://b/d")  # fmt: skip
+    assert code == 2 and "is not a plain YAML pipeline file" in err
+    ledger["bad_parameters_refused"] += 1
+
+
+class _Artifact(types.SimpleNamespace):
+    """What a component function sees of an artifact: a path, a URI and metadata."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path=path, uri=path, metadata={})
+
+
+@pytest.fixture
+def component_errors(monkeypatch):
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # the components install their own
+
+
+@pytest.mark.parametrize(
+    ("component", "arguments", "message"),
+    [
+        (plan_workers, {"num_workers": 0}, "num_workers must be between 1 and 1000"),
+        (
+            analyze_dataset,
+            {"source": "/x", "split_fractions": "0.9,0.9,0.1"},
+            "split_fractions must be 3 numbers >= 0 adding up to 1",
+        ),
+        (analyze_dataset, {"source": "/x", "max_pixels": 0}, "max_pixels must be >= 1"),
+        (
+            write_shards,
+            {"worker_index": 3, "num_workers": 2},
+            "worker_index must be between 0 and 1, got 3",
+        ),
+        (gather_dataset, {"shards": [], "shard_megabytes": 0}, "shard_megabytes must be between"),
+        (train_model, {"strategy": "gpu-please"}, "strategy must be one of auto, default"),
+        (train_model, {"model_source": "bit-q-r1x1"}, "unknown model 'bit-q-r1x1'"),
+        (evaluate_model, {"threshold": 2.0}, "threshold must be a number between 0 and 1"),
+    ],
+)
+def test_components_check_their_parameters_first(component, arguments, message, tmp_path,
+                                                 component_errors, ledger):  # fmt: skip
+    artifacts = {
+        name: _Artifact(str(tmp_path / name))
+        for name in (
+            "analysis",
+            "report",
+            "report_html",
+            "shards",
+            "dataset",
+            "model",
+            "metrics",
+            "confusion",
+            "evaluation",
+        )  # fmt: skip
+    }
+    signature = component.python_func.__code__.co_varnames
+    given = {k: v for k, v in artifacts.items() if k in signature and k not in arguments}
+    with pytest.raises(BittuneError, match=message.replace("(", r"\(")):
+        component.python_func(**given, **arguments)
+    assert list(tmp_path.iterdir()) == []  # refused before writing anything
+    ledger["bad_parameters_refused"] += 1
