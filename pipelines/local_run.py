@@ -206,26 +206,25 @@ def latest_outputs(pipeline_root: str) -> dict[str, Any]:
     }
 
 
-def _training_summary(run: str) -> dict[str, Any]:
-    path = os.path.join(run, "train-model", "model", "training.json")
+def _json_or_empty(*parts: str) -> dict[str, Any]:
+    """A JSON file's content, or {} when the step that writes it did not run."""
+    path = os.path.join(*parts)
     if not os.path.exists(path):
         return {}
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
 
+def _training_summary(run: str) -> dict[str, Any]:
+    return _json_or_empty(run, "train-model", "model", "training.json")
+
+
 def _evaluation(run: str) -> dict[str, Any]:
     folder = os.path.join(run, "evaluate-model")
-    path = os.path.join(folder, "evaluation", "metrics.json")
-    if not os.path.exists(path):
+    result = _json_or_empty(folder, "evaluation", "metrics.json")
+    if not result:
         return {}
-    with open(path, encoding="utf-8") as f:
-        result = json.load(f)
-    pushed = os.path.join(run, "push-model", "executor_output.json")
-    version = None
-    if os.path.exists(pushed):
-        with open(pushed, encoding="utf-8") as f:
-            version = json.load(f)["parameterValues"]["Output"]
+    pushed = _json_or_empty(run, "push-model", "executor_output.json")
     return {
         "evaluation": os.path.join(folder, "evaluation"),
         "evaluation_report": os.path.join(folder, "report"),
@@ -233,5 +232,5 @@ def _evaluation(run: str) -> dict[str, Any]:
         "test_accuracy": result["metrics"]["accuracy"],
         "blessed": result["blessed"],
         "reason": result["reason"],
-        "pushed": version,
+        "pushed": pushed.get("parameterValues", {}).get("Output"),
     }

@@ -123,6 +123,13 @@ def metrics_from(tally: Tally, labels: Sequence[str]) -> dict[str, Any]:
     }
 
 
+def frequent_classes(metrics: Mapping[str, Any]) -> list[int]:
+    """The (at most :data:`MATRIX_CLASSES`) classes with the most examples, in index order:
+    the ones a confusion matrix shows so that it stays readable."""
+    support = np.array([c["support"] for c in metrics["per_class"]])
+    return sorted(np.argsort(-support, kind="stable")[:MATRIX_CLASSES].tolist())
+
+
 def confusion_matrix(metrics: Mapping[str, Any], classes: Sequence[int]) -> np.ndarray:
     """The dense confusion matrix restricted to ``classes`` (rows: true, columns: predicted)."""
     position = {c: i for i, c in enumerate(classes)}
@@ -341,8 +348,7 @@ def html_report(result: Mapping[str, Any], model_dir: str, manifest: Mapping) ->
             f"<h2>Training</h2><img alt='training curves' src='data:image/png;base64,"
             f"{_png(draw_curves)}'>"
         )
-    support = np.array([c["support"] for c in metrics["per_class"]])
-    shown = sorted(np.argsort(-support, kind="stable")[:MATRIX_CLASSES].tolist())
+    shown = frequent_classes(metrics)
     matrix = confusion_matrix(metrics, shown)
 
     def draw_matrix(fig, ax):
@@ -413,7 +419,6 @@ def kfp_confusion_matrix(result: Mapping[str, Any]) -> tuple[list[str], list[lis
     """(class names, matrix) for KFP's ClassificationMetrics, limited to the most frequent
     classes so that the UI stays readable."""
     metrics = result["metrics"]
-    support = np.array([c["support"] for c in metrics["per_class"]])
-    shown = sorted(np.argsort(-support, kind="stable")[:MATRIX_CLASSES].tolist())
+    shown = frequent_classes(metrics)
     matrix = confusion_matrix(metrics, shown)
     return [result["labels"][i] for i in shown], matrix.tolist()
