@@ -53,6 +53,10 @@ class FaultProxy:
     def faults(self) -> int:
         return sum(self.counts[k] for k in ("drop", "429", "503", "drop_reply", "slow"))
 
+    def reseed(self, seed: int) -> None:
+        with self._lock:
+            self._random.seed(seed)
+
     def set_rates(self, **rates: float) -> None:
         with self._lock:
             self.rates.update(rates)
