@@ -8,7 +8,7 @@ image. Point a compiled pipeline at your registry with ``bittune compile --image
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 IMAGE_REGISTRY = "bittune"
 IMAGE_TAG = "0.1.0"
@@ -31,16 +31,12 @@ def retarget_images(
     registry: str = IMAGE_REGISTRY,
     tag: str = IMAGE_TAG,
     training: str = "gpu",
-) -> dict[str, str]:
+) -> None:
     """Point compiled executors' ``image`` fields at ``registry``/``tag``; training runs in the
-    ``training`` kind's image. Returns {old image: new image} for the images it changed."""
-    mapping: Mapping[str, str] = {
+    ``training`` kind's image."""
+    mapping = {
         BITTUNE_IMAGE: image_for("cpu", registry, tag),
         BITTUNE_GPU_IMAGE: image_for(training, registry, tag),
     }
-    changed = {}
     for container in containers:
-        old = container["image"]
-        if old in mapping and mapping[old] != old:
-            container["image"] = changed[old] = mapping[old]
-    return changed
+        container["image"] = mapping.get(container["image"], container["image"])

@@ -65,9 +65,6 @@ def resolve(source: str) -> tuple[str, str]:
 def check_model(source: str) -> None:
     """Refuse an unknown model name or a checkpoint path that does not exist."""
     kind, location = resolve(source)
-    if (
-        kind == "npz"
-        and "://" not in location.replace("gs://", "")
-        and not storage.exists(location)
-    ):
+    downloaded = location.startswith(("https://", "http://"))  # fetched when training starts
+    if kind == "npz" and not downloaded and not storage.exists(location):
         raise ModelError(f"model checkpoint not found: {location}")

@@ -185,10 +185,8 @@ def read_text(uri: str) -> str:
 def write_bytes(uri: str, data: bytes) -> None:
     """Write a whole file at once; readers never see it half-written."""
     if is_gcs(uri):
-        import google_crc32c
-
         blob = _blob(uri)
-        _upload(blob, lambda: _call(blob.upload_from_string, data), google_crc32c.Checksum(data))
+        _upload(blob, lambda: _call(blob.upload_from_string, data), lambda: [data])
         return
     fd, tmp = local_temp(uri)
     try:
@@ -215,23 +213,28 @@ def local_temp(path: str) -> tuple[int, str]:
 
 def upload_file(local_path: str, uri: str) -> None:
     """Upload a finished local file to ``gs://`` (the object appears only when complete)."""
-    import google_crc32c
 
-    checksum = google_crc32c.Checksum()
-    with open(local_path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            checksum.update(chunk)
+    def chunks() -> Iterator[bytes]:
+        with open(local_path, "rb") as f:
+            yield from iter(lambda: f.read(1 << 20), b"")
+
     blob = _blob(uri)
-    _upload(blob, lambda: _call(blob.upload_from_filename, local_path), checksum)
+    _upload(blob, lambda: _call(blob.upload_from_filename, local_path), chunks)
 
 
-def _upload(blob, send, checksum) -> None:
-    """Run an upload. When it fails after a reply may have been lost (the retry of a finished
-    resumable upload finds its session gone, say), the write still counts if the object is
-    there with exactly our bytes: its CRC32C is ours."""
+def _upload(blob, send, content) -> None:
+    """Run an upload (``send()``). When it fails after a reply may have been lost (the retry of
+    a finished resumable upload finds its session gone, say), the write still counts if the
+    object is there with exactly our bytes: the CRC32C of ``content()`` (its chunks, read only
+    then) is the object's."""
     try:
         send()
     except Exception:
+        import google_crc32c
+
+        checksum = google_crc32c.Checksum()
+        for chunk in content():
+            checksum.update(chunk)
         expected = base64.b64encode(checksum.digest()).decode()
         try:
             _call(blob.reload)

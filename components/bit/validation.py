@@ -7,9 +7,10 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from components.bit import hyperrule
+from components.bit import hyperrule, model_sources, sources
 from components.bit.errors import BittuneError
 
+VARIANTS = hyperrule.VARIANTS
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 # Where a step running on a cluster can read from: Cloud Storage (or its /gcs/ FUSE mount),
@@ -55,18 +56,17 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str | None:
 
 
 def parse_fractions(text: str) -> tuple[float, float, float]:
-    """``"0.8,0.1,0.1"`` -> three fractions that add up to 1 with a positive train share."""
+    """``"0.8,0.1,0.1"`` -> three fractions, checked by :func:`sources.check_fractions`."""
     try:
-        parts = tuple(float(part) for part in str(text).split(","))
+        parts = [float(part) for part in str(text).split(",")]
     except ValueError:
         raise ParameterError(
             f"split_fractions must be three numbers like 0.8,0.1,0.1, got {text!r}"
         ) from None
-    if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 1) > 1e-6:
-        raise ParameterError(f"split_fractions must be 3 numbers >= 0 adding up to 1: {text!r}")
-    if parts[0] <= 0:
-        raise ParameterError(f"split_fractions: the train share must be above 0, got {text!r}")
-    return parts
+    try:
+        return sources.check_fractions(parts)
+    except sources.SourceError as exc:
+        raise ParameterError(f"split_fractions {text!r}: {exc}") from None
 
 
 def parse_overrides(text: str | Mapping[str, Any]) -> dict[str, Any]:
@@ -123,8 +123,6 @@ def pipeline_problems(params: Mapping[str, Any], *, on_cluster: bool) -> list[st
 
     ``on_cluster``: the run executes on a KFP cluster, which cannot read the submitting
     machine's files; otherwise local paths must exist."""
-    from components.bit import model_sources, sources
-
     p = dict(params)
     problems = [
         check_int("few_shot", p.get("few_shot", 0), 0),
@@ -163,9 +161,6 @@ def pipeline_problems(params: Mapping[str, Any], *, on_cluster: bool) -> list[st
     if not (on_cluster and str(model).startswith(("gs://", "/gcs/"))):
         problems.append(_parsed(model_sources.check_model, model))
     return [problem for problem in problems if problem]
-
-
-VARIANTS = hyperrule.VARIANTS
 
 
 def check_pipeline_parameters(params: Mapping[str, Any], *, on_cluster: bool = False) -> None:

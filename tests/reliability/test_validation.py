@@ -109,7 +109,7 @@ def component_errors(monkeypatch):
         (
             analyze_dataset,
             {"source": "/x", "split_fractions": "0.9,0.9,0.1"},
-            "split_fractions must be 3 numbers >= 0 adding up to 1",
+            "split_fractions '0.9,0.9,0.1': split fractions must add up to 1",
         ),
         (analyze_dataset, {"source": "/x", "max_pixels": 0}, "max_pixels must be >= 1"),
         (
