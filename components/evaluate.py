@@ -1,55 +1,64 @@
-"""KFP components: evaluate the exported model and gate it; push a blessed model for serving."""
+"""KFP component: evaluate the exported model and gate it."""
 
 from kfp import dsl
 
+from components.component import component
 from components.image import BITTUNE_IMAGE
 
 
-@dsl.component(base_image=BITTUNE_IMAGE, install_kfp_package=False)
+@component(
+    BITTUNE_IMAGE,
+    "Evaluate on the test split (validation if none) and decide whether to bless the model: "
+    "it must beat the majority class, the threshold if set, and the serving version.",
+    {
+        "dataset": "The dataset's manifest (gather step).",
+        "holdout_shards": "Every worker's validation and test shards.",
+        "trained_model": "The training step's model (SavedModel, hyperrule.json).",
+        "logs": "The training step's TensorBoard logs (for the report's curves).",
+        "metrics": "Accuracy, top-5, loss, macro F1, calibration error.",
+        "confusion": "The confusion matrix (most frequent classes).",
+        "report": "The evaluation report (HTML).",
+        "evaluation": "metrics.json and report.html.",
+    },
+    returns="Whether the model passed the gate (blessed).",
+)
 def evaluate_model(
     dataset: dsl.Input[dsl.Dataset],
-    model: dsl.Input[dsl.Model],
+    holdout_shards: dsl.Input[list[dsl.Dataset]],
+    trained_model: dsl.Input[dsl.Model],
+    logs: dsl.Input[dsl.Artifact],
+    baseline_model: str,
+    serving_root: str,
+    blessing_threshold: float,
+    baseline_tolerance: float,
     metrics: dsl.Output[dsl.Metrics],
     confusion: dsl.Output[dsl.ClassificationMetrics],
     report: dsl.Output[dsl.HTML],
     evaluation: dsl.Output[dsl.Artifact],
-    baseline_model: str = "",
-    threshold: float = 0.0,
-    tolerance: float = 0.0,
 ) -> bool:
-    """Evaluate on the test split (validation if none) and decide whether to bless the model.
-
-    Args:
-        dataset: TFRecord dataset (manifest.json).
-        model: The training output (saved_model, logs, hyperrule.json).
-        baseline_model: A baseline training output or SavedModel to compare against ("" for none).
-        threshold: Minimum top-1 accuracy to bless.
-        tolerance: How much below the baseline's accuracy is still blessed.
-
-    Returns:
-        Whether the model passed the gate (blessed).
-    """
-    from components.bit.errors import exit_on_error
+    from components.bit.errors import exit_on_error, report_result
 
     exit_on_error()
-    import json
     import os
     import shutil
 
-    from components.bit import validation as v
+    from components.bit import params
 
-    v.require(v.check_fraction("threshold", threshold), v.check_fraction("tolerance", tolerance))
+    params.require_inputs(locals())
     from components.bit.evaluation import EvalConfig, evaluate, kfp_confusion_matrix
 
     os.makedirs(evaluation.path, exist_ok=True)
     result = evaluate(
         EvalConfig(
             dataset.path,
-            model.path,
+            trained_model.path,
             evaluation.path,
-            baseline_model=baseline_model or None,
-            threshold=threshold,
-            tolerance=tolerance,
+            shard_dirs=tuple(a.path for a in holdout_shards),
+            log_dir=logs.path,
+            baseline=baseline_model or None,
+            serving_root=serving_root or None,
+            threshold=blessing_threshold,
+            tolerance=baseline_tolerance,
         )
     )
     values = result["metrics"]
@@ -59,58 +68,6 @@ def evaluate_model(
     confusion.log_confusion_matrix(*kfp_confusion_matrix(result))
     shutil.copyfile(os.path.join(evaluation.path, "report.html"), report.path)
     evaluation.metadata.update(blessed=result["blessed"], reason=result["reason"])
-    print(json.dumps({"blessed": result["blessed"], "reason": result["reason"]}))
+    verdict = "BLESSED" if result["blessed"] else "NOT BLESSED"
+    report_result(f"{result['split']} accuracy {values['accuracy']:.4f}, {verdict}")
     return result["blessed"]
-
-
-@dsl.component(base_image=BITTUNE_IMAGE, install_kfp_package=False)
-def push_model(
-    model: dsl.Input[dsl.Model],
-    evaluation: dsl.Input[dsl.Artifact],
-    dataset: dsl.Input[dsl.Dataset],
-    pushed: dsl.Output[dsl.Model],
-    serving_root: str = "",
-    model_source: str = "",
-    pipeline_run: str = "",
-) -> str:
-    """Copy a blessed model to the next numbered version under the serving location, with a
-    model card (data, HyperRule, metrics, lineage).
-
-    Args:
-        model: The training output.
-        evaluation: The evaluation step's output (metrics.json).
-        dataset: The TFRecord dataset (manifest.json).
-        serving_root: Versioned serving folder (gs:// or local); "" keeps it in this artifact.
-        model_source: The BiT model fine-tuned, for the card.
-        pipeline_run: The pipeline run, for the card.
-
-    Returns:
-        The URI of the pushed version.
-    """
-    from components.bit.errors import exit_on_error
-
-    exit_on_error()
-    import json
-    import os
-
-    from components.bit.push import model_card, push
-
-    def load(path):
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-
-    card = model_card(
-        load(os.path.join(evaluation.path, "metrics.json")),
-        load(os.path.join(model.path, "hyperrule.json")),
-        load(os.path.join(dataset.path, "manifest.json")),
-        {
-            "model_source": model_source,
-            "pipeline_run": pipeline_run,
-            "model": model.uri,
-            "dataset": dataset.uri,
-            "evaluation": evaluation.uri,
-        },
-    )
-    target = push(model.path, serving_root or pushed.path, card)
-    pushed.metadata["version_uri"] = target
-    return target

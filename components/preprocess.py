@@ -1,108 +1,140 @@
-"""KFP components: write TFRecord shards in parallel workers, then gather them into a dataset."""
+"""KFP components: plan the preprocessing workers, write TFRecord shards in parallel, gather."""
 
 from kfp import dsl
 
+from components.component import component
 from components.image import BITTUNE_IMAGE
 
+_ANALYSIS = "The analyze step's output (items.jsonl, stats.json, hyperrule.json)."
 
-@dsl.component(base_image=BITTUNE_IMAGE, install_kfp_package=False)
-def plan_workers(num_workers: int) -> list:
-    """List the preprocessing worker indices for the fan-out.
 
-    Args:
-        num_workers: Number of parallel preprocessing workers (at least 1).
-
-    Returns:
-        The worker indices 0..num_workers-1.
-    """
-    from components.bit.errors import exit_on_error
+@component(
+    BITTUNE_IMAGE,
+    "Plan the shard-writing workers: no more workers than the dataset has shards.",
+    {"analysis": _ANALYSIS},
+    returns="The indices of the workers to fan out over.",
+)
+def plan_workers(
+    analysis: dsl.Input[dsl.Dataset],
+    preprocess_workers: int,
+    shard_megabytes: int,
+    shard_examples: int,
+    seed: int,
+) -> list[int]:
+    from components.bit.errors import exit_on_error, report_result
 
     exit_on_error()
-    from components.bit import validation as v
+    from components.bit import params
+    from components.bit.preprocess import PreprocessConfig, worker_plan
 
-    v.require(v.check_int("num_workers", num_workers, 1, 1000))
-    return list(range(num_workers))
+    params.require_inputs(locals())
+    config = PreprocessConfig(
+        analysis.path,
+        "",
+        seed=seed,
+        shard_bytes=shard_megabytes * 2**20,
+        shard_examples=shard_examples,
+    )
+    count, message = worker_plan(config, preprocess_workers)
+    report_result(message)
+    return list(range(count))
 
 
-@dsl.component(base_image=BITTUNE_IMAGE, install_kfp_package=False)
+@component(
+    BITTUNE_IMAGE,
+    "Write this worker's TFRecord shards (shard i where i % workers == worker_index, workers "
+    "being preprocess_workers or, when fewer, the number of shards).",
+    {
+        "analysis": _ANALYSIS,
+        "worker_index": "This worker's index.",
+        "train_shards": "The training shards this worker wrote.",
+        "holdout_shards": "The validation and test shards this worker wrote.",
+        "summary": "What each shard holds and what was rejected (for the gather step).",
+    },
+)
 def write_shards(
     analysis: dsl.Input[dsl.Dataset],
-    shards: dsl.Output[dsl.Dataset],
     worker_index: int,
-    num_workers: int,
-    data_dir: str = "",
-    shard_megabytes: int = 150,
-    seed: int = 0,
+    preprocess_workers: int,
+    data_dir: str,
+    shard_megabytes: int,
+    shard_examples: int,
+    seed: int,
+    train_shards: dsl.Output[dsl.Dataset],
+    holdout_shards: dsl.Output[dsl.Dataset],
+    summary: dsl.Output[dsl.Artifact],
 ):
-    """Write this worker's share of the TFRecord shards (shard i where i % num_workers == worker).
-
-    Args:
-        analysis: The analyze step's output (items.jsonl, stats.json, hyperrule.json).
-        worker_index: This worker's index.
-        num_workers: Number of workers in the fan-out.
-        data_dir: TFDS data folder (TFDS sources only).
-        shard_megabytes: Target shard size in MiB.
-        seed: Seed for shard order and few-shot choice.
-    """
-    from components.bit.errors import exit_on_error
+    from components.bit.errors import exit_on_error, report_result
 
     exit_on_error()
-    from components.bit import validation as v
-    from components.bit.preprocess import PreprocessConfig
-    from components.bit.preprocess import write_shards as write
+    import json
 
-    v.require(
-        v.check_int("num_workers", num_workers, 1, 1000),
-        v.check_int("worker_index", worker_index, 0, num_workers - 1),
-        v.check_int("shard_megabytes", shard_megabytes, 1, 10_000),
-    )
+    from components.bit import params
+    from components.bit.preprocess import PreprocessConfig, worker_plan, write_shards
+
+    params.require_inputs(locals())
     config = PreprocessConfig(
-        analysis_dir=analysis.path,
-        output_dir=shards.path,
+        analysis.path,
+        train_shards.path,
         data_dir=data_dir or None,
-        shard_bytes=shard_megabytes * 2**20,
         seed=seed,
+        shard_bytes=shard_megabytes * 2**20,
+        shard_examples=shard_examples,
         progress=False,
     )
-    summaries = write(config, int(worker_index), num_workers)
-    shards.metadata["shards"] = len(summaries)
-    shards.metadata["examples"] = sum(s["examples"] for s in summaries)
+    folders = {"train": train_shards.path, "validation": holdout_shards.path}
+    folders["test"] = holdout_shards.path
+    workers, _ = worker_plan(config, preprocess_workers)  # the count plan_workers chose
+    params.require_worker(worker_index, workers)
+    summaries = write_shards(config, int(worker_index), workers, folders)
+    with open(summary.path, "w", encoding="utf-8") as f:
+        json.dump(summaries, f, ensure_ascii=False)
+    examples = sum(s["examples"] for s in summaries)
+    summary.metadata.update(shards=len(summaries), examples=examples)
+    report_result(f"{len(summaries)} shard(s), {examples:,} examples written")
 
 
-@dsl.component(base_image=BITTUNE_IMAGE, install_kfp_package=False)
+@component(
+    BITTUNE_IMAGE,
+    "Check that inputs = written + rejected; write labels.json, manifest.json, rejects.json.",
+    {
+        "analysis": _ANALYSIS,
+        "summaries": "Every worker's shard summaries.",
+        "dataset": "The dataset's manifest (shards by name), labels and rejects.",
+    },
+    returns="The number of training examples written.",
+)
 def gather_dataset(
     analysis: dsl.Input[dsl.Dataset],
-    shards: dsl.Input[list[dsl.Dataset]],
+    summaries: dsl.Input[list[dsl.Artifact]],
+    shard_megabytes: int,
+    shard_examples: int,
+    seed: int,
     dataset: dsl.Output[dsl.Dataset],
-    shard_megabytes: int = 150,
-    seed: int = 0,
 ) -> int:
-    """Check that inputs = written + rejected, then write labels.json, manifest.json, rejects.json.
-
-    Args:
-        analysis: The analyze step's output.
-        shards: Every worker's shards.
-        shard_megabytes: Target shard size in MiB (as the workers used).
-        seed: Seed (as the workers used).
-
-    Returns:
-        The number of training examples written.
-    """
-    from components.bit.errors import exit_on_error
+    from components.bit.errors import exit_on_error, report_result
 
     exit_on_error()
-    from components.bit import validation as v
+    import json
+
+    from components.bit import params
     from components.bit.preprocess import PreprocessConfig, gather
 
-    v.require(v.check_int("shard_megabytes", shard_megabytes, 1, 10_000))
-
+    params.require_inputs(locals())
     config = PreprocessConfig(
-        analysis_dir=analysis.path,
-        output_dir=dataset.path,
-        shard_bytes=shard_megabytes * 2**20,
+        analysis.path,
+        dataset.path,
         seed=seed,
+        shard_bytes=shard_megabytes * 2**20,
+        shard_examples=shard_examples,
     )
-    manifest = gather(config, [s.path for s in shards], [s.uri for s in shards])
-    for key, value in manifest["totals"].items():
-        dataset.metadata[key] = value
-    return manifest["splits"]["train"]["examples"]
+    found = []
+    for artifact in summaries:
+        with open(artifact.path, encoding="utf-8") as f:
+            found += json.load(f)
+    manifest = gather(config, found)
+    dataset.metadata.update(manifest.totals)
+    totals = manifest.totals
+    report_result(f"{totals['inputs']:,} inputs = {totals['written']:,} written + "
+                  f"{totals['rejected']:,} rejected")  # fmt: skip
+    return manifest.examples("train")

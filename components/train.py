@@ -2,71 +2,88 @@
 
 from kfp import dsl
 
-from components.image import BITTUNE_GPU_IMAGE
+from components.component import component
+from components.image import BITTUNE_GPU_IMAGE, BITTUNE_TPU_IMAGE
 
 
-@dsl.component(base_image=BITTUNE_GPU_IMAGE, install_kfp_package=False)
 def train_model(
     dataset: dsl.Input[dsl.Dataset],
-    analysis: dsl.Input[dsl.Dataset],
-    model: dsl.Output[dsl.Model],
-    model_source: str = "bittune-tiny",
-    random_crop: bool = True,
-    random_flip: bool = True,
-    mixup: bool = True,
-    strategy: str = "auto",
-    precision: str = "auto",
-    checkpoint_every: int = 100,
-    seed: int = 0,
+    train_shards: dsl.Input[list[dsl.Dataset]],
+    holdout_shards: dsl.Input[list[dsl.Dataset]],
+    model: str,
+    random_crop: bool,
+    random_flip: bool,
+    mixup: bool,
+    training_strategy: str,
+    precision: str,
+    checkpoint_every: int,
+    checkpoint_root: str,
+    seed: int,
+    accelerator_type: str,
+    accelerator_count: int,
+    training_replicas: int,
+    pipeline_run_id: str,
+    trained_model: dsl.Output[dsl.Model],
+    checkpoints: dsl.Output[dsl.Artifact],
+    logs: dsl.Output[dsl.Artifact],
 ) -> float:
-    """Fine-tune a BiT backbone with the BiT-HyperRule; export a SavedModel for serving.
-
-    Args:
-        dataset: TFRecord dataset from the gather step (manifest.json, labels.json).
-        analysis: The analyze step's output (hyperrule.json).
-        model_source: BiT model name (bit-m-r50x1, BiT-M-R50x1, …), .npz or SavedModel path.
-        random_crop: Random crop augmentation (off for counting tasks).
-        random_flip: Random horizontal flip (off for localisation tasks).
-        mixup: MixUp when the HyperRule turns it on.
-        strategy: auto, default, mirrored, multiworker or tpu.
-        precision: auto, float32, bfloat16 or float16.
-        checkpoint_every: Steps between checkpoints (a retried task resumes from the latest).
-        seed: Seed of shuffling and augmentation.
-
-    Returns:
-        The last validation accuracy (NaN without a validation split).
-    """
-    from components.bit.errors import exit_on_error
+    from components.bit.errors import exit_on_error, report_result
 
     exit_on_error()
-    from components.bit import validation as v
+    from components.bit import params
+
+    params.require_inputs(locals())
     from components.bit.model_sources import check_model
 
-    v.require(
-        v.check_choice("strategy", strategy, v.STRATEGIES),
-        v.check_choice("precision", precision, v.PRECISIONS),
-        v.check_int("checkpoint_every", checkpoint_every, 1),
-    )
-    check_model(model_source)
-    from components.bit.training import TrainConfig, train
+    check_model(model)
+    from components.bit.training import TrainConfig, durable_folder, train
+
+    def durable(name, artifact):
+        return durable_folder(name, artifact.uri, artifact.path, checkpoint_root, pipeline_run_id)
 
     summary = train(
         TrainConfig(
-            data_dir=dataset.path,
-            hyperrule_path=f"{analysis.path}/hyperrule.json",
-            model=model_source,
-            output_dir=model.path,
-            crop=random_crop,
-            flip=random_flip,
+            dataset_dir=dataset.path,
+            model=model,
+            output_dir=trained_model.path,
+            shard_dirs=tuple(a.path for a in [*train_shards, *holdout_shards]),
+            checkpoint_dir=durable("checkpoints", checkpoints),
+            log_dir=durable("logs", logs),
+            random_crop=random_crop,
+            random_flip=random_flip,
             mixup=mixup,
-            strategy=strategy,
+            strategy=training_strategy,
             precision=precision,
+            accelerator=params.accelerator_kind(accelerator_type, accelerator_count),
+            replicas=training_replicas,
             checkpoint_every=checkpoint_every,
             eval_every=checkpoint_every,
             seed=seed,
         )
     )
-    model.metadata.update(framework="tensorflow", steps=summary["steps"], model_source=model_source)
-    accuracy = summary["validation"][-1]["accuracy"] if summary["validation"] else float("nan")
-    model.metadata["validation_accuracy"] = accuracy
+    trained_model.metadata.update(
+        framework="tensorflow", steps=summary["steps"], model_source=model
+    )
+    history = summary["validation"]
+    accuracy = history[-1]["accuracy"] if history else float("nan")
+    trained_model.metadata["validation_accuracy"] = accuracy
+    report_result(f"{summary['steps']} steps, validation accuracy {accuracy:.4f}")
     return accuracy
+
+
+_DOCS = dict(
+    summary="Fine-tune a BiT backbone with the BiT-HyperRule; export a SavedModel for serving.",
+    own={
+        "dataset": "The dataset's manifest (gather step).",
+        "train_shards": "Every worker's training shards.",
+        "holdout_shards": "Every worker's validation and test shards.",
+        "pipeline_run_id": "The pipeline run, which keys checkpoints under checkpoint_root.",
+        "trained_model": "The SavedModel with labels.json, hyperrule.json and training.json.",
+        "checkpoints": "Training checkpoints (a retried task resumes from the latest).",
+        "logs": "TensorBoard logs.",
+    },
+    returns="The last validation accuracy (NaN without a validation split).",
+)
+_function = train_model
+train_model = component(BITTUNE_GPU_IMAGE, **_DOCS)(_function)  # GPUs (or the CPU)
+train_model_tpu = component(BITTUNE_TPU_IMAGE, **_DOCS)(_function)  # Cloud TPUs

@@ -1,152 +1,180 @@
 """The bit-finetune pipeline: wiring, display names, resources, caching and retries only (every
-stage is a library call inside a component)."""
+stage is a library call inside a component; every parameter comes from the one table,
+:mod:`components.bit.params`, and reaches each component input of the same name).
+
+Targets: ``kubeflow`` (KFP on Kubernetes: resource requests, node selector, tolerations and a
+timeout for training through kfp-kubernetes), ``vertex`` (Vertex AI Pipelines: one YAML
+document, resource limits, Vertex accelerator names) and ``local`` (kfp.local, which cannot
+merge branch outputs: training has no TPU branch there).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, NamedTuple
 
 from kfp import dsl, kubernetes
+from kfp.dsl.types import type_annotations
 
 from components.analyze import analyze_dataset
-from components.evaluate import evaluate_model, push_model
+from components.bit import params
+from components.evaluate import evaluate_model
 from components.preprocess import gather_dataset, plan_workers, write_shards
-from components.train import train_model
+from components.push import push_model
+from components.route import choose_trainer
+from components.train import train_model, train_model_tpu
 
 PIPELINE_NAME = "bit-finetune"
+DESCRIPTION = "Fine-tune BiT on an image dataset with the BiT-HyperRule."
+TARGETS = ("kubeflow", "vertex", "local")
 TRAINING_TIMEOUT_SECONDS = 48 * 3600
 
 
-def _storage_bound(task, cpu: str, memory: str):
-    """Resources, and retries with exponential backoff for tasks that mostly move data."""
-    task.set_cpu_request(cpu).set_memory_request(memory)
+def _args(component, p: dict[str, Any], **wired: Any) -> dict[str, Any]:
+    """The component's inputs: the pipeline parameters of the same names, plus ``wired``."""
+    names = component.component_spec.inputs or {}
+    return {**{name: p[name] for name in names if name in p}, **wired}
+
+
+def _resources(task, cpu, memory, target: str):
+    """Vertex AI sizes machines from limits; Kubernetes schedules by requests."""
+    if target == "vertex":
+        return task.set_cpu_limit(cpu).set_memory_limit(memory)
+    return task.set_cpu_request(cpu).set_memory_request(memory)
+
+
+def _storage_bound(task, name: str, cpu: str, memory: str, target: str):
+    """Display name, resources, and retries with backoff for tasks that mostly move data."""
+    _resources(task.set_display_name(name), cpu, memory, target)
     return task.set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2.0)
 
 
-@dsl.pipeline(
-    name=PIPELINE_NAME, description="Fine-tune BiT on an image dataset with the BiT-HyperRule."
-)
-def bit_finetune(
-    data_source: str,
-    data_dir: str = "",
-    split_fractions: str = "0.8,0.1,0.1",
-    few_shot: int = 0,
-    hyperrule_variant: str = "reference",
-    model: str = "bittune-tiny",
-    hyperrule_overrides: str = "{}",
-    max_pixels: int = 100_000_000,
-    preprocess_workers: int = 2,
-    shard_megabytes: int = 150,
-    seed: int = 0,
-    random_crop: bool = True,
-    random_flip: bool = True,
-    mixup: bool = True,
-    training_strategy: str = "auto",
-    precision: str = "auto",
-    checkpoint_every: int = 100,
-    accelerator_type: str = "nvidia.com/gpu",
-    accelerator_count: int = 1,
-    training_node_selector: dict = {},  # noqa: B006 (KFP pipeline parameter default)
-    training_tolerations: list = [],  # noqa: B006 (KFP pipeline parameter default)
-    blessing_threshold: float = 0.0,
-    baseline_model: str = "",
-    baseline_tolerance: float = 0.0,
-    serving_root: str = "",
-):
-    """Fine-tune BiT on an image dataset with the BiT-HyperRule.
+def _training(task, p: dict[str, Any], target: str, name: str):
+    """Training's accelerator, resources, retries (it resumes from its checkpoints) and, on
+    Kubernetes, its node selector, tolerations and timeout."""
+    task.set_display_name(name).set_caching_options(False)
+    task.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0)
+    if target == "local":  # kfp.local can resolve no runtime resource settings
+        return task
+    task.set_accelerator_type(p["accelerator_type"]).set_accelerator_limit(p["accelerator_count"])
+    _resources(task, p["training_cpu"], p["training_memory"], target)
+    if target == "kubeflow":
+        kubernetes.add_node_selector_json(task, p["training_node_selector"])
+        kubernetes.add_toleration_json(task, p["training_tolerations"])
+        kubernetes.set_timeout(task, TRAINING_TIMEOUT_SECONDS)
+    return task
 
-    Args:
-        data_source: Image folder (gs:// or /gcs/...), CSV/JSONL manifest, or tfds:NAME.
-        data_dir: TFDS data folder, or the data root manifest paths must stay inside.
-        split_fractions: train,validation,test fractions for sources without splits.
-        few_shot: Keep k training images per class (BiT's k-shot setting); 0 keeps all.
-        hyperrule_variant: reference (BiT code) or paper.
-        model: BiT model name (bit-m-r50x1, BiT-M-R50x1, …), .npz or SavedModel path.
-        hyperrule_overrides: JSON object overriding HyperRule fields, e.g. {"batch_size": 128}.
-        max_pixels: Larger images are flagged as decompression bombs.
-        preprocess_workers: Parallel TFRecord-writing workers.
-        shard_megabytes: Target TFRecord shard size in MiB.
-        seed: Seed for shard order, few-shot choice, shuffling and augmentation.
-        random_crop: Random-crop augmentation (off for counting tasks).
-        random_flip: Random-flip augmentation (off for localisation tasks).
-        mixup: MixUp when the HyperRule turns it on.
-        training_strategy: auto, default, mirrored, multiworker or tpu.
-        precision: auto, float32, bfloat16 or float16.
-        checkpoint_every: Steps between training checkpoints (a retried task resumes).
-        accelerator_type: nvidia.com/gpu on Kubernetes; NVIDIA_L4, TPU_V5_LITEPOD… on Vertex.
-        accelerator_count: Accelerators for training (0: CPU only).
-        training_node_selector: Node selector for training, e.g.
-            {"cloud.google.com/gke-accelerator": "nvidia-l4"}.
-        training_tolerations: Tolerations for training, e.g. [{"key": "nvidia.com/gpu",
-            "operator": "Exists", "effect": "NoSchedule"}].
-        blessing_threshold: Minimum test accuracy for the model to be pushed.
-        baseline_model: Baseline model (training output or SavedModel) to beat; "" for none.
-        baseline_tolerance: How much below the baseline's accuracy is still blessed.
-        serving_root: Versioned serving location (gs://…); "" keeps versions in the push artifact.
-    """
-    analyze = analyze_dataset(
-        source=data_source,
-        data_dir=data_dir,
-        split_fractions=split_fractions,
-        few_shot=few_shot,
-        max_pixels=max_pixels,
-        variant=hyperrule_variant,
-        model=model,
-        hyperrule_overrides=hyperrule_overrides,
-    )
-    _storage_bound(analyze, "4", "8G").set_display_name("analyze dataset").set_caching_options(True)
 
-    workers = plan_workers(num_workers=preprocess_workers).set_display_name("plan workers")
-    with dsl.ParallelFor(workers.output, name="preprocess-workers") as worker_index:
-        shards = write_shards(
-            analysis=analyze.outputs["analysis"],
-            worker_index=worker_index,
-            num_workers=preprocess_workers,
-            data_dir=data_dir,
-            shard_megabytes=shard_megabytes,
-            seed=seed,
+# (The functional form: KFP reads the field types, which must not be postponed strings.)
+Trained = NamedTuple("Trained", [("trained_model", dsl.Model), ("logs", dsl.Artifact)])  # noqa: UP014
+
+
+def _training_graph(target: str):
+    """Training as a sub-pipeline taking the training component's inputs: it chooses the TPU
+    or the GPU image and merges the branch that ran (dsl.OneOf). (A sub-pipeline, because KFP
+    cannot pass a loop's dsl.Collected outputs into a condition branch directly.)"""
+    signature = inspect.signature(train_model.python_func)
+    inputs = [
+        parameter
+        for parameter in signature.parameters.values()
+        if not type_annotations.is_artifact_wrapped_in_Output(parameter.annotation)
+    ]
+    settings = ["training_cpu", "training_memory"]
+    if target == "kubeflow":
+        settings += params.KUBEFLOW_ONLY
+    inputs += [
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                          annotation=params.PARAMETERS[name].type)
+        for name in settings
+    ]  # fmt: skip
+
+    def train_on_accelerator(**inputs_: Any) -> Trained:
+        route = choose_trainer(**_args(choose_trainer, inputs_)).set_display_name("choose trainer")
+        task_inputs = _args(train_model, inputs_)
+        with dsl.If(route.output == "tpu", name="on-tpu"):
+            tpu = _training(train_model_tpu(**task_inputs), inputs_, target, "fine-tune BiT on TPU")
+        with dsl.Else(name="on-gpu-or-cpu"):
+            gpu = _training(train_model(**task_inputs), inputs_, target, "fine-tune BiT")
+        return Trained(
+            dsl.OneOf(tpu.outputs["trained_model"], gpu.outputs["trained_model"]),
+            dsl.OneOf(tpu.outputs["logs"], gpu.outputs["logs"]),
         )
-        _storage_bound(shards, "4", "8G").set_display_name("write TFRecord shards")
-        shards.set_caching_options(True)
-    dataset = gather_dataset(
-        analysis=analyze.outputs["analysis"],
-        shards=dsl.Collected(shards.outputs["shards"]),
-        shard_megabytes=shard_megabytes,
-        seed=seed,
-    )
-    _storage_bound(dataset, "1", "2G").set_display_name("gather dataset").set_caching_options(True)
 
-    trained = train_model(
-        dataset=dataset.outputs["dataset"],
-        analysis=analyze.outputs["analysis"],
-        model_source=model,
-        random_crop=random_crop,
-        random_flip=random_flip,
-        mixup=mixup,
-        strategy=training_strategy,
-        precision=precision,
-        checkpoint_every=checkpoint_every,
-        seed=seed,
+    documented = params.describe(
+        "Fine-tune BiT on the accelerator asked for (TPU image or GPU image).",
+        [p.name for p in inputs],
+        {
+            "dataset": "The dataset's manifest (gather step).",
+            "train_shards": "Every worker's training shards.",
+            "holdout_shards": "Every worker's validation and test shards.",
+            "pipeline_run_id": "The pipeline run, which keys checkpoints under checkpoint_root.",
+        },
     )
-    trained.set_display_name("fine-tune BiT").set_caching_options(False)
-    trained.set_accelerator_type(accelerator_type).set_accelerator_limit(accelerator_count)
-    trained.set_cpu_request("8").set_memory_request("32G")
-    trained.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0)  # resumes
-    kubernetes.add_node_selector_json(trained, training_node_selector)
-    kubernetes.add_toleration_json(trained, training_tolerations)
-    kubernetes.set_timeout(trained, TRAINING_TIMEOUT_SECONDS)
+    signature = inspect.Signature(inputs, return_annotation=Trained)
+    return dsl.pipeline(name="train-on-accelerator")(
+        params.signed(train_on_accelerator, signature, documented)
+    )
 
-    evaluated = evaluate_model(
-        dataset=dataset.outputs["dataset"],
-        model=trained.outputs["model"],
-        baseline_model=baseline_model,
-        threshold=blessing_threshold,
-        tolerance=baseline_tolerance,
-    )
-    evaluated.set_display_name("evaluate and gate").set_cpu_request("4").set_memory_request("16G")
-    with dsl.If(evaluated.outputs["Output"] == True, name="blessed"):  # noqa: E712
-        pushed = push_model(
-            model=trained.outputs["model"],
-            evaluation=evaluated.outputs["evaluation"],
-            dataset=dataset.outputs["dataset"],
-            serving_root=serving_root,
-            model_source=model,
-            pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+
+def build(target: str = "kubeflow"):
+    """The bit-finetune pipeline for ``target`` (kubeflow, vertex or local)."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r} (use {', '.join(TARGETS)})")
+    signature_target = "vertex" if target == "vertex" else "kubeflow"
+    training = None if target == "local" else _training_graph(target)
+
+    @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
+    @params.pipeline_signature(signature_target, DESCRIPTION)
+    def bit_finetune(**p: Any) -> None:
+        analyzed = analyze_dataset(**_args(analyze_dataset, p))
+        _storage_bound(analyzed, "analyze dataset", "4", "8G", target).set_caching_options(True)
+        analysis = analyzed.outputs["analysis"]
+
+        planned = plan_workers(**_args(plan_workers, p, analysis=analysis))
+        _storage_bound(planned, "plan workers", "1", "2G", target).set_caching_options(True)
+        with dsl.ParallelFor(planned.output, name="preprocess-workers") as index:
+            wired = {"analysis": analysis, "worker_index": index}
+            shards = write_shards(**_args(write_shards, p, **wired))
+            _storage_bound(shards, "write TFRecord shards", "4", "8G", target)
+            shards.set_caching_options(True)
+
+        def collected(name: str):  # one per consumer: the compiler rewrites the one it is given
+            return dsl.Collected(shards.outputs[name])
+
+        wired = {"analysis": analysis, "summaries": collected("summary")}
+        gathered = gather_dataset(**_args(gather_dataset, p, **wired))
+        _storage_bound(gathered, "gather dataset", "1", "2G", target).set_caching_options(True)
+        dataset = gathered.outputs["dataset"]
+
+        inputs = _args(
+            train_model,
+            p,
+            dataset=dataset,
+            train_shards=collected("train_shards"),
+            holdout_shards=collected("holdout_shards"),
+            pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         )
-        _storage_bound(pushed, "1", "2G").set_display_name("push blessed model")
-        pushed.set_caching_options(False)
+        if target == "local":
+            trained = _training(train_model(**inputs), p, target, "fine-tune BiT")
+        else:
+            settings = {name: p[name] for name in training.component_spec.inputs if name in p}
+            trained = training(**{**settings, **inputs}).set_display_name("fine-tune BiT")
+        model, logs = trained.outputs["trained_model"], trained.outputs["logs"]
+
+        wired = {"dataset": dataset, "holdout_shards": collected("holdout_shards")}
+        evaluated = evaluate_model(
+            **_args(evaluate_model, p, trained_model=model, logs=logs, **wired)
+        )
+        _resources(evaluated.set_display_name("evaluate and gate"), "4", "16G", target)
+        with dsl.If(evaluated.outputs["Output"] == True, name="blessed"):  # noqa: E712
+            wired = {"trained_model": model, "dataset": dataset}
+            wired["evaluation"] = evaluated.outputs["evaluation"]
+            wired["pipeline_run"] = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
+            pushed = push_model(**_args(push_model, p, **wired))
+            _storage_bound(pushed, "push blessed model", "1", "2G", target)
+            pushed.set_caching_options(False)
+
+    return bit_finetune
+
+
+bit_finetune = build("kubeflow")

@@ -1,8 +1,15 @@
-"""Compiling the pipeline, submitting runs to a KFP API server, and triggering runs on new data.
+"""Compiling the pipeline, submitting runs to a KFP API server or to Vertex AI Pipelines, and
+triggering runs on new data.
 
-Authentication uses the standard ``kfp.Client`` options: ``--token`` (``existing_token``), or
-inside a cluster the service-account token the client finds by itself
+KFP authentication uses the standard ``kfp.Client`` options: ``--token`` (``existing_token``),
+or inside a cluster the service-account token the client finds by itself
 (``KF_PIPELINES_SA_TOKEN_PATH``); ``--namespace`` for multi-user deployments; ``--ssl-ca-cert``.
+Vertex AI uses Application Default Credentials (workload identity federation in CI).
+
+Every submission is checked first: the parameters (against the one table), the images (a
+cluster pulls from a registry, so a name without a registry host is refused), and the data's
+fingerprint is added (``data_fingerprint``), so that new data is analysed again instead of
+being a cache hit of the last run's analysis.
 """
 
 from __future__ import annotations
@@ -19,13 +26,20 @@ from typing import Any
 
 import yaml
 
-from components.bit import storage
+from components.bit import params, storage
 from components.bit.errors import BittuneError
-from components.bit.validation import ParameterError, check_pipeline_parameters
-from components.image import IMAGE_REGISTRY, IMAGE_TAG, retarget_images
+from components.image import IMAGE_REGISTRY, IMAGE_TAG, registry_host, retarget_images
 
-DEFAULT_PIPELINE_FILE = os.path.join(os.path.dirname(__file__), "bit_finetune.yaml")
+PIPELINE_FILES = {
+    "kubeflow": os.path.join(os.path.dirname(__file__), "bit_finetune.yaml"),
+    "vertex": os.path.join(os.path.dirname(__file__), "bit_finetune_vertex.yaml"),
+}
+DEFAULT_PIPELINE_FILE = PIPELINE_FILES["kubeflow"]
 STALE_CLAIM = datetime.timedelta(minutes=15)
+
+
+def default_pipeline_file(target: str = "kubeflow") -> str:
+    return PIPELINE_FILES[target]
 
 
 class SubmitError(BittuneError):
@@ -37,16 +51,21 @@ class SubmitError(BittuneError):
 
 
 def compile_pipeline(
-    output: str = DEFAULT_PIPELINE_FILE, registry: str = IMAGE_REGISTRY, tag: str = IMAGE_TAG
+    output: str | None = None,
+    registry: str = IMAGE_REGISTRY,
+    tag: str = IMAGE_TAG,
+    target: str = "kubeflow",
 ) -> str:
-    """Write the pipeline's IR YAML, its component images pointed at ``registry``/``tag``."""
+    """Write the pipeline's IR YAML for ``target`` (kubeflow: the pipeline spec plus the
+    Kubernetes platform spec; vertex: one document), images pointed at ``registry``/``tag``."""
     from kfp import compiler
 
-    from pipelines.bit_finetune import bit_finetune
+    from pipelines.bit_finetune import build
 
+    output = output or default_pipeline_file(target)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "pipeline.yaml")
-        compiler.Compiler().compile(bit_finetune, path)
+        compiler.Compiler().compile(build(target), path)
         with open(path, encoding="utf-8") as f:
             documents = list(yaml.safe_load_all(f))
     executors = documents[0]["deploymentSpec"]["executors"].values()
@@ -54,6 +73,57 @@ def compile_pipeline(
     text = yaml.safe_dump_all(documents, sort_keys=True)
     storage.write_text(output, text)
     return output
+
+
+def pipeline_images(spec: Mapping[str, Any]) -> list[str]:
+    """The container images a compiled pipeline runs."""
+    executors = spec.get("deploymentSpec", {}).get("executors", {})
+    return sorted({e["container"]["image"] for e in executors.values() if "container" in e})
+
+
+def check_images(spec: Mapping[str, Any], path: str) -> None:
+    """Refuse images a cluster cannot pull from a registry of yours."""
+    bare = [image for image in pipeline_images(spec) if registry_host(image) is None]
+    if bare:
+        raise SubmitError(
+            f"{path} runs images without a registry host ({', '.join(bare)}), which a cluster "
+            "would pull from Docker Hub: push the images to your registry and compile for it, "
+            "e.g. bittune compile --image-registry us-docker.pkg.dev/PROJECT/bittune "
+            "--output bit_finetune.yaml, then submit --pipeline bit_finetune.yaml"
+        )
+
+
+def data_fingerprint(source: str, data_dir: str = "") -> str:
+    """A digest of the objects a data source reads (names, sizes, generations): the folder, the
+    manifest's folder, or the TFDS data folder. Local paths count by modification time."""
+    if source.startswith("tfds:"):
+        root = storage.join(data_dir, source[len("tfds:") :].split(":")[0])
+    elif source.lower().endswith((".csv", ".jsonl")):
+        root = source.rsplit("/", 1)[0]
+    else:
+        root = source
+    if root.startswith("/gcs/"):
+        root = "gs://" + root[len("/gcs/") :]
+    return fingerprint(root)
+
+
+def _checked(values: Mapping[str, Any], spec: Mapping[str, Any], path: str, target: str):
+    """The run's parameters, checked, with the data fingerprint added; the images checked."""
+    from pipelines.bit_finetune import PIPELINE_NAME
+
+    values = dict(values)
+    if spec["pipelineInfo"]["name"] == PIPELINE_NAME:
+        declared = pipeline_parameters(spec)
+        defaults = {k: d["defaultValue"] for k, d in declared.items() if "defaultValue" in d}
+        try:
+            params.check_pipeline({**defaults, **values}, on_cluster=True, target=target)
+        except params.ParameterError as exc:
+            raise SubmitError(str(exc)) from None
+        if not values.get("data_fingerprint") and "data_fingerprint" in declared:
+            data_dir = values.get("data_dir") or defaults.get("data_dir", "")
+            values["data_fingerprint"] = data_fingerprint(values["data_source"], data_dir)
+    check_images(spec, path)
+    return values
 
 
 def load_pipeline(path: str) -> tuple[str, dict[str, Any]]:
@@ -152,22 +222,11 @@ def submit(
 ) -> dict[str, str]:
     """Upload the pipeline (a new version when it exists and changed) and start a run.
 
-    The parameters are checked first (bit-finetune's, with its defaults for the ones not
-    given): a bad one fails here, before the KFP API is called."""
-    from pipelines.bit_finetune import PIPELINE_NAME
-
+    Everything is checked first (parameters, images) and the data fingerprint added: a bad
+    submission fails here, before the KFP API is called."""
     text, spec = load_pipeline(pipeline_file)
     name = spec["pipelineInfo"]["name"]
-    if name == PIPELINE_NAME:
-        defaults = {
-            key: declared["defaultValue"]
-            for key, declared in pipeline_parameters(spec).items()
-            if "defaultValue" in declared
-        }
-        try:
-            check_pipeline_parameters({**defaults, **params}, on_cluster=True)
-        except ParameterError as exc:
-            raise SubmitError(str(exc)) from None
+    params = _checked(params, spec, pipeline_file, "kubeflow")
     version_name = f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
     client = _client(host, token, namespace, ssl_ca_cert)
     from kfp_server_api.exceptions import ApiException
@@ -225,7 +284,8 @@ def _bracketed(text: str | None) -> list[str]:
 
 
 def fingerprint(data: str) -> str:
-    """A digest of every object under ``data``: names, sizes and generations."""
+    """A digest of every object under ``data``: names, sizes and generations (local files:
+    modification times)."""
     objects = storage.object_versions(data)
     if not objects:
         raise SubmitError(f"no objects under {data}")
@@ -233,7 +293,8 @@ def fingerprint(data: str) -> str:
 
 
 def trigger(data: str, state: str, submit_run, now: datetime.datetime | None = None) -> dict:
-    """Submit a run (``submit_run()``) when ``data`` changed since the last successful trigger.
+    """Submit a run (``submit_run(fingerprint)``, the fingerprint becoming the run's
+    ``data_fingerprint``) when ``data`` changed since the last successful trigger.
 
     The state object is claimed and updated with generation preconditions, so of two triggers
     racing on the same change exactly one submits; a claim left by a crashed trigger is taken
@@ -264,7 +325,7 @@ def trigger(data: str, state: str, submit_run, now: datetime.datetime | None = N
     except storage.PreconditionFailed:
         return {"action": "busy", "fingerprint": current}
     try:
-        run = submit_run()
+        run = submit_run(current)
     except BaseException:
         restore = last_submitted or {}
         storage.write_if_generation(state, json.dumps(restore).encode(), generation)

@@ -1,16 +1,15 @@
 """Dataset analysis: count, measure (headers only), flag, and derive the BiT-HyperRule.
 
 ``analyze(config)`` lists the source, inspects every image in parallel, flags what cannot be
-used (each with a reason), and writes ``stats.json``, ``hyperrule.json``, ``report.md`` and
-``report.html`` to the output folder — all or nothing: any error is raised before a file is
-written.
+used (each with a reason), and writes the analysis folder (:mod:`components.bit.dataset`:
+``stats.json``, ``hyperrule.json``, ``items.jsonl``, ``report.md``, ``report.html``) — all or
+nothing: any error is raised before a file is written.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import os
 import posixpath
 import sys
@@ -18,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from components.bit import hyperrule, images, sources, storage
+from components.bit import dataset, hyperrule, images, params, sources, storage
 from components.bit.errors import BittuneError
 from components.bit.report import write_reports
 
@@ -26,9 +25,6 @@ MISSING = "missing"
 OUTSIDE_ROOT = "outside_root"
 DUPLICATE = "duplicate"
 LABEL_CONFLICT = "label_conflict"
-STATS_FILE = "stats.json"
-HYPERRULE_FILE = "hyperrule.json"
-ITEMS_FILE = "items.jsonl"
 
 
 class AnalysisError(BittuneError):
@@ -37,7 +33,8 @@ class AnalysisError(BittuneError):
 
 @dataclasses.dataclass(frozen=True)
 class AnalysisConfig:
-    """Everything ``analyze`` needs: the source, how to split it, and HyperRule choices."""
+    """Everything ``analyze`` needs: the source, how to split it, and HyperRule choices.
+    Checked when made."""
 
     source: str
     data_dir: str | None = None
@@ -49,6 +46,16 @@ class AnalysisConfig:
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     few_shot: int | None = None  # k training examples per class (BiT's few-shot setting)
     progress: bool | None = None  # None: a progress bar when stderr is a terminal
+
+    def __post_init__(self) -> None:
+        sources.check_fractions(self.split_fractions)
+        params.require(
+            labels={"hyperrule_variant": "variant"},
+            max_pixels=self.max_pixels,
+            few_shot=self.few_shot or 0,
+            hyperrule_variant=self.variant,
+        )
+        params.parse_overrides(self.overrides)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,11 +96,7 @@ class AnalysisResult:
 
 def analyze(config: AnalysisConfig, output_dir: str | None = None) -> AnalysisResult:
     """Analyse ``config.source``; write the four output files to ``output_dir`` if given."""
-    fractions = sources.check_fractions(config.split_fractions)
-    if config.max_pixels < 1:
-        raise AnalysisError(f"max_pixels must be positive, got {config.max_pixels}")
-    if config.few_shot is not None and config.few_shot < 1:
-        raise AnalysisError(f"few_shot must be at least 1 example per class, got {config.few_shot}")
+    fractions = config.split_fractions
     listing = sources.list_source(config.source, config.data_dir)
     inspected = inspect_items(listing.items, fractions, config)
     inspected = flag_duplicates(inspected)
@@ -306,24 +309,9 @@ def class_warnings(per_split: dict[str, dict[str, int]]) -> list[str]:
 
 
 def write_outputs(result: AnalysisResult, output_dir: str) -> None:
-    """Write stats.json, hyperrule.json, report.md and report.html to ``output_dir``."""
-    stats_text = json.dumps(_public_stats(result.stats), indent=2, ensure_ascii=False) + "\n"
-    storage.write_text(storage.join(output_dir, STATS_FILE), stats_text)
-    storage.write_text(storage.join(output_dir, HYPERRULE_FILE), result.hyperrule.to_json())
-    rows = (json.dumps(r.row(), ensure_ascii=False) for r in result.inspected)
-    storage.write_text(storage.join(output_dir, ITEMS_FILE), "\n".join(rows) + "\n")
+    """Write the analysis folder: stats, HyperRule, every item's row, and the reports."""
+    public = {k: v for k, v in result.stats.items() if k != "area_samples"}
+    dataset.write_analysis(
+        output_dir, public, (r.row() for r in result.inspected), result.hyperrule
+    )
     write_reports(result.stats, result.hyperrule, output_dir)
-
-
-def _public_stats(stats: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in stats.items() if k != "area_samples"}
-
-
-def load_stats(output_dir: str) -> dict[str, Any]:
-    return json.loads(storage.read_text(storage.join(output_dir, STATS_FILE)))
-
-
-def load_items(output_dir: str) -> list[dict[str, Any]]:
-    """The rows of items.jsonl: every listed item with its split, header facts and flag."""
-    text = storage.read_text(storage.join(output_dir, ITEMS_FILE))
-    return [json.loads(line) for line in text.splitlines() if line]

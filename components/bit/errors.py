@@ -23,3 +23,12 @@ def exit_on_error() -> None:
             default(kind, value, traceback)
 
     sys.excepthook = hook
+
+
+RESULT_PREFIX = "result: "
+
+
+def report_result(text: str) -> None:
+    """A step's headline figure (images analysed, examples written, accuracy …): one line that
+    ``bittune run`` shows when the step ends (the step's log keeps everything else)."""
+    print(f"{RESULT_PREFIX}{text}", flush=True)

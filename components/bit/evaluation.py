@@ -3,6 +3,12 @@
 The exported SavedModel itself is evaluated (the artifact that would be pushed), on the test
 split (validation when there is none), streaming: every example counts, the last partial batch
 too, and memory does not grow with the number of classes beyond a few vectors of that length.
+
+The gate blesses a model only when it means something: it must beat the majority-class rate of
+the evaluated split (a model at chance is never pushed), reach ``threshold`` when one is set,
+and be no worse (within ``tolerance``) than the baseline on the same data — the given baseline,
+or by default the newest version already under ``serving_root``. The verdict names the rule
+that decided.
 """
 
 from __future__ import annotations
@@ -11,7 +17,6 @@ import base64
 import dataclasses
 import heapq
 import html
-import io
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -19,12 +24,16 @@ from typing import Any
 
 import numpy as np
 
-from components.bit import storage
+from components.bit import dataset as ds
+from components.bit import hyperrule, params, storage
 from components.bit.errors import BittuneError
+from components.bit.plots import png_base64
 
 ECE_BINS = 15
 WORST_SHOWN = 16
 MATRIX_CLASSES = 30  # classes shown in the confusion heat map (the most frequent ones)
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.html"
 
 
 class EvaluationError(BittuneError):
@@ -33,14 +42,28 @@ class EvaluationError(BittuneError):
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    data_dir: str
-    model_dir: str
-    output_dir: str | None = None
+    """What to evaluate on what, and how to gate it. Checked when made."""
+
+    dataset_dir: str  # a preprocessed dataset (manifest.json)
+    run: str  # a training output (or a SavedModel folder)
+    output_dir: str | None = None  # metrics.json and report.html
+    shard_dirs: tuple[str, ...] = ()  # where the shards are (default: the dataset folder)
+    log_dir: str | None = None  # the run's TensorBoard logs (default: RUN/logs)
     split: str | None = None  # None: test, else validation
-    baseline_model: str | None = None
-    threshold: float = 0.0  # minimum top-1 accuracy to bless
+    baseline: str | None = None  # a model to beat; None: the newest version under serving_root
+    serving_root: str | None = None
+    threshold: float = 0.0  # minimum top-1 accuracy (0: only the relative rules)
     tolerance: float = 0.0  # how much worse than the baseline is still blessed
     batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        params.require(
+            labels={"blessing_threshold": "threshold", "baseline_tolerance": "tolerance"},
+            blessing_threshold=self.threshold,
+            baseline_tolerance=self.tolerance,
+        )
+        if self.split not in (None, *ds.SPLITS):
+            raise EvaluationError(f"split must be one of {', '.join(ds.SPLITS)}")
 
 
 @dataclasses.dataclass
@@ -80,7 +103,8 @@ class Tally:
 
 
 def metrics_from(tally: Tally, labels: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, top-5, loss, per-class precision/recall/F1/support, confusion pairs, ECE."""
+    """Accuracy, top-5, loss, per-class precision/recall/F1/support, confusion pairs, ECE, and
+    the majority-class rate (the accuracy of always guessing the most frequent class)."""
     n = max(tally.examples, 1)
     classes = len(labels)
     support = np.zeros(classes, np.int64)
@@ -109,6 +133,7 @@ def metrics_from(tally: Tally, labels: Sequence[str]) -> dict[str, Any]:
         "loss": tally.loss_sum / n,
         "expected_calibration_error": ece,
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "majority_rate": float(support.max() / n) if classes else 0.0,
         "per_class": [
             {
                 "class": labels[i],
@@ -144,26 +169,13 @@ def confusion_matrix(metrics: Mapping[str, Any], classes: Sequence[int]) -> np.n
 # Running a model over a split
 
 
-def _serving_function(model_dir: str):
-    from components.bit.training import EXPORT_DIR, tf
+def run_model(serve, paths: Sequence[str], num_classes: int, batch_size: int = 64):
+    """Stream the split's records through a serving function; (tally, worst mistakes)."""
+    from components.bit.inputs import encoded_dataset
 
-    path = model_dir
-    if not os.path.exists(os.path.join(path, "saved_model.pb")):
-        path = os.path.join(model_dir, EXPORT_DIR)
-    if not os.path.exists(os.path.join(path, "saved_model.pb")):
-        raise EvaluationError(f"no exported model in {model_dir} (did training finish?)")
-    return tf.saved_model.load(path).signatures["serving_default"]
-
-
-def run_model(model_dir: str, paths: Sequence[str], num_classes: int, batch_size: int = 64):
-    """Stream the split's records through the exported model; (tally, worst mistakes)."""
-    from components.bit.training import _records
-
-    serve = _serving_function(model_dir)
     tally = Tally(num_classes)
     worst: list[tuple[float, int, bytes, int, int]] = []  # min-heap on wrong confidence
-    records = _records(paths).map(lambda ex: (ex["image/encoded"], ex["label"])).batch(batch_size)
-    for encoded, labels in records:
+    for encoded, labels in encoded_dataset(paths, batch_size):
         out = serve(image_bytes=encoded)
         probabilities = out["probabilities"].numpy()
         if probabilities.shape[1] != num_classes:
@@ -187,54 +199,112 @@ def run_model(model_dir: str, paths: Sequence[str], num_classes: int, batch_size
     return tally, sorted(worst, reverse=True)
 
 
-def gate(accuracy: float, threshold: float, baseline: float | None, tolerance: float):
-    """(blessed, reason): accuracy at least the threshold and, with a baseline on the same data,
-    no worse than it by more than the tolerance."""
-    if accuracy < threshold:
-        return False, f"accuracy {accuracy:.4f} is below the threshold {threshold:.4f}"
-    if baseline is not None and accuracy < baseline - tolerance:
-        return False, (
-            f"accuracy {accuracy:.4f} is worse than the baseline's {baseline:.4f} by more than "
-            f"the tolerance {tolerance:.4f}"
-        )
-    reason = f"accuracy {accuracy:.4f} >= threshold {threshold:.4f}"
+# ---------------------------------------------------------------------------------------------
+# The gate
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """Whether the model is blessed, the sentence saying why, and each rule's outcome."""
+
+    blessed: bool
+    reason: str
+    rules: list[dict[str, Any]]
+
+
+def gate(
+    accuracy: float,
+    *,
+    majority: float,
+    threshold: float = 0.0,
+    baseline: float | None = None,
+    tolerance: float = 0.0,
+    baseline_name: str = "the baseline",
+) -> Verdict:
+    """Bless when every rule passes: beat the majority-class rate; reach ``threshold`` (when
+    above 0); be within ``tolerance`` of the baseline's accuracy (when there is one)."""
+    rules = []
+
+    def rule(name: str, passed: bool, text: str) -> None:
+        rules.append({"rule": name, "passed": passed, "detail": text})
+
+    beats = accuracy > majority
+    verb = "beats" if beats else "does not beat"
+    rule(
+        "majority", beats, f"accuracy {accuracy:.4f} {verb} the majority-class rate {majority:.4f}"
+    )
+    if threshold > 0:
+        reached = accuracy >= threshold
+        verb = ">= threshold" if reached else "is below the threshold"
+        rule("threshold", reached, f"accuracy {accuracy:.4f} {verb} {threshold:.4f}")
     if baseline is not None:
-        reason += f" and within {tolerance:.4f} of the baseline's {baseline:.4f}"
-    return True, reason
+        kept = accuracy >= baseline - tolerance
+        theirs = f"{baseline_name}'s {baseline:.4f}"
+        if kept:
+            text = f"accuracy {accuracy:.4f} is within {tolerance:.4f} of {theirs}"
+        else:
+            text = f"accuracy {accuracy:.4f} is worse than {theirs} by more than {tolerance:.4f}"
+        rule("baseline", kept, text)
+    failed = [r for r in rules if not r["passed"]]
+    if failed:
+        return Verdict(False, f"{failed[0]['detail']} (rule: {failed[0]['rule']})", rules)
+    return Verdict(True, "; ".join(r["detail"] for r in rules), rules)
+
+
+def _baseline(config: EvalConfig) -> str | None:
+    """The model to compare with: the given one, or the newest version being served."""
+    from components.bit import serving
+
+    if config.baseline:
+        return config.baseline
+    if config.serving_root:
+        return serving.latest_version(config.serving_root)
+    return None
 
 
 def evaluate(config: EvalConfig) -> dict[str, Any]:
     """Evaluate, gate, and (with an output folder) write metrics.json and report.html."""
-    from components.bit.preprocess import load_manifest
-    from components.bit.training import shard_paths
+    from components.bit import serving
 
-    manifest = load_manifest(config.data_dir)
-    split = config.split or ("test" if manifest["splits"].get("test") else "validation")
-    paths = shard_paths(manifest, split)
-    if not paths or not manifest["splits"][split]["examples"]:
+    manifest = ds.read_manifest(config.dataset_dir)
+    split = config.split or manifest.evaluation_split()
+    if not manifest.examples(split):
         raise EvaluationError(f"the dataset has no {split} examples to evaluate on")
-    if not 0 <= config.threshold <= 1 or config.tolerance < 0:
-        raise EvaluationError("threshold must be in [0, 1] and tolerance >= 0")
-    labels = manifest["labels"]
-    tally, worst = run_model(config.model_dir, paths, len(labels), config.batch_size)
+    paths = manifest.shard_paths(split, list(config.shard_dirs) or [config.dataset_dir])
+    labels = list(manifest.labels)
+    model = serving.load(config.run)
+    tally, worst = run_model(model.serve, paths, len(labels), config.batch_size)
     metrics = metrics_from(tally, labels)
-    if metrics["examples"] != manifest["splits"][split]["examples"]:
+    if metrics["examples"] != manifest.examples(split):
         raise EvaluationError(
             f"evaluated {metrics['examples']} examples, the manifest lists "
-            f"{manifest['splits'][split]['examples']}"
+            f"{manifest.examples(split)}"
         )
-    baseline = None
-    if config.baseline_model:
-        base_tally, _ = run_model(config.baseline_model, paths, len(labels), config.batch_size)
-        baseline = metrics_from(base_tally, labels)["accuracy"]
-    blessed, reason = gate(metrics["accuracy"], config.threshold, baseline, config.tolerance)
+    baseline_uri, baseline, note = _baseline(config), None, ""
+    if baseline_uri:
+        other = serving.load(baseline_uri)
+        if other.labels == labels:
+            base_tally, _ = run_model(other.serve, paths, len(labels), config.batch_size)
+            baseline = metrics_from(base_tally, labels)["accuracy"]
+        else:
+            note = f"; {baseline_uri} predicts other classes: not compared"
+    verdict = gate(
+        metrics["accuracy"],
+        majority=metrics["majority_rate"],
+        threshold=config.threshold,
+        baseline=baseline,
+        tolerance=config.tolerance,
+        baseline_name=baseline_uri or "the baseline",
+    )
     result = {
         "split": split,
         "labels": labels,
         "metrics": metrics,
+        "baseline": baseline_uri,
         "baseline_accuracy": baseline,
-        "blessed": blessed,
-        "reason": reason,
+        "blessed": verdict.blessed,
+        "reason": verdict.reason + note,
+        "rules": verdict.rules,
         "worst": [
             {
                 "image": base64.b64encode(data).decode(),
@@ -254,104 +324,98 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
 # Outputs
 
 
-def write_outputs(result: dict[str, Any], config: EvalConfig, manifest: Mapping) -> None:
+def write_outputs(result: dict[str, Any], config: EvalConfig, manifest: ds.Manifest) -> None:
     public = {k: v for k, v in result.items() if k != "worst"}
     storage.write_text(
-        storage.join(config.output_dir, "metrics.json"),
+        storage.join(config.output_dir, METRICS_FILE),
         json.dumps(public, indent=1, ensure_ascii=False) + "\n",
     )
-    page = html_report(result, config.model_dir, manifest)
-    storage.write_text(storage.join(config.output_dir, "report.html"), page)
+    logs = config.log_dir or os.path.join(config.run, "logs")
+    page = html_report(result, training_curves(logs), _rule_of(config.run), manifest)
+    storage.write_text(storage.join(config.output_dir, REPORT_FILE), page)
 
 
-def training_curves(model_dir: str) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """Scalars from the run's TensorBoard logs: {run: {tag: [(step, value)]}}."""
+def _rule_of(run: str) -> hyperrule.HyperRule | None:
+    path = os.path.join(run, ds.HYPERRULE_FILE)
+    return hyperrule.load(path) if os.path.exists(path) else None
+
+
+def training_curves(log_dir: str) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """Scalars from a run's TensorBoard logs: {run: {tag: [(step, value)]}}."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
 
     curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for run in ("train", "validation"):
-        folder = os.path.join(model_dir, "logs", run)
+        folder = os.path.join(log_dir, run)
         if not os.path.isdir(folder):
             continue
         accumulator = EventAccumulator(folder, size_guidance={"tensors": 0})
         accumulator.Reload()
         for tag in accumulator.Tags().get("tensors", []):
-            values = [
-                (e.step, float(np.asarray(_tensor_value(e.tensor_proto))))
+            curves.setdefault(run, {})[tag] = [
+                (e.step, float(np.asarray(tensor_util.make_ndarray(e.tensor_proto))))
                 for e in accumulator.Tensors(tag)
             ]
-            curves.setdefault(run, {})[tag] = values
     return curves
 
 
-def _tensor_value(proto):
-    from tensorboard.util import tensor_util
-
-    return tensor_util.make_ndarray(proto)
+def _img(alt: str, b64: str, kind: str = "png") -> str:
+    return f"<img alt='{alt}' src='data:image/{kind};base64,{b64}'>"
 
 
-def _png(draw, size=(6, 4)) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=size)
-    try:
-        draw(fig, ax)
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-        return base64.b64encode(buffer.getvalue()).decode("ascii")
-    finally:
-        plt.close(fig)
-
-
-def html_report(result: Mapping[str, Any], model_dir: str, manifest: Mapping) -> str:
-    """A self-contained page: curves, confusion heat map, per-class table, worst mistakes,
-    the HyperRule and the dataset summary."""
-    esc = html.escape
-    metrics, labels = result["metrics"], result["labels"]
-    parts = [f"<h1>Evaluation on the {esc(result['split'])} split</h1>"]
+def _summary_section(result: Mapping[str, Any]) -> str:
+    esc, metrics = html.escape, result["metrics"]
     verdict = "BLESSED" if result["blessed"] else "NOT BLESSED"
-    parts.append(f"<p class='verdict'><b>{verdict}</b>: {esc(result['reason'])}</p>")
-    parts.append(
-        "<table>"
-        + "".join(
-            f"<tr><th>{esc(k)}</th><td>{v:.4f}</td></tr>"
-            if isinstance(v, float)
-            else f"<tr><th>{esc(k)}</th><td>{v}</td></tr>"
-            for k, v in [
-                ("examples", metrics["examples"]),
-                ("top-1 accuracy", metrics["accuracy"]),
-                (f"top-{metrics['top5_k']} accuracy", metrics["top5_accuracy"]),
-                ("loss", metrics["loss"]),
-                ("macro F1", metrics["macro_f1"]),
-                ("expected calibration error", metrics["expected_calibration_error"]),
-            ]
-        )
-        + "</table>"
+    rows = [
+        ("examples", metrics["examples"]),
+        ("top-1 accuracy", metrics["accuracy"]),
+        (f"top-{metrics['top5_k']} accuracy", metrics["top5_accuracy"]),
+        ("loss", metrics["loss"]),
+        ("macro F1", metrics["macro_f1"]),
+        ("expected calibration error", metrics["expected_calibration_error"]),
+        ("majority-class rate", metrics["majority_rate"]),
+    ]
+    cells = "".join(
+        f"<tr><th>{esc(k)}</th><td>{v:.4f}</td></tr>"
+        if isinstance(v, float)
+        else f"<tr><th>{esc(k)}</th><td>{v}</td></tr>"
+        for k, v in rows
     )
-    curves = training_curves(model_dir)
-    if curves:
+    gate_rows = "".join(
+        f"<li>{'passed' if r['passed'] else 'FAILED'} ({esc(r['rule'])}): {esc(r['detail'])}</li>"
+        for r in result.get("rules", [])
+    )
+    return (
+        f"<h1>Evaluation on the {esc(result['split'])} split</h1>"
+        f"<p class='verdict'><b>{verdict}</b>: {esc(result['reason'])}</p>"
+        f"<ul>{gate_rows}</ul><table>{cells}</table>"
+    )
 
-        def draw_curves(fig, ax):
-            for run, tags in curves.items():
-                for tag in ("loss", "accuracy"):
-                    if tag in tags:
-                        steps, values = zip(*tags[tag], strict=True)
-                        ax.plot(steps, values, label=f"{run} {tag}")
-            ax.set_xlabel("step")
-            ax.set_title("Training curves")
-            ax.legend()
 
-        parts.append(
-            f"<h2>Training</h2><img alt='training curves' src='data:image/png;base64,"
-            f"{_png(draw_curves)}'>"
-        )
+def _curves_section(curves: Mapping[str, Mapping[str, list]]) -> str:
+    if not curves:
+        return ""
+
+    def draw(fig, ax):
+        for run, tags in curves.items():
+            for tag in ("loss", "accuracy"):
+                if tag in tags:
+                    steps, values = zip(*tags[tag], strict=True)
+                    ax.plot(steps, values, label=f"{run} {tag}")
+        ax.set_xlabel("step")
+        ax.set_title("Training curves")
+        ax.legend()
+
+    return f"<h2>Training</h2>{_img('training curves', png_base64(draw, (6, 4)))}"
+
+
+def _matrix_section(result: Mapping[str, Any]) -> str:
+    metrics, labels = result["metrics"], result["labels"]
     shown = frequent_classes(metrics)
     matrix = confusion_matrix(metrics, shown)
 
-    def draw_matrix(fig, ax):
+    def draw(fig, ax):
         image = ax.imshow(matrix, cmap="Blues")
         names = [labels[i] for i in shown]
         ax.set_xticks(range(len(shown)), names, rotation=90, fontsize=7)
@@ -361,53 +425,79 @@ def html_report(result: Mapping[str, Any], model_dir: str, manifest: Mapping) ->
         fig.colorbar(image)
 
     note = "" if len(shown) == len(labels) else f" ({len(shown)} most frequent classes)"
-    parts.append(
-        f"<h2>Confusion matrix{note}</h2><img alt='confusion matrix' "
-        f"src='data:image/png;base64,{_png(draw_matrix, (7, 6))}'>"
-    )
+    return f"<h2>Confusion matrix{note}</h2>{_img('confusion matrix', png_base64(draw, (7, 6)))}"
+
+
+def _per_class_section(metrics: Mapping[str, Any]) -> str:
     rows = "".join(
-        f"<tr><td>{esc(c['class'])}</td><td>{c['precision']:.3f}</td><td>{c['recall']:.3f}</td>"
-        f"<td>{c['f1']:.3f}</td><td>{c['support']}</td></tr>"
+        f"<tr><td>{html.escape(c['class'])}</td><td>{c['precision']:.3f}</td>"
+        f"<td>{c['recall']:.3f}</td><td>{c['f1']:.3f}</td><td>{c['support']}</td></tr>"
         for c in metrics["per_class"]
     )
-    parts.append(
+    return (
         "<h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th>"
         f"<th>F1</th><th>support</th></tr>{rows}</table>"
     )
-    if result["worst"]:
-        cells = "".join(
-            f"<figure><img alt='mistake' src='data:image/{_image_kind(w['image'])};base64,"
-            f"{w['image']}'><figcaption>true {esc(w['true'])}<br>predicted "
-            f"{esc(w['predicted'])} ({w['confidence']:.2f})</figcaption></figure>"
-            for w in result["worst"]
-        )
-        parts.append(f"<h2>Most confident mistakes</h2><div class='grid'>{cells}</div>")
-    rule_path = os.path.join(model_dir, "hyperrule.json")
-    if os.path.exists(rule_path):
-        from components.bit import hyperrule
 
-        with open(rule_path, encoding="utf-8") as f:
-            table = hyperrule.format_table(hyperrule.from_dict(json.load(f)))
-        parts.append(f"<h2>BiT-HyperRule</h2><pre>{esc(table)}</pre>")
-    dataset = "".join(
-        f"<tr><td>{esc(split)}</td><td>{e['examples']}</td><td>{len(e['shards'])}</td></tr>"
-        for split, e in manifest["splits"].items()
+
+def _mistakes_section(worst: Sequence[Mapping[str, Any]]) -> str:
+    if not worst:
+        return ""
+    esc = html.escape
+    cells = "".join(
+        f"<figure>{_img('mistake', w['image'], _image_kind(w['image']))}<figcaption>true "
+        f"{esc(w['true'])}<br>predicted {esc(w['predicted'])} ({w['confidence']:.2f})"
+        "</figcaption></figure>"
+        for w in worst
     )
-    parts.append(
-        f"<h2>Dataset</h2><p>{len(labels)} classes; "
-        f"source {esc(str(manifest['source'].get('uri')))}; "
-        f"{manifest['totals']['rejected']} inputs rejected in preprocessing.</p>"
-        f"<table><tr><th>split</th><th>examples</th><th>shards</th></tr>{dataset}</table>"
-    )
-    style = (
-        "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}"
-        ".grid{display:flex;flex-wrap:wrap}figure{margin:4px;text-align:center;font-size:12px}"
-        "figure img{width:96px;height:96px;image-rendering:pixelated;object-fit:contain}"
+    return f"<h2>Most confident mistakes</h2><div class='grid'>{cells}</div>"
+
+
+def _dataset_section(manifest: ds.Manifest) -> str:
+    esc = html.escape
+    rows = "".join(
+        f"<tr><td>{esc(name)}</td><td>{split.examples}</td><td>{len(split.shards)}</td></tr>"
+        for name, split in manifest.splits.items()
     )
     return (
+        f"<h2>Dataset</h2><p>{manifest.num_classes} classes; source "
+        f"{esc(str(manifest.source.get('uri')))}; {manifest.totals['rejected']} inputs rejected "
+        f"in preprocessing.</p><table><tr><th>split</th><th>examples</th><th>shards</th></tr>"
+        f"{rows}</table>"
+    )
+
+
+_STYLE = (
+    "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
+    "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}"
+    ".grid{display:flex;flex-wrap:wrap}figure{margin:4px;text-align:center;font-size:12px}"
+    "figure img{width:96px;height:96px;image-rendering:pixelated;object-fit:contain}"
+)
+
+
+def html_report(
+    result: Mapping[str, Any],
+    curves: Mapping[str, Mapping[str, list]],
+    rule: hyperrule.HyperRule | None,
+    manifest: ds.Manifest,
+) -> str:
+    """A self-contained page: the verdict, curves, confusion heat map, per-class table, worst
+    mistakes, the HyperRule and the dataset summary."""
+    parts = [
+        _summary_section(result),
+        _curves_section(curves),
+        _matrix_section(result),
+        _per_class_section(result["metrics"]),
+        _mistakes_section(result["worst"]),
+    ]
+    if rule is not None:
+        parts.append(
+            f"<h2>BiT-HyperRule</h2><pre>{html.escape(hyperrule.format_table(rule))}</pre>"
+        )
+    parts.append(_dataset_section(manifest))
+    return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>bittune evaluation</title>"
-        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
+        f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>\n"
     )
 
 

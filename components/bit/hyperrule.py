@@ -40,18 +40,79 @@ _REFERENCE_SCHEDULES: tuple[tuple[float, tuple[int, tuple[int, ...], int]], ...]
 )
 _PAPER_DECAY_FRACTIONS = (0.3, 0.6, 0.9)
 
-OVERRIDABLE = (
-    "resize",
-    "crop",
-    "batch_size",
-    "micro_batch_size",
-    "base_lr",
-    "warmup_steps",
-    "decay_steps",
-    "total_steps",
-    "mixup_alpha",
-    "momentum",
-)
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """A HyperRule field users may override: its type, smallest value and one-line help."""
+
+    type: type  # int, float, or list (of whole steps)
+    minimum: float
+    help: str
+    exclusive: bool = False  # the value must be above the minimum, not equal to it
+    below: float | None = None  # the value must be below this
+
+    def problem(self, name: str, value: Any) -> str | None:
+        if self.type is list:
+            ok = isinstance(value, list | tuple) and all(_whole(v) and v >= 1 for v in value)
+            if not ok or list(value) != sorted(set(value)):
+                return f"{name} must increase strictly (whole steps >= 1), got {value!r}"
+            return None
+        if self.type is int and not _whole(value):
+            return f"{name} must be a whole number, got {value!r}"
+        if self.type is float and not (
+            isinstance(value, int | float) and not isinstance(value, bool)
+        ):
+            return f"{name} must be a number, got {value!r}"
+        too_low = value < self.minimum or (self.exclusive and value == self.minimum)
+        if self.below is not None and (too_low or value >= self.below):
+            return f"{name} must be in [{self.minimum:g}, {self.below:g}), got {value}"
+        if too_low:
+            bound = "positive" if self.exclusive else f">= {self.minimum:g}"
+            return f"{name} must be {bound}, got {value}"
+        return None
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+FIELDS: dict[str, Field] = {
+    "resize": Field(int, 1, "resize side, px"),
+    "crop": Field(int, 1, "random-crop side, px"),
+    "batch_size": Field(
+        int, 1, "global batch; other than 512 applies the linear rule to lr and steps"
+    ),
+    "micro_batch_size": Field(
+        int, 1, "per-step batch; accumulation steps = batch / micro-batch (default 64)"
+    ),
+    "base_lr": Field(float, 0, "learning rate after warm-up", exclusive=True),
+    "warmup_steps": Field(int, 0, "linear warm-up length, steps"),
+    "decay_steps": Field(list, 1, "steps after which lr x 0.1, e.g. 200,300,400"),
+    "total_steps": Field(int, 1, "training length, steps"),
+    "mixup_alpha": Field(float, 0, "MixUp Beta(alpha, alpha); 0 turns it off"),
+    "momentum": Field(float, 0, "SGD momentum", below=1),
+}
+OVERRIDABLE = tuple(FIELDS)
+
+
+def override_problems(overrides: Mapping[str, Any]) -> list[str]:
+    """Every unknown field and bad value among ``overrides`` (checked as :func:`validate`
+    checks a whole rule), plus a crop larger than the resize."""
+    unknown = sorted(set(overrides) - set(FIELDS))
+    found = (
+        [f"unknown HyperRule field(s) {', '.join(unknown)}; valid: {', '.join(OVERRIDABLE)}"]
+        if unknown
+        else []
+    )
+    for name, value in overrides.items():
+        problem = FIELDS[name].problem(name, value) if name in FIELDS else None
+        if problem:
+            found.append(problem)
+    if not found and overrides.get("crop", 0) > overrides.get("resize", math.inf):
+        found.append(f"crop {overrides['crop']} is larger than resize {overrides['resize']}")
+    return found
+
+
 REQUIRED_FIELDS = (*OVERRIDABLE, "accumulation_steps", "variant")
 
 
@@ -173,11 +234,9 @@ def derive(
     (linear scaling), every other override replaces the rule's value as given.
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    unknown = sorted(set(overrides) - set(OVERRIDABLE))
-    if unknown:
-        raise HyperRuleError(
-            f"unknown HyperRule field(s) {', '.join(unknown)}; valid: {', '.join(OVERRIDABLE)}"
-        )
+    problems = override_problems(overrides)
+    if problems:
+        raise HyperRuleError("; ".join(problems))
     if variant not in VARIANTS:
         raise HyperRuleError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
     _require_int("examples", examples, minimum=1)
@@ -198,14 +257,12 @@ def derive(
     crop = rule("crop", crop_rule, res_reason)
 
     batch_size = rule("batch_size", RULE_BATCH_SIZE, "the HyperRule's batch")
-    _require_int("batch_size", batch_size, minimum=1)
     default_micro = min(DEFAULT_MICRO_BATCH_SIZE, batch_size)
     micro = rule(
         "micro_batch_size",
         default_micro,
         f"default micro-batch; the batch of {batch_size} is reached by gradient accumulation",
     )
-    _require_int("micro_batch_size", micro, minimum=1)
     if micro > batch_size or batch_size % micro:
         raise HyperRuleError(
             f"micro_batch_size {micro} must divide batch_size {batch_size} "
@@ -258,14 +315,12 @@ def derive(
 
 def validate(hyper: HyperRule) -> None:
     """Raise :class:`HyperRuleError` when the values do not form a usable schedule."""
-    for name in ("resize", "crop", "warmup_steps", "total_steps"):
-        _require_int(name, getattr(hyper, name), minimum=0 if name == "warmup_steps" else 1)
+    for name, field in FIELDS.items():
+        problem = field.problem(name, getattr(hyper, name))
+        if problem:
+            raise HyperRuleError(problem)
     if hyper.crop > hyper.resize:
         raise HyperRuleError(f"crop {hyper.crop} is larger than resize {hyper.resize}")
-    for step in hyper.decay_steps:
-        _require_int("decay_steps entry", step, minimum=1)
-    if list(hyper.decay_steps) != sorted(set(hyper.decay_steps)):
-        raise HyperRuleError(f"decay_steps must increase strictly, got {list(hyper.decay_steps)}")
     if hyper.warmup_steps >= hyper.total_steps:
         raise HyperRuleError(
             f"warmup_steps {hyper.warmup_steps} must be below total_steps {hyper.total_steps}"
@@ -279,16 +334,14 @@ def validate(hyper: HyperRule) -> None:
             f"first decay step {hyper.decay_steps[0]} comes before the end of warm-up "
             f"{hyper.warmup_steps}"
         )
-    if not hyper.base_lr > 0:
-        raise HyperRuleError(f"base_lr must be positive, got {hyper.base_lr}")
-    if hyper.mixup_alpha < 0:
-        raise HyperRuleError(f"mixup_alpha must be >= 0, got {hyper.mixup_alpha}")
-    if not 0 <= hyper.momentum < 1:
-        raise HyperRuleError(f"momentum must be in [0, 1), got {hyper.momentum}")
 
 
 def from_dict(data: Mapping[str, Any]) -> HyperRule:
-    """Read a HyperRule back from its JSON form, naming any missing or invalid field."""
+    """Read a HyperRule back from its JSON form, naming any missing or invalid field. Values
+    edited by hand after the rule wrote them are marked as overrides (their ``sources`` entry
+    would otherwise still say ``rule``)."""
+    if not isinstance(data, Mapping):
+        raise HyperRuleError("a HyperRule must be a JSON object")
     missing = [f for f in REQUIRED_FIELDS if f not in data]
     if missing:
         raise HyperRuleError(f"HyperRule is missing field(s): {', '.join(missing)}")
@@ -298,7 +351,8 @@ def from_dict(data: Mapping[str, Any]) -> HyperRule:
     values.setdefault("image_area", 0.0)
     values.setdefault("model", None)
     values.setdefault("sources", {})
-    values["decay_steps"] = tuple(values["decay_steps"])
+    if isinstance(values["decay_steps"], list):
+        values["decay_steps"] = tuple(values["decay_steps"])
     hyper = HyperRule(**values)
     validate(hyper)
     if hyper.micro_batch_size * hyper.accumulation_steps != hyper.batch_size:
@@ -306,20 +360,90 @@ def from_dict(data: Mapping[str, Any]) -> HyperRule:
             f"micro_batch_size {hyper.micro_batch_size} x accumulation_steps "
             f"{hyper.accumulation_steps} != batch_size {hyper.batch_size}"
         )
-    return hyper
+    return _with_edits_marked(hyper)
+
+
+def _overridden(hyper: HyperRule) -> dict[str, Any]:
+    return {
+        name: getattr(hyper, name)
+        for name in OVERRIDABLE
+        if hyper.sources.get(name, {}).get("source") == "override"
+    }
+
+
+def _rule_for(hyper: HyperRule, overrides: Mapping[str, Any]) -> HyperRule | None:
+    """The rule re-derived from the inputs ``hyper`` records, or None without them."""
+    if hyper.examples < 1 or not hyper.image_area > 0:
+        return None
+    return derive(
+        hyper.examples,
+        hyper.image_area,
+        variant=hyper.variant,
+        model=hyper.model,
+        overrides={k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
+    )
+
+
+def _with_edits_marked(hyper: HyperRule) -> HyperRule:
+    try:
+        rule = _rule_for(hyper, _overridden(hyper))
+    except HyperRuleError:
+        rule = None
+    if rule is None:
+        return hyper
+    edited = {
+        name: getattr(rule, name)
+        for name in OVERRIDABLE
+        if name not in _overridden(hyper) and getattr(rule, name) != getattr(hyper, name)
+    }
+    if not edited:
+        return hyper
+    sources = {k: dict(v) for k, v in hyper.sources.items()}
+    for name, rule_value in edited.items():
+        shown = list(rule_value) if isinstance(rule_value, tuple) else rule_value
+        sources[name] = {"source": "override", "reason": f"edited by hand (rule: {shown})"}
+    return dataclasses.replace(hyper, sources=sources)
+
+
+def with_overrides(hyper: HyperRule, overrides: Mapping[str, Any]) -> HyperRule:
+    """``hyper`` with more overrides applied, as if they had been given to :func:`derive`
+    (``batch_size`` rescales the steps the rule chose, nothing the user set)."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if not overrides:
+        return hyper
+    problems = override_problems(overrides)
+    if problems:
+        raise HyperRuleError("; ".join(problems))
+    rule = _rule_for(hyper, {**_overridden(hyper), **overrides})
+    if rule is not None:
+        return rule
+    values = {k: tuple(v) if k == "decay_steps" else v for k, v in overrides.items()}
+    sources = {k: dict(v) for k, v in hyper.sources.items()}
+    for name in values:
+        sources[name] = {"source": "override", "reason": "set by user"}
+    changed = dataclasses.replace(hyper, **values, sources=sources)
+    micro = changed.micro_batch_size
+    if changed.batch_size % micro:
+        raise HyperRuleError(
+            f"micro_batch_size {micro} must divide batch_size {changed.batch_size}"
+        )
+    changed = dataclasses.replace(changed, accumulation_steps=changed.batch_size // micro)
+    validate(changed)
+    return changed
 
 
 def load(path: str) -> HyperRule:
-    """Read a ``hyperrule.json`` file."""
+    """Read a ``hyperrule.json`` file (local or gs://)."""
+    from components.bit import storage
+
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
+        data = json.loads(storage.read_text(path))
+    except (FileNotFoundError, storage.StorageError):
         raise HyperRuleError(f"HyperRule file not found: {path}") from None
     except json.JSONDecodeError as exc:
         raise HyperRuleError(f"HyperRule file {path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise HyperRuleError(f"HyperRule file {path} must hold a JSON object")
+    except HyperRuleError as exc:
+        raise HyperRuleError(f"{path}: {exc}") from None
     return from_dict(data)
 
 

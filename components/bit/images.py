@@ -132,7 +132,7 @@ def _truncation(data: bytes, fmt: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Normalisation for storage: 3-channel RGB, pre-resized, JPEG or PNG
+# Normalisation for storage: RGB or grayscale, pre-resized, JPEG or PNG
 
 DEFAULT_BACKGROUND = (255, 255, 255)
 DEFAULT_JPEG_QUALITY = 95
@@ -157,54 +157,78 @@ def prepare_for_storage(
     background: tuple[int, int, int] = DEFAULT_BACKGROUND,
     jpeg_quality: int = DEFAULT_JPEG_QUALITY,
 ) -> Stored:
-    """Make ``data`` a 3-channel RGB JPEG/PNG ready for training at the HyperRule's ``resize``.
+    """Make ``data`` an 8-bit RGB or grayscale JPEG/PNG ready for training at ``resize``.
 
     An image whose shorter side exceeds ``resize`` is resized once, here, to ``resize`` x
     ``resize`` — the HyperRule's own first step, which ignores the aspect ratio — and stored as
-    JPEG, so training decodes only its crop window and never resizes. RGB JPEGs that need
-    neither rotation nor resizing are kept byte for byte; other small images are converted to
-    RGB (alpha composited on ``background``) and stored as JPEG if they were JPEG, else as
-    lossless PNG. Animated images keep their first frame.
+    JPEG, so training decodes only its crop window and never resizes. JPEGs and PNGs that are
+    already 8-bit RGB or grayscale and need neither rotation nor resizing are kept byte for
+    byte; other images are converted (alpha composited on ``background``, 16-bit scaled,
+    palettes expanded) and stored as JPEG if they were JPEG, else as lossless PNG. Grayscale
+    stays one channel (readers expand it to RGB), so it is not stored three times over.
+    Animated images keep their first frame.
     """
     needs_resize = min(info.height, info.width) > resize
-    if info.format == "JPEG" and info.mode == "RGB" and info.orientation == 1 and not needs_resize:
-        return Stored(data, "jpeg", info.height, info.width, KEPT)
+    plain = info.mode in ("RGB", "L") and info.format in ("JPEG", "PNG")
+    if plain and info.orientation == 1 and not needs_resize:
+        return Stored(data, info.format.lower(), info.height, info.width, KEPT)
     with Image.open(io.BytesIO(data)) as image:
         if needs_resize and image.format in ("JPEG", "MPO"):
             # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that stays above the target.
-            image.draft("RGB", (resize, resize))
+            image.draft(image.mode if image.mode in ("RGB", "L") else "RGB", (resize, resize))
         image = ImageOps.exif_transpose(image)
-        rgb = to_rgb(image, background)
+        converted = to_storable(image, background)
     if needs_resize:
-        rgb = rgb.resize((resize, resize), Image.Resampling.LANCZOS)
+        converted = converted.resize((resize, resize), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     if needs_resize or info.format == "JPEG":
-        rgb.save(
-            buffer, format="JPEG", quality=jpeg_quality, subsampling=0 if jpeg_quality >= 90 else 2
-        )
+        subsampling = 0 if jpeg_quality >= 90 else 2
+        converted.save(buffer, format="JPEG", quality=jpeg_quality, subsampling=subsampling)
         fmt = "jpeg"
     else:
-        rgb.save(buffer, format="PNG", optimize=False)
+        converted.save(buffer, format="PNG", optimize=False)
         fmt = "png"
     action = RESIZED if needs_resize else REENCODED
-    return Stored(buffer.getvalue(), fmt, rgb.height, rgb.width, action)
+    return Stored(buffer.getvalue(), fmt, converted.height, converted.width, action)
+
+
+_WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def to_storable(
+    image: Image.Image, background: tuple[int, int, int] = DEFAULT_BACKGROUND
+) -> Image.Image:
+    """Any Pillow mode as 8-bit grayscale ("L", for single-channel sources) or RGB."""
+    image = _eight_bit(image)
+    if image.mode == "1":
+        return image.convert("L")
+    if image.mode in ("LA", "La"):
+        image = image.convert("LA")
+        base = Image.new("L", image.size, sum(background) // 3)
+        return Image.composite(image.getchannel("L"), base, image.getchannel("A"))
+    return image if image.mode == "L" else to_rgb(image, background)
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit and float grayscale as 8-bit "L" (others unchanged)."""
+    if image.mode not in _WIDE_GRAY_MODES:
+        return image
+    import numpy as np
+
+    array = np.asarray(image)
+    if image.mode == "F":
+        eight_bit = np.clip(array, 0, 255)
+    else:
+        eight_bit = np.clip(array.astype(np.int64) >> 8, 0, 255)  # 16-bit range
+    return Image.fromarray(eight_bit.astype(np.uint8), mode="L")
 
 
 def to_rgb(
     image: Image.Image, background: tuple[int, int, int] = DEFAULT_BACKGROUND
 ) -> Image.Image:
     """Any Pillow mode as 8-bit RGB: 16/32-bit scaled, palette and alpha composited."""
+    image = _eight_bit(image)
     mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        import numpy as np
-
-        array = np.asarray(image)
-        if mode == "F":
-            eight_bit = np.clip(array, 0, 255)
-        else:
-            eight_bit = np.clip(array.astype(np.int64) >> 8, 0, 255)  # 16-bit range
-        image = Image.fromarray(eight_bit.astype(np.uint8), mode="L")
-        mode = "L"
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     elif mode in ("LA", "PA", "La", "RGBa"):

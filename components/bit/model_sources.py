@@ -1,5 +1,10 @@
 """Which BiT models bittune knows and where each comes from; no TensorFlow needed, so that a
-bad model name is refused before anything expensive starts (see :mod:`components.bit.models`)."""
+bad model name is refused before anything expensive starts (see :mod:`components.bit.models`).
+
+Names are exact, as their publishers spell them: ``BiT-M-R50x1`` (upper case) is the official
+``.npz`` checkpoint in the public ``bit_models`` bucket, ``bit-m-r50x1`` (lower case) the TF Hub
+feature vector. Any other spelling of a known name is refused with the two right ones.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ NPZ_MODELS = {
 }
 TINY_MODEL = "bittune-tiny"
 _TINY_FILE = "bittune-tiny.npz"
+NPZ, HUB = "npz", "hub"
 
 
 class ModelError(BittuneError):
@@ -33,29 +39,50 @@ def tiny_checkpoint_path() -> str:
 
 
 def valid_names() -> list[str]:
-    return [TINY_MODEL, *HUB_MODELS, *NPZ_MODELS]
+    return [TINY_MODEL, *NPZ_MODELS, *HUB_MODELS]
+
+
+def _known(source: str) -> tuple[str, str] | None:
+    """(kind, location) for an exactly spelt name, else None."""
+    if source == TINY_MODEL:
+        return NPZ, tiny_checkpoint_path()
+    if source in HUB_MODELS:
+        return HUB, HUB_MODELS[source]
+    if source.removesuffix(".npz") in NPZ_MODELS:
+        return NPZ, NPZ_MODELS[source.removesuffix(".npz")]
+    return None
+
+
+def check_name(source: str) -> None:
+    """Refuse an empty source and a known name spelt in another case (no I/O)."""
+    if not source:
+        raise ModelError("no model given")
+    if _known(source):
+        return
+    lowered = source.lower().removesuffix(".npz")
+    hub = lowered if lowered in HUB_MODELS else None
+    npz = next((name for name in NPZ_MODELS if name.lower() == lowered), None)
+    if hub or npz:
+        spelt = " or ".join(
+            f"{name} ({what})" for name, what in ((npz, ".npz"), (hub, "TF Hub")) if name
+        )
+        raise ModelError(f"unknown model {source!r}: names are exact; did you mean {spelt}?")
+    if lowered.startswith(("bit-", "bittune")) and "/" not in source:
+        raise ModelError(f"unknown model {source!r}; valid names: {', '.join(valid_names())}")
 
 
 def resolve(source: str) -> tuple[str, str]:
     """(kind, location) for a model source: kind is 'npz' or 'hub'."""
-    if not source:
-        raise ModelError("no model given")
-    lowered = source.lower()
-    if lowered == TINY_MODEL:
-        return "npz", tiny_checkpoint_path()
-    if lowered in HUB_MODELS:
-        return "hub", HUB_MODELS[lowered]
-    npz_names = {name.lower(): url for name, url in NPZ_MODELS.items()}
-    if lowered in npz_names or lowered.removesuffix(".npz") in npz_names:
-        return "npz", npz_names[lowered.removesuffix(".npz")]
-    if lowered.endswith(".npz"):
-        return "npz", source
-    if lowered.startswith(("https://tfhub.dev/", "https://www.kaggle.com/models/")):
-        return "hub", source
+    check_name(source)
+    known = _known(source)
+    if known:
+        return known
+    if source.lower().endswith(".npz"):
+        return NPZ, source
+    if source.startswith(("https://tfhub.dev/", "https://www.kaggle.com/models/")):
+        return HUB, source
     if storage.exists(storage.join(source, "saved_model.pb")):
-        return "hub", source
-    if lowered.startswith("bit-") or lowered.startswith("bittune"):
-        raise ModelError(f"unknown model {source!r}; valid names: {', '.join(valid_names())}")
+        return HUB, source
     raise ModelError(
         f"model {source!r} is neither a known name, an .npz checkpoint nor a SavedModel "
         f"folder; valid names: {', '.join(valid_names())}"
@@ -66,5 +93,5 @@ def check_model(source: str) -> None:
     """Refuse an unknown model name or a checkpoint path that does not exist."""
     kind, location = resolve(source)
     downloaded = location.startswith(("https://", "http://"))  # fetched when training starts
-    if kind == "npz" and not downloaded and not storage.exists(location):
+    if kind == NPZ and not downloaded and not storage.exists(location):
         raise ModelError(f"model checkpoint not found: {location}")

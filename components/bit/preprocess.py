@@ -3,11 +3,20 @@
 The analysis's ``items.jsonl`` is the input table: every listed item with its split, header
 facts and flag. From it a :class:`Plan` is derived (pure and deterministic): which items are
 written, which are rejected and why, how many shards each split gets and which shard holds each
-item. Work fans out by shard: worker ``w`` of ``W`` writes the shards ``i`` with
-``i % W == w`` (each under a temporary name, renamed when complete, with a small summary beside
-it), so the shards are byte-identical whatever the number of workers. :func:`gather` then checks
-that inputs = written + rejected for every split and class and writes ``labels.json``,
-``manifest.json`` (last: its presence marks a complete dataset) and ``rejects.json``.
+item.
+
+**The shard plan.** A split gets ``max(ceil(estimated bytes / shard_bytes), ceil(examples /
+shard_examples))`` shards (at most one per example): large images are capped by size (150 MiB by
+default), small ones by count (2,048 examples by default), so that a dataset of small images
+still has enough shards for many workers and parallel reads. Items are ordered by a seeded hash
+of their identity and cut into equal runs, so shards differ by at most one example. The plan
+depends on the data, the seed and the two limits only — never on the number of workers — so
+shards are byte-identical whatever the number of workers.
+
+**Work** fans out by shard: worker ``w`` of ``W`` writes the shards ``i`` with ``i % W == w``
+(each under a temporary name, renamed when complete, with a small summary beside it in
+``_shards/``). :func:`gather` then checks that inputs = written + rejected for every split and
+class and writes the dataset files (:func:`components.bit.dataset.write_dataset_files`).
 """
 
 from __future__ import annotations
@@ -27,15 +36,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from components.bit import analysis, hyperrule, images, sources, storage, tfrecords
+from components.bit import dataset as ds
+from components.bit import hyperrule, images, params, sources, storage, tfrecords
 from components.bit.errors import BittuneError
 
-SCHEMA = "bittune.tfrecords/v1"
-MANIFEST_FILE = "manifest.json"
-LABELS_FILE = "labels.json"
-REJECTS_FILE = "rejects.json"
 SUMMARIES_DIR = "_shards"
-DEFAULT_SHARD_BYTES = 150 * 2**20
+DEFAULT_SHARD_BYTES = params.PARAMETERS["shard_megabytes"].default * 2**20
+DEFAULT_SHARD_EXAMPLES = params.PARAMETERS["shard_examples"].default
 # Stored JPEG bytes per pixel after pre-resizing, for planning shard counts (quality 95).
 _JPEG_BYTES_PER_PIXEL = 0.5
 
@@ -46,7 +53,7 @@ class PreprocessError(BittuneError):
 
 @dataclasses.dataclass(frozen=True)
 class PreprocessConfig:
-    """What preprocessing needs besides the analysis folder."""
+    """What preprocessing needs besides the analysis folder. Checked when made."""
 
     analysis_dir: str
     output_dir: str
@@ -54,10 +61,22 @@ class PreprocessConfig:
     few_shot: int | None = None  # None: as the analysis was made
     seed: int = 0
     shard_bytes: int = DEFAULT_SHARD_BYTES
+    shard_examples: int = DEFAULT_SHARD_EXAMPLES
     processes: int = 0  # 0: every core
     jpeg_quality: int = images.DEFAULT_JPEG_QUALITY
     background: tuple[int, int, int] = images.DEFAULT_BACKGROUND
     progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        params.require(
+            seed=self.seed, few_shot=self.few_shot or 0, shard_examples=self.shard_examples
+        )
+        if self.shard_bytes < 1:
+            raise PreprocessError(f"shard size must be positive, got {self.shard_bytes}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise PreprocessError(f"JPEG quality must be in [1, 100], got {self.jpeg_quality}")
+        if self.processes < 0:
+            raise PreprocessError(f"processes must be >= 0, got {self.processes}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,19 +91,34 @@ class PlannedItem:
 @dataclasses.dataclass(frozen=True)
 class Plan:
     labels: list[str]
-    resize: int
+    rule: hyperrule.HyperRule
     shard_counts: dict[str, int]
     items: list[PlannedItem]
     few_shot: int | None
     source: Mapping[str, Any]
 
+    @property
+    def resize(self) -> int:
+        return self.rule.resize
+
     def shards(self) -> list[tuple[str, int]]:
         """Every (split, index), in a fixed global order."""
-        return [(s, i) for s in sources.SPLITS for i in range(self.shard_counts.get(s, 0))]
+        return [(s, i) for s in ds.SPLITS for i in range(self.shard_counts.get(s, 0))]
 
     def shard_items(self, split: str, index: int) -> list[PlannedItem]:
-        chosen = [p for p in self.items if p.split == split and p.shard == index]
-        return sorted(chosen, key=lambda p: p.order)
+        return self._by_shard().get((split, index), [])
+
+    def name(self, split: str, index: int) -> str:
+        return ds.shard_name(split, index, self.shard_counts[split])
+
+    def _by_shard(self) -> dict[tuple[str, int], list[PlannedItem]]:
+        cached = self.__dict__.get("_shard_index")
+        if cached is None:
+            cached = collections.defaultdict(list)
+            for item in sorted(self.items, key=lambda p: p.order):
+                cached[(item.split, item.shard)].append(item)
+            object.__setattr__(self, "_shard_index", dict(cached))
+        return cached
 
 
 def _hash(text: str) -> str:
@@ -94,47 +128,56 @@ def _hash(text: str) -> str:
 def make_plan(
     rows: Sequence[Mapping[str, Any]],
     stats: Mapping[str, Any],
-    resize: int,
+    rule: hyperrule.HyperRule,
     few_shot: int | None = None,
     seed: int = 0,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
+    shard_examples: int = DEFAULT_SHARD_EXAMPLES,
 ) -> Plan:
     """Decide, for every analysed item, whether and where it is written."""
-    if shard_bytes < 1:
-        raise PreprocessError(f"shard size must be positive, got {shard_bytes}")
-    if few_shot is not None and few_shot < 1:
-        raise PreprocessError(f"few-shot k must be at least 1, got {few_shot}")
     labels = list(stats["classes"])
-    known = set(labels)
-    chosen = _few_shot_choice(rows, few_shot, seed) if few_shot else None
-    decided: list[tuple[Mapping[str, Any], str | None]] = []
-    for row in rows:
-        if row["code"]:
-            reason = f"{row['code']}: {row['reason']}"
-        elif row["label"] not in known:
-            reason = f"class {row['label']!r} is not among the analysed classes"
-        elif chosen is not None and row["split"] == "train" and row["key"] not in chosen:
-            reason = f"few-shot: not among the {few_shot} training examples kept per class"
-        else:
-            reason = None
-        decided.append((row, reason))
+    kept = _few_shot_choice(rows, few_shot, seed) if few_shot else None
+    decided = [(row, _reject_reason(row, set(labels), kept, few_shot)) for row in rows]
+    valid: dict[str, list[tuple[str, Mapping[str, Any]]]] = collections.defaultdict(list)
     estimates: dict[str, float] = collections.defaultdict(float)
-    counts: dict[str, int] = collections.Counter()
     for row, reason in decided:
         if reason is None:
-            estimates[row["split"]] += _estimated_bytes(row, resize)
-            counts[row["split"]] += 1
+            valid[row["split"]].append((_hash(f"{seed}:{row['key']}"), row))
+            estimates[row["split"]] += _estimated_bytes(row, rule.resize)
     shard_counts = {
-        split: min(counts[split], max(1, math.ceil(estimates[split] / shard_bytes)))
-        for split in sources.SPLITS
-        if counts[split]
+        split: shard_count(len(valid[split]), estimates[split], shard_bytes, shard_examples)
+        for split in ds.SPLITS
+        if valid[split]
     }
+    position: dict[str, int] = {}
+    for split, members in valid.items():
+        count, total = shard_counts[split], len(members)
+        for rank, (_, row) in enumerate(sorted(members, key=lambda m: m[0])):
+            position[row["key"]] = rank * count // total  # equal runs of the hash order
     items = []
     for row, reason in decided:
         digest = _hash(f"{seed}:{row['key']}")
         count = shard_counts.get(row["split"], 1)
-        items.append(PlannedItem(row, row["split"], int(digest[:12], 16) % count, digest, reason))
-    return Plan(labels, resize, shard_counts, items, few_shot, dict(stats["source"]))
+        shard = position.get(row["key"], int(digest[:12], 16) % count)
+        items.append(PlannedItem(row, row["split"], shard, digest, reason))
+    return Plan(labels, rule, shard_counts, items, few_shot, dict(stats["source"]))
+
+
+def shard_count(examples: int, estimated_bytes: float, shard_bytes: int, shard_examples: int):
+    """Shards for a split: enough for both limits, at most one per example."""
+    wanted = max(math.ceil(estimated_bytes / shard_bytes), math.ceil(examples / shard_examples))
+    return min(examples, max(1, wanted))
+
+
+def _reject_reason(row, known: set[str], kept: set[str] | None, k: int | None) -> str | None:
+    """Why an analysed item will not be written, or None."""
+    if row["code"]:
+        return f"{row['code']}: {row['reason']}"
+    if row["label"] not in known:
+        return f"class {row['label']!r} is not among the analysed classes"
+    if kept is not None and row["split"] == "train" and row["key"] not in kept:
+        return f"few-shot: not among the {k} training examples kept per class"
+    return None
 
 
 def _few_shot_choice(rows: Sequence[Mapping[str, Any]], k: int, seed: int) -> set[str]:
@@ -157,28 +200,34 @@ def _estimated_bytes(row: Mapping[str, Any], resize: int) -> float:
     return row["height"] * row["width"] * scale * scale * _JPEG_BYTES_PER_PIXEL
 
 
-def _read(analysis_dir: str, name: str) -> str:
-    try:
-        return storage.read_text(storage.join(analysis_dir, name))
-    except (FileNotFoundError, storage.StorageError):
-        raise PreprocessError(
-            f"{analysis_dir} is not an analysis folder: no {name} (run `bittune analyze` first)"
-        ) from None
-
-
 def load_plan(config: PreprocessConfig) -> Plan:
     """Read the analysis folder and plan the run."""
-    stats = json.loads(_read(config.analysis_dir, analysis.STATS_FILE))
-    lines = _read(config.analysis_dir, analysis.ITEMS_FILE).splitlines()
-    rows = [json.loads(line) for line in lines if line]
-    rule = hyperrule.from_dict(json.loads(_read(config.analysis_dir, analysis.HYPERRULE_FILE)))
-    analysed_k = stats["source"].get("few_shot")
+    analysis = ds.read_analysis(config.analysis_dir)
+    analysed_k = analysis.stats["source"].get("few_shot")
     if config.few_shot is not None and config.few_shot != analysed_k:
         raise PreprocessError(
             f"few-shot k={config.few_shot} differs from the analysis (k={analysed_k}): "
             "the HyperRule depends on it, so re-run analyze with the same --few-shot"
         )
-    return make_plan(rows, stats, rule.resize, analysed_k, config.seed, config.shard_bytes)
+    return make_plan(
+        analysis.items,
+        analysis.stats,
+        analysis.rule,
+        analysed_k,
+        config.seed,
+        config.shard_bytes,
+        config.shard_examples,
+    )
+
+
+def worker_plan(config: PreprocessConfig, workers: int) -> tuple[int, str]:
+    """(workers to start, a line saying so): never more workers than shards, said aloud."""
+    shards = len(load_plan(config).shards())
+    used = max(1, min(workers, shards))
+    line = f"{shards} shard(s) for {workers} worker(s)"
+    if used < workers:
+        line += f": starting {used}, since {workers - used} would have no shard to write"
+    return used, line
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,11 +268,12 @@ def write_shards(
     config: PreprocessConfig,
     worker_index: int = 0,
     num_workers: int = 1,
-    out_dir: str | None = None,
+    out_dirs: Mapping[str, str] | None = None,
     progress: Callable[[int], object] | None = None,
 ) -> list[dict[str, Any]]:
-    """Write this worker's shards into ``out_dir`` (default: the output folder); return their
-    summaries. Shards already complete from an earlier, interrupted run are kept.
+    """Write this worker's shards; return their summaries. Each split's shards go to
+    ``out_dirs[split]`` (default: the output folder). Shards already complete from an earlier,
+    interrupted run are kept.
 
     Items are normalised in ``config.processes`` processes (0: every core); ``progress(n)`` is
     called as items are done, and a log line is printed per shard.
@@ -231,7 +281,7 @@ def write_shards(
     if not 0 <= worker_index < num_workers:
         raise PreprocessError(f"worker index {worker_index} is not in [0, {num_workers})")
     plan = load_plan(config)
-    out_dir = out_dir or config.output_dir
+    folders = {split: (out_dirs or {}).get(split, config.output_dir) for split in ds.SPLITS}
     mine = [shard for n, shard in enumerate(plan.shards()) if n % num_workers == worker_index]
     payloads = _tfds_payloads(plan, mine, config.data_dir)
     processes = config.processes or os.cpu_count() or 1
@@ -239,17 +289,16 @@ def write_shards(
     summaries = []
     with ProcessPoolExecutor(processes) if processes > 1 else _InlineExecutor() as pool:
         for split, index in mine:
-            summary = _existing_summary(out_dir, split, index, plan)
+            folder = folders[split]
+            summary = _existing_summary(folder, split, index, plan)
             if summary is None:
                 started = time.monotonic()
-                summary = _write_shard(
-                    plan, config, split, index, out_dir, pool, payloads, progress
-                )
-                elapsed = time.monotonic() - started
+                summary = _write_shard(plan, config, split, index, folder, pool, payloads, progress)
+                rate = summary["inputs"] / max(time.monotonic() - started, 1e-9)
                 print(
                     f"worker {worker_index}/{num_workers}: {summary['name']}: "
                     f"{summary['examples']} examples, {summary['bytes'] / 2**20:.1f} MiB, "
-                    f"{summary['inputs'] / max(elapsed, 1e-9):.0f} img/s",
+                    f"{rate:.0f} img/s",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -272,22 +321,22 @@ class _InlineExecutor:
         return False
 
 
-def _summary_uri(out_dir: str, name: str) -> str:
-    return storage.join(out_dir, SUMMARIES_DIR, name + ".json")
+def _summary_uri(folder: str, name: str) -> str:
+    return storage.join(folder, SUMMARIES_DIR, name + ".json")
 
 
-def _existing_summary(out_dir: str, split: str, index: int, plan: Plan) -> dict[str, Any] | None:
-    name = tfrecords.shard_name(split, index, plan.shard_counts[split])
-    uri = _summary_uri(out_dir, name)
-    if not (storage.exists(uri) and storage.exists(storage.join(out_dir, name))):
+def _existing_summary(folder: str, split: str, index: int, plan: Plan) -> dict[str, Any] | None:
+    name = plan.name(split, index)
+    uri = _summary_uri(folder, name)
+    if not (storage.exists(uri) and storage.exists(storage.join(folder, name))):
         return None
     summary = json.loads(storage.read_text(uri))
     keys = [p.row["key"] for p in plan.shard_items(split, index)]
     return summary if summary.get("input_keys_sha256") == _hash("\n".join(keys)) else None
 
 
-def _write_shard(plan, config, split, index, out_dir, pool, payloads, progress) -> dict[str, Any]:
-    name = tfrecords.shard_name(split, index, plan.shard_counts[split])
+def _write_shard(plan, config, split, index, folder, pool, payloads, progress) -> dict[str, Any]:
+    name = plan.name(split, index)
     planned = plan.shard_items(split, index)
     label_index = {label: i for i, label in enumerate(plan.labels)}
     max_pixels = int(plan.source.get("max_pixels") or images.DEFAULT_MAX_PIXELS)
@@ -310,7 +359,7 @@ def _write_shard(plan, config, split, index, out_dir, pool, payloads, progress) 
     actions: collections.Counter[str] = collections.Counter()
     bytes_in = bytes_out = 0
     digest = hashlib.sha256()
-    with _AtomicFile(storage.join(out_dir, name)) as f:
+    with _AtomicFile(storage.join(folder, name)) as f:
         for item, result in zip(todo, pool.map(_process, jobs, chunksize=8), strict=True):
             progress(1)
             if isinstance(result, str):
@@ -341,9 +390,6 @@ def _write_shard(plan, config, split, index, out_dir, pool, payloads, progress) 
         "inputs": len(planned),
         "examples": sum(per_class.values()),
         "per_class": dict(sorted(per_class.items())),
-        "inputs_per_class": dict(
-            sorted(collections.Counter(p.row["label"] for p in planned).items())
-        ),
         "bytes": f.size,
         "sha256": digest.hexdigest(),
         "actions": dict(sorted(actions.items())),
@@ -352,7 +398,7 @@ def _write_shard(plan, config, split, index, out_dir, pool, payloads, progress) 
         "rejects": rejects,
         "input_keys_sha256": _hash("\n".join(p.row["key"] for p in planned)),
     }
-    storage.write_text(_summary_uri(out_dir, name), json.dumps(summary, ensure_ascii=False))
+    storage.write_text(_summary_uri(folder, name), json.dumps(summary, ensure_ascii=False))
     return summary
 
 
@@ -416,100 +462,99 @@ def _tfds_payloads(plan: Plan, shards: Iterable[tuple[str, int]], data_dir: str 
 # Gathering
 
 
-def gather(
-    config: PreprocessConfig,
-    shard_dirs: Sequence[str] | None = None,
-    shard_uris: Sequence[str] | None = None,
-) -> dict[str, Any]:
-    """Check every shard is complete and nothing was lost, then write labels, manifest, rejects.
-
-    ``shard_dirs`` are the folders the workers wrote into (default: the output folder), as this
-    process sees them; ``shard_uris`` the same folders as storage URIs (KFP artifact URIs), if
-    they differ. The manifest records both for each shard.
-    """
-    plan = load_plan(config)
-    shard_dirs = list(shard_dirs or [config.output_dir])
-    uris = dict(zip(shard_dirs, shard_uris or shard_dirs, strict=True))
-    found: dict[str, tuple[str, dict[str, Any]]] = {}
-    for folder in shard_dirs:
+def read_summaries(folders: Iterable[str]) -> list[dict[str, Any]]:
+    """The shard summaries workers left in ``folders`` (each a folder they wrote shards to),
+    for shards that are there."""
+    found = []
+    for folder in folders:
         summaries = storage.join(folder, SUMMARIES_DIR)
         if not storage.is_dir(summaries):
             continue
         for entry in storage.list_files(summaries):
             summary = json.loads(storage.read_text(entry.uri))
             if storage.exists(storage.join(folder, summary["name"])):
-                found[summary["name"]] = (folder, summary)
-    splits: dict[str, Any] = {}
-    rejects: list[dict[str, Any]] = []
-    actions: collections.Counter[str] = collections.Counter()
-    bytes_in = bytes_out = 0
+                found.append(summary)
+    return found
+
+
+@dataclasses.dataclass
+class _Totals:
+    splits: dict[str, dict[str, Any]]
+    rejects: list[dict[str, Any]]
+    actions: collections.Counter
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+def _collect(plan: Plan, summaries: Sequence[Mapping[str, Any]]) -> _Totals:
+    """Every planned shard's summary added up per split (a missing shard is an error)."""
+    by_name = {summary["name"]: summary for summary in summaries}
+    totals = _Totals({}, [], collections.Counter())
     for split, index in plan.shards():
-        name = tfrecords.shard_name(split, index, plan.shard_counts[split])
-        if name not in found:
+        name = plan.name(split, index)
+        if name not in by_name:
             raise PreprocessError(f"shard {name} is missing: a worker did not finish")
-        folder, summary = found[name]
-        entry = splits.setdefault(
+        summary = by_name[name]
+        entry = totals.splits.setdefault(
             split, {"examples": 0, "bytes": 0, "per_class": {}, "rejected": 0, "shards": []}
         )
         entry["shards"].append(
-            {
-                "name": name,
-                "path": storage.join(folder, name),
-                "uri": storage.join(uris[folder], name),
-                "examples": summary["examples"],
-                "bytes": summary["bytes"],
-                "sha256": summary["sha256"],
-            }
+            ds.Shard(name, summary["examples"], summary["bytes"], summary["sha256"])
         )
         entry["examples"] += summary["examples"]
         entry["bytes"] += summary["bytes"]
         entry["rejected"] += len(summary["rejects"])
         for label, n in summary["per_class"].items():
             entry["per_class"][label] = entry["per_class"].get(label, 0) + n
-        rejects += summary["rejects"]
-        actions.update(summary["actions"])
-        bytes_in += summary["image_bytes_in"]
-        bytes_out += summary["image_bytes_out"]
-    rejects += [_reject(p, p.reject) for p in plan.items if p.split not in plan.shard_counts]
-    check_accounting(plan, splits, rejects)
-    manifest = {
-        "schema": SCHEMA,
-        "labels": plan.labels,
-        "num_classes": len(plan.labels),
-        "resize": plan.resize,
-        "few_shot": plan.few_shot,
-        "seed": config.seed,
-        "source": plan.source,
-        "analysis": config.analysis_dir,
-        "splits": {s: splits[s] for s in sources.SPLITS if s in splits},
-        "totals": {
+        totals.rejects += summary["rejects"]
+        totals.actions.update(summary["actions"])
+        totals.bytes_in += summary["image_bytes_in"]
+        totals.bytes_out += summary["image_bytes_out"]
+    totals.rejects += [_reject(p, p.reject) for p in plan.items if p.split not in plan.shard_counts]
+    return totals
+
+
+def gather(
+    config: PreprocessConfig, summaries: Sequence[Mapping[str, Any]] | None = None
+) -> ds.Manifest:
+    """Check every shard is complete and nothing was lost, then write the dataset files.
+
+    ``summaries`` are the workers' shard summaries (default: those in the output folder)."""
+    plan = load_plan(config)
+    if summaries is None:
+        summaries = read_summaries([config.output_dir])
+    totals = _collect(plan, summaries)
+    check_accounting(plan, totals.splits, totals.rejects)
+    manifest = ds.Manifest(
+        labels=tuple(plan.labels),
+        splits={
+            name: ds.Split(
+                examples=entry["examples"],
+                bytes=entry["bytes"],
+                per_class=dict(sorted(entry["per_class"].items())),
+                rejected=entry["rejected"],
+                shards=tuple(entry["shards"]),
+            )
+            for name, entry in sorted(totals.splits.items(), key=lambda e: ds.SPLITS.index(e[0]))
+        },
+        rule=plan.rule,
+        source=dict(plan.source),
+        totals={
             "inputs": len(plan.items),
-            "written": sum(e["examples"] for e in splits.values()),
-            "rejected": len(rejects),
+            "written": sum(e["examples"] for e in totals.splits.values()),
+            "rejected": len(totals.rejects),
         },
-        "preresize": {
-            "actions": dict(sorted(actions.items())),
-            "image_bytes_in": bytes_in,
-            "image_bytes_out": bytes_out,
-            "bytes_saved": bytes_in - bytes_out,
+        preresize={
+            "actions": dict(sorted(totals.actions.items())),
+            "image_bytes_in": totals.bytes_in,
+            "image_bytes_out": totals.bytes_out,
+            "bytes_saved": totals.bytes_in - totals.bytes_out,
         },
-    }
-    out = config.output_dir
-    storage.write_text(
-        storage.join(out, LABELS_FILE),
-        json.dumps(
-            {"labels": plan.labels, "index": {label: i for i, label in enumerate(plan.labels)}},
-            indent=2,
-            ensure_ascii=False,
-        )
-        + "\n",
+        few_shot=plan.few_shot,
+        seed=config.seed,
+        shard_limits={"bytes": config.shard_bytes, "examples": config.shard_examples},
     )
-    storage.write_text(
-        storage.join(out, REJECTS_FILE), json.dumps(rejects, indent=1, ensure_ascii=False) + "\n"
-    )
-    storage.write_text(
-        storage.join(out, MANIFEST_FILE), json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
-    )
+    ds.write_dataset_files(config.output_dir, manifest, totals.rejects)
     return manifest
 
 
@@ -531,7 +576,7 @@ def check_accounting(plan: Plan, splits: Mapping[str, Any], rejects: Sequence[Ma
 
 def check_source_matches(config: PreprocessConfig, source: str) -> None:
     """Refuse a source other than the one the analysis was made of."""
-    analysed = json.loads(_read(config.analysis_dir, analysis.STATS_FILE))["source"]["uri"]
+    analysed = ds.read_analysis(config.analysis_dir).stats["source"]["uri"]
 
     def norm(uri: str) -> str:
         local = not (storage.is_gcs(uri) or uri.startswith(sources.TFDS_PREFIX))
@@ -543,7 +588,17 @@ def check_source_matches(config: PreprocessConfig, source: str) -> None:
         )
 
 
-def preprocess(config: PreprocessConfig) -> dict[str, Any]:
+def completed_shards(config: PreprocessConfig) -> tuple[int, int]:
+    """(shards already complete in the output folder, shards planned)."""
+    plan = load_plan(config)
+    done = sum(
+        _existing_summary(config.output_dir, split, index, plan) is not None
+        for split, index in plan.shards()
+    )
+    return done, len(plan.shards())
+
+
+def preprocess(config: PreprocessConfig) -> ds.Manifest:
     """The whole step on this machine, on every core, then :func:`gather`.
 
     With several shards, the cores split the shards between them exactly as the pipeline's
@@ -552,12 +607,11 @@ def preprocess(config: PreprocessConfig) -> dict[str, Any]:
     """
     plan = load_plan(config)
     processes = config.processes or os.cpu_count() or 1
-    total = len(plan.items)
     workers = min(processes, len(plan.shards()))
     show = sys.stderr.isatty() if config.progress is None else config.progress
     from tqdm import tqdm
 
-    with tqdm(total=total, unit="img", desc="preprocessing", disable=not show) as bar:
+    with tqdm(total=len(plan.items), unit="img", desc="preprocessing", disable=not show) as bar:
         if workers < 2:
             write_shards(config, progress=bar.update)
         else:
@@ -592,10 +646,3 @@ def _fan_out(config: PreprocessConfig, workers: int, bar) -> None:
         for future in futures:
             future.result()  # re-raise a worker's error here
     bar.update(counter.value - bar.n)
-
-
-def load_manifest(dataset_dir: str) -> dict[str, Any]:
-    uri = storage.join(dataset_dir, MANIFEST_FILE)
-    if not storage.exists(uri):
-        raise PreprocessError(f"no {MANIFEST_FILE} in {dataset_dir}: not a complete dataset")
-    return json.loads(storage.read_text(uri))

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from components.bit import models
+from components.bit import model_sources, models
 from components.bit.models import Architecture, tf
 
 TINY_ARCHITECTURE = Architecture(units=(1, 1, 1, 1), width=0.5)
@@ -84,7 +84,7 @@ def pretrain(output: str, steps: int = 1500, batch_size: int = 64, seed: int = 0
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", default=models.tiny_checkpoint_path())
+    parser.add_argument("--output", default=model_sources.tiny_checkpoint_path())
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

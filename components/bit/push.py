@@ -1,33 +1,32 @@
 """Pushing a blessed model: a new numbered version under the serving location, with a model card.
 
-The layout is TF Serving's and Vertex AI's: ``SERVING_ROOT/<version>/`` holding the SavedModel
-(``saved_model.pb``, ``variables/``) plus ``model_card.json`` and ``model_card.md``. Versions are
-increasing integers; the card is written last, so a version with a card is complete.
+The layout is TF Serving's and Vertex AI's (:mod:`components.bit.serving`):
+``SERVING_ROOT/<version>/`` holding the SavedModel plus ``model_card.json`` and
+``model_card.md``. A version number is claimed atomically before anything is written (a claim
+file created only if absent: an exclusive create locally, a generation precondition on gs://),
+so two pushes never share a number; ``saved_model.pb`` is written last, so a server never sees a
+version whose variables are still arriving.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from components.bit import storage
+from components.bit import serving, storage
 from components.bit.errors import BittuneError
 
 CARD_JSON = "model_card.json"
 CARD_MARKDOWN = "model_card.md"
+_CARD_HYPERRULE = ("resize", "crop", "batch_size", "base_lr", "total_steps", "mixup_alpha")
+_CARD_METRICS = ("accuracy", "top5_accuracy", "loss", "macro_f1", "expected_calibration_error")
 
 
-def next_version(serving_root: str) -> int:
-    """One more than the highest complete numeric version under ``serving_root``."""
-    versions = [0]
-    if storage.is_dir(serving_root):
-        for entry in storage.list_files(serving_root):
-            head, _, rest = entry.relpath.partition("/")
-            if head.isdigit() and rest == CARD_JSON:
-                versions.append(int(head))
-    return max(versions) + 1
+class PushError(BittuneError):
+    """A model that cannot be pushed, with the reason."""
 
 
 def model_card(
@@ -36,6 +35,7 @@ def model_card(
     manifest: Mapping[str, Any],
     lineage: Mapping[str, str],
 ) -> dict[str, Any]:
+    """What a served version is: model, classes, data, HyperRule, metrics, gate and lineage."""
     metrics = evaluation["metrics"]
     return {
         "model": lineage.get("model_source", ""),
@@ -45,25 +45,10 @@ def model_card(
             "splits": {s: e["examples"] for s, e in manifest["splits"].items()},
             "rejected_in_preprocessing": manifest["totals"]["rejected"],
         },
-        "hyperrule": {
-            k: hyperrule[k]
-            for k in (
-                "resize",
-                "crop",
-                "batch_size",
-                "base_lr",
-                "total_steps",
-                "mixup_alpha",
-                "variant",
-            )
-        },
+        "hyperrule": {k: hyperrule[k] for k in (*_CARD_HYPERRULE, "variant")},
         "metrics": {
             "split": evaluation["split"],
-            "accuracy": metrics["accuracy"],
-            "top5_accuracy": metrics["top5_accuracy"],
-            "loss": metrics["loss"],
-            "macro_f1": metrics["macro_f1"],
-            "expected_calibration_error": metrics["expected_calibration_error"],
+            **{k: metrics[k] for k in _CARD_METRICS},
         },
         "gate": {"blessed": evaluation["blessed"], "reason": evaluation["reason"]},
         "lineage": dict(lineage),
@@ -71,40 +56,88 @@ def model_card(
 
 
 def card_markdown(card: Mapping[str, Any]) -> str:
-    m = card["metrics"]
+    """The model card as Markdown a person reads."""
+    m, data, rule = card["metrics"], card["data"], card["hyperrule"]
+    classes = card["classes"]
+    shown = ", ".join(classes[:20]) + (" …" if len(classes) > 20 else "")
+    splits = ", ".join(f"{name} {count:,}" for name, count in data["splits"].items())
     lines = [
-        f"# Model card: {card['model']} on {card['data']['source']}",
+        f"# Model card: {card['model']} fine-tuned on {data['source']}",
         "",
-        f"- Classes ({len(card['classes'])}): {', '.join(card['classes'][:20])}"
-        + (" …" if len(card["classes"]) > 20 else ""),
-        f"- Data splits: {card['data']['splits']}; rejected in preprocessing: "
-        f"{card['data']['rejected_in_preprocessing']}",
-        f"- HyperRule: {card['hyperrule']}",
-        f"- {m['split']} accuracy {m['accuracy']:.4f}, top-5 {m['top5_accuracy']:.4f}, "
-        f"loss {m['loss']:.4f}, macro F1 {m['macro_f1']:.4f}, ECE "
-        f"{m['expected_calibration_error']:.4f}",
-        f"- Gate: {card['gate']['reason']}",
-        "- Lineage:",
-        *[f"  - {k}: {v}" for k, v in card["lineage"].items()],
+        f"**Classes ({len(classes)}):** {shown}",
+        "",
+        "## Data",
+        f"- Examples: {splits}",
+        f"- Inputs rejected in preprocessing: {data['rejected_in_preprocessing']:,}",
+        "",
+        f"## BiT-HyperRule ({rule['variant']})",
+        "| resize | crop | batch | base lr | steps | MixUp alpha |",
+        "|---|---|---|---|---|---|",
+        f"| {rule['resize']} | {rule['crop']} | {rule['batch_size']} | {rule['base_lr']:g} | "
+        f"{rule['total_steps']:,} | {rule['mixup_alpha']:g} |",
+        "",
+        f"## Metrics ({m['split']} split)",
+        "| accuracy | top-5 | loss | macro F1 | calibration error |",
+        "|---|---|---|---|---|",
+        f"| {m['accuracy']:.4f} | {m['top5_accuracy']:.4f} | {m['loss']:.4f} | "
+        f"{m['macro_f1']:.4f} | {m['expected_calibration_error']:.4f} |",
+        "",
+        "## Gate",
+        f"{'Blessed' if card['gate']['blessed'] else 'Not blessed'}: {card['gate']['reason']}",
+        "",
+        "## Lineage",
+        *[f"- {k}: {v}" for k, v in card["lineage"].items() if v],
     ]
     return "\n".join(lines) + "\n"
 
 
-def push(model_dir: str, serving_root: str, card: Mapping[str, Any]) -> str:
-    """Copy the exported SavedModel to the next version under ``serving_root``; return its URI."""
+def claim_version(serving_root: str) -> int:
+    """The next free version number under ``serving_root``, claimed atomically."""
+    claim_id = uuid.uuid4().hex.encode()
+    version = max(serving.versions(serving_root, complete=False), default=0) + 1
+    while True:
+        claim = storage.join(serving_root, str(version), serving.CLAIM_FILE)
+        if _create_if_absent(claim, claim_id):
+            return version
+        version += 1
+
+
+def _create_if_absent(uri: str, data: bytes) -> bool:
+    if storage.is_gcs(uri):
+        try:
+            storage.write_if_generation(uri, data, 0)
+        except storage.PreconditionFailed:
+            return False
+        return True
+    os.makedirs(os.path.dirname(uri), exist_ok=True)
+    try:
+        fd = os.open(uri, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return True
+
+
+def push(run: str, serving_root: str, card: Mapping[str, Any]) -> str:
+    """Copy the run's SavedModel to a newly claimed version under ``serving_root`` (the model
+    card first, ``saved_model.pb`` last); return the version's URI."""
     if not card["gate"]["blessed"]:
-        raise BittuneError("refusing to push a model that the gate did not bless")
-    export = os.path.join(model_dir, "saved_model")
-    if not os.path.exists(os.path.join(export, "saved_model.pb")):
-        raise BittuneError(f"no exported model in {model_dir}")
-    version = next_version(serving_root)
-    target = storage.join(serving_root, str(version))
-    for folder, _, names in os.walk(export):
-        for name in names:
-            path = os.path.join(folder, name)
-            rel = os.path.relpath(path, export).replace(os.sep, "/")
-            with open(path, "rb") as f:
-                storage.write_bytes(storage.join(target, rel), f.read())
+        raise PushError("refusing to push a model that the gate did not bless")
+    try:
+        export = serving.find_saved_model(run)
+    except serving.ServingError as exc:
+        raise PushError(str(exc)) from None
+    target = storage.join(serving_root, str(claim_version(serving_root)))
+    files = sorted(
+        os.path.relpath(os.path.join(folder, name), export).replace(os.sep, "/")
+        for folder, _, names in os.walk(export)
+        for name in names
+    )
+    files.sort(key=lambda rel: rel == serving.SAVED_MODEL_FILE)  # the graph last
     storage.write_text(storage.join(target, CARD_MARKDOWN), card_markdown(card))
     storage.write_text(storage.join(target, CARD_JSON), json.dumps(card, indent=2) + "\n")
+    for rel in files:
+        with open(os.path.join(export, rel), "rb") as f:
+            storage.write_bytes(storage.join(target, rel), f.read())
     return target

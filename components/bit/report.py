@@ -5,14 +5,13 @@ Both formats render one list of sections, so they always say the same thing.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import html
-import io
 from typing import Any
 
-from components.bit import storage
+from components.bit import dataset, storage
 from components.bit.hyperrule import HyperRule, format_table
+from components.bit.plots import png_base64
 
 MAX_LISTED = 200
 
@@ -155,31 +154,10 @@ def html_report(stats: dict[str, Any], rule: HyperRule) -> str:
     )
 
 
-def _figure_png(fig) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _plot(draw) -> str:
-    """Run ``draw(ax)`` on a fresh Agg figure and return it as base64 PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    try:
-        draw(ax)
-        return _figure_png(fig)
-    finally:
-        plt.close(fig)
-
-
 def _class_plot(stats: dict[str, Any]) -> str:
     classes = stats["classes"][:60]
 
-    def draw(ax):
+    def draw(fig, ax):
         bottom = [0] * len(classes)
         for split, entry in stats["examples"].items():
             counts = [entry["per_class"].get(c, 0) for c in classes]
@@ -189,7 +167,7 @@ def _class_plot(stats: dict[str, Any]) -> str:
         ax.set_title("Class balance (valid images)")
         ax.legend()
 
-    return _plot(draw)
+    return png_base64(draw)
 
 
 def _area_plot(stats: dict[str, Any]) -> str:
@@ -197,7 +175,7 @@ def _area_plot(stats: dict[str, Any]) -> str:
 
     sides = np.sqrt(np.asarray(stats["area_samples"], dtype=np.float64))
 
-    def draw(ax):
+    def draw(fig, ax):
         ax.hist(sides, bins=40, color="#4477aa")
         ax.axvline(96, color="#cc3311", linestyle="--", label="96 px (HyperRule threshold)")
         ax.set_xlabel("sqrt(height x width) of training images, px")
@@ -205,9 +183,10 @@ def _area_plot(stats: dict[str, Any]) -> str:
         ax.set_title("Resolution histogram")
         ax.legend()
 
-    return _plot(draw)
+    return png_base64(draw)
 
 
 def write_reports(stats: dict[str, Any], rule: HyperRule, output_dir: str) -> None:
-    storage.write_text(storage.join(output_dir, "report.md"), markdown_report(stats, rule))
-    storage.write_text(storage.join(output_dir, "report.html"), html_report(stats, rule))
+    markdown = storage.join(output_dir, dataset.REPORT_MARKDOWN)
+    storage.write_text(markdown, markdown_report(stats, rule))
+    storage.write_text(storage.join(output_dir, dataset.REPORT_HTML), html_report(stats, rule))

@@ -3,8 +3,11 @@
 ``gs://`` goes through google-cloud-storage, so ``STORAGE_EMULATOR_HOST`` points it at an
 emulator (TensorFlow's own gs:// filesystem cannot be redirected). Every gs:// request, writes
 included, is retried with exponential backoff on dropped connections, timeouts, 429 and 5xx
-(whole-object writes of the same bytes are idempotent); each retry is logged and counted. Local
-writes are atomic: a temporary file in the same folder is renamed into place when complete.
+(whole-object writes of the same bytes are idempotent); each retry is logged and counted.
+Errors no retry can fix fail at once with one line: a refused connection (nothing listens
+there), missing credentials, 401 and 403. Local writes are atomic: a temporary file in the same
+folder is renamed into place when complete. :func:`check_writable` checks an output location
+before any work is done.
 """
 
 from __future__ import annotations
@@ -45,12 +48,62 @@ def _note_retry(exc: Exception) -> None:
     log.warning("gs:// request failed (%s); retrying", str(exc).splitlines()[0][:200])
 
 
+class StorageError(BittuneError):
+    """A path that cannot be read or written, with a one-line reason."""
+
+
+_TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
+
+
+def _causes(exc: BaseException):
+    """``exc`` and every exception it wraps (causes, contexts, urllib3 reasons, args)."""
+    seen, todo = set(), [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        nested = [current.__cause__, current.__context__, getattr(current, "reason", None)]
+        nested += [a for a in getattr(current, "args", ()) if isinstance(a, BaseException)]
+        todo += [n for n in nested if isinstance(n, BaseException)]
+
+
+def _refused(exc: BaseException) -> bool:
+    return any(isinstance(e, ConnectionRefusedError) for e in _causes(exc))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: dropped connections, timeouts, 408/429/5xx. Not a refused connection:
+    nothing listens there, and no retry changes that."""
+    import requests
+    from google.api_core import exceptions
+    from google.auth import exceptions as auth_exceptions
+
+    if _refused(exc):
+        return False
+    if isinstance(exc, exceptions.GoogleAPICallError):
+        return exc.code in _TRANSIENT_STATUS
+    status = getattr(getattr(exc, "response", None), "status_code", None)  # resumable media
+    if status is not None:
+        return status in _TRANSIENT_STATUS
+    return isinstance(
+        exc,
+        (
+            requests.exceptions.ConnectionError,
+            requests.exceptions.ChunkedEncodingError,
+            requests.exceptions.Timeout,
+            auth_exceptions.TransportError,
+            ConnectionError,
+        ),
+    )
+
+
 def _retry():
     from google.api_core.retry import Retry
-    from google.cloud.storage.retry import DEFAULT_RETRY
 
     return Retry(
-        predicate=DEFAULT_RETRY._predicate,
+        predicate=is_transient,
         initial=RETRY_INITIAL_S,
         maximum=16.0,
         multiplier=2.0,
@@ -59,13 +112,38 @@ def _retry():
     )
 
 
+def _endpoint() -> str:
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    return (
+        f"the storage emulator at STORAGE_EMULATOR_HOST={emulator}"
+        if emulator
+        else ("Cloud Storage (storage.googleapis.com)")
+    )
+
+
 def _call(method, *args, **kwargs):
-    """A google-cloud-storage call with bittune's retry policy and timeout."""
-    return method(*args, retry=_retry(), timeout=TIMEOUT, **kwargs)
+    """A google-cloud-storage call with bittune's retry policy and timeout; errors no retry
+    fixes become one-line :class:`StorageError` s (404 and 412 are left to the caller)."""
+    from google.api_core import exceptions
+
+    try:
+        return method(*args, retry=_retry(), timeout=TIMEOUT, **kwargs)
+    except (exceptions.Unauthorized, exceptions.Forbidden) as exc:
+        raise StorageError(f"permission denied by {_endpoint()}: {_first_line(exc)}") from None
+    except exceptions.RetryError as exc:
+        cause = exc.cause or exc
+        raise StorageError(
+            f"{_endpoint()} kept failing for {RETRY_DEADLINE_S:.0f} s: {_first_line(cause)}"
+        ) from None
+    except Exception as exc:
+        if _refused(exc):
+            raise StorageError(f"cannot connect to {_endpoint()}: connection refused") from None
+        raise
 
 
-class StorageError(BittuneError):
-    """A path that cannot be read or written, with a one-line reason."""
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,13 +177,21 @@ def join(base: str, *parts: str) -> str:
 def _client(emulator: str | None, pid: int, thread: int):
     """One client per process and thread: a forked child must not share its parent's
     connections, and concurrent threads must not share one HTTP session."""
+    from google.auth import exceptions as auth_exceptions
     from google.cloud import storage  # imported lazily: local runs never need it
 
     if emulator:
         from google.auth.credentials import AnonymousCredentials
 
         return storage.Client(project="bittune-test", credentials=AnonymousCredentials())
-    return storage.Client()
+    try:
+        return storage.Client()
+    except auth_exceptions.DefaultCredentialsError:
+        raise StorageError(
+            "no Google Cloud credentials for gs:// paths: run `gcloud auth application-default "
+            "login`, set GOOGLE_APPLICATION_CREDENTIALS, or run where a service account is "
+            "attached (GKE workload identity, Vertex AI)"
+        ) from None
 
 
 def gcs_client():
@@ -263,10 +349,6 @@ class PreconditionFailed(StorageError):
 
 def read_versioned(uri: str) -> tuple[bytes | None, int]:
     """A gs:// object's bytes and generation; (None, 0) when it does not exist."""
-    return _download_versioned(uri)
-
-
-def _download_versioned(uri: str) -> tuple[bytes | None, int]:
     from google.api_core import exceptions
 
     blob = _blob(uri)
@@ -290,7 +372,7 @@ def write_if_generation(uri: str, data: bytes, generation: int) -> int:
     try:
         _call(blob.upload_from_string, data, if_generation_match=generation)
     except exceptions.PreconditionFailed:
-        current, current_generation = _download_versioned(uri)
+        current, current_generation = read_versioned(uri)
         if current == data:
             return current_generation
         raise PreconditionFailed(f"{uri} changed since it was read") from None
@@ -312,3 +394,28 @@ def object_versions(root: str) -> list[tuple[str, int, int]]:
 
 def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
+
+
+def check_writable(uri: str) -> None:
+    """Refuse, before any work, an output location that cannot be written: a local path under
+    a regular file or in a read-only folder, a gs:// bucket that does not exist, or storage
+    that cannot be reached or refuses our credentials."""
+    if is_gcs(uri):
+        from google.api_core import exceptions
+
+        bucket, name = split_gcs(uri)
+        try:
+            blobs = _call(gcs_client().list_blobs, bucket, prefix=name, max_results=1)
+            any(True for _ in blobs)
+        except exceptions.NotFound:
+            raise StorageError(f"cannot write to {uri}: bucket {bucket} does not exist") from None
+        return
+    path = os.path.abspath(uri)
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise StorageError(f"cannot write to {uri}: {existing} is a file, not a folder")
+    read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
+    if read_only or not os.access(existing, os.W_OK | os.X_OK):
+        raise StorageError(f"cannot write to {uri}: {existing} is read-only")

@@ -7,7 +7,7 @@ little-endian uint64 length, its masked CRC-32C, the payload and its masked CRC-
 Schema (feature key: type):
 
 ================== ======= ====================================================
-``image/encoded``  bytes   the image, JPEG or PNG, 3-channel RGB
+``image/encoded``  bytes   the image, JPEG or PNG: RGB, or grayscale (readers expand it)
 ``image/format``   bytes   ``jpeg`` or ``png``
 ``image/height``   int64   height of the stored image, px
 ``image/width``    int64   width of the stored image, px
@@ -29,6 +29,19 @@ import google_crc32c
 
 _MASK_DELTA = 0xA282EAD8
 
+# The schema, in the order features are encoded: (key, kind). The one definition both the
+# writer (:meth:`Record.features`) and the tf.data reader (``components.bit.inputs``) use.
+FEATURES: tuple[tuple[str, type], ...] = (
+    ("image/encoded", bytes),
+    ("image/format", bytes),
+    ("image/height", int),
+    ("image/width", int),
+    ("label", int),
+    ("label/name", bytes),
+    ("source/uri", bytes),
+    ("source/sha256", bytes),
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class Record:
@@ -44,16 +57,18 @@ class Record:
     source_sha256: str
 
     def features(self) -> list[tuple[str, bytes | int]]:
-        return [
-            ("image/encoded", self.image),
-            ("image/format", self.format.encode()),
-            ("image/height", self.height),
-            ("image/width", self.width),
-            ("label", self.label),
-            ("label/name", self.label_name.encode("utf-8")),
-            ("source/uri", self.source_uri.encode("utf-8")),
-            ("source/sha256", self.source_sha256.encode()),
-        ]
+        """The values in :data:`FEATURES` order."""
+        values = (
+            self.image,
+            self.format.encode(),
+            self.height,
+            self.width,
+            self.label,
+            self.label_name.encode("utf-8"),
+            self.source_uri.encode("utf-8"),
+            self.source_sha256.encode(),
+        )
+        return [(key, value) for (key, _), value in zip(FEATURES, values, strict=True)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,7 +213,3 @@ def read_records(path: str) -> Iterator[Record]:
     with open(path, "rb") as f:
         for payload in read_frames(f):
             yield decode_record(payload)
-
-
-def shard_name(split: str, index: int, count: int) -> str:
-    return f"{split}-{index:05d}-of-{count:05d}.tfrecord"

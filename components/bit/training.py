@@ -1,9 +1,23 @@
 """Fine-tuning BiT with the BiT-HyperRule: input pipeline, MixUp, schedule, distribution,
-gradient accumulation, checkpoints with exact resume, TensorBoard logs and SavedModel export.
+gradient accumulation, checkpoints with exact resume, TensorBoard logs and the SavedModel export.
+
+A run reads a preprocessed dataset (:class:`components.bit.dataset.Manifest`, which also names
+the HyperRule the data was prepared for) and writes three folders, each local or ``gs://``:
+the model (``saved_model``, ``labels.json``, ``hyperrule.json``, ``training.json``: what serving
+needs), the checkpoints, and the TensorBoard logs (by default ``checkpoints`` and ``logs`` inside
+the model folder).
 
 Determinism: every random choice (shuffle, crop, flip, MixUp's lambda) derives from the seed and
 the example's position in the stream, so a run restarted from a checkpoint sees exactly the
 batches an uninterrupted run would have seen from that step on.
+
+MixUp works on the whole optimizer batch: one lambda per step, each example paired with its
+mirror in the batch of ``batch_size`` examples, before the batch is split into micro-batches;
+gradient accumulation therefore gives exactly the update of one large batch, MixUp included.
+
+Momentum: tf-keras SGD's form (the learning rate inside the velocity: ``v = m v - lr g``,
+``w += v``), as BiT's TF2 reference code trains; BiT's PyTorch and JAX code apply the learning
+rate outside the velocity, which differs on warm-up steps and right after each decay.
 """
 
 from __future__ import annotations
@@ -19,21 +33,16 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from components.bit import hyperrule, models, storage
-from components.bit import images as image_files
+from components.bit import dataset as ds
+from components.bit import hyperrule, inputs, models, params, serving, storage
 from components.bit.errors import BittuneError
-from components.bit.models import tf
-from components.bit.preprocess import load_manifest
-from components.bit.validation import PRECISIONS, STRATEGIES
+from components.bit.inputs import tf
 
 CHECKPOINT_DIR = "checkpoints"
-EXPORT_DIR = "saved_model"
 LOG_DIR = "logs"
-_FEATURES = {
-    "image/encoded": tf.io.FixedLenFeature([], tf.string),
-    "image/format": tf.io.FixedLenFeature([], tf.string),
-    "label": tf.io.FixedLenFeature([], tf.int64),
-}
+SUMMARY_FILE = "training.json"
+LABELS_FILE = "labels.json"
+ACCELERATORS = ("", "gpu", "tpu")
 
 
 class TrainingError(BittuneError):
@@ -42,17 +51,22 @@ class TrainingError(BittuneError):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """One fine-tuning run: data, HyperRule, model, output, and how to run it."""
+    """One fine-tuning run: data, model, outputs, and how to run it. Checked when made."""
 
-    data_dir: str
-    hyperrule_path: str
-    model: str
-    output_dir: str
-    crop: bool = True  # random crop (off for counting tasks: resize to the crop size instead)
-    flip: bool = True  # random horizontal flip (off for localisation tasks)
+    dataset_dir: str  # a preprocessed dataset: manifest.json (and, locally, the shards)
+    model: str  # the pretrained source (BiT-M-R50x1, bit-m-r50x1, an .npz, a SavedModel …)
+    output_dir: str  # the trained model: saved_model, labels.json, hyperrule.json, training.json
+    shard_dirs: tuple[str, ...] = ()  # where the shards are (default: the dataset folder)
+    checkpoint_dir: str | None = None  # default: OUTPUT/checkpoints
+    log_dir: str | None = None  # default: OUTPUT/logs
+    hyperrule: hyperrule.HyperRule | None = None  # default: the one the dataset was made for
+    random_crop: bool = True  # off for counting tasks: resize to the crop size instead
+    random_flip: bool = True  # off for localisation tasks
     mixup: bool = True  # MixUp when the HyperRule's alpha > 0
     strategy: str = "auto"
     precision: str = "auto"
+    accelerator: str = ""  # what the step was given: "" (any), "gpu" or "tpu"; none found fails
+    replicas: int = 1  # machines training together (multi-worker; Vertex AI's CustomJob)
     xla: bool | None = None  # None: on for GPU/TPU, off on CPU
     checkpoint_every: int = 100
     eval_every: int = 100
@@ -64,6 +78,47 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this step (the schedule is unchanged)
     deterministic: bool = False
     top_k: int = 5
+
+    def __post_init__(self) -> None:
+        params.require(
+            labels={"training_strategy": "strategy", "training_replicas": "replicas"},
+            training_strategy=self.strategy,
+            precision=self.precision,
+            checkpoint_every=self.checkpoint_every,
+            seed=self.seed,
+            training_replicas=self.replicas,
+        )
+        for name in ("eval_every", "log_every", "keep_checkpoints", "top_k"):
+            if getattr(self, name) < 1:
+                raise TrainingError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise TrainingError(f"max_steps must be at least 1, got {self.max_steps}")
+        if self.accelerator not in ACCELERATORS:
+            raise TrainingError(f"accelerator must be '', gpu or tpu, got {self.accelerator!r}")
+
+    @property
+    def checkpoints(self) -> str:
+        return self.checkpoint_dir or storage.join(self.output_dir, CHECKPOINT_DIR)
+
+    @property
+    def logs(self) -> str:
+        return self.log_dir or storage.join(self.output_dir, LOG_DIR)
+
+
+def durable_folder(name: str, artifact_uri: str, artifact_path: str, root: str = "",
+                   run_id: str = "") -> str:  # fmt: skip
+    """Where a pipeline task keeps a folder a retry of the task must find (checkpoints, logs).
+
+    A retried task gets the same output artifact URIs, but its local output folders start
+    empty (the launcher uploads them only after success). So: ``root/run_id/name`` when a
+    ``root`` is given (gs://, or a volume every attempt mounts); else the artifact's own gs://
+    URI, written as training goes; else (an S3-compatible store, which only the launcher can
+    reach) the artifact's local path, which a retry does not find."""
+    if root:
+        return storage.join(root, run_id or "run", name)
+    if storage.is_gcs(artifact_uri):
+        return artifact_uri
+    return artifact_path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,151 +158,120 @@ class BitSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
 # Input pipeline
 
 
-def shard_paths(manifest: dict[str, Any], split: str) -> list[str]:
-    """Readable paths of a split's shards (the writer's path if visible here, else its URI)."""
-    entry = manifest["splits"].get(split)
-    if not entry:
-        return []
-    return [s["path"] if os.path.exists(s.get("path", "")) else s["uri"] for s in entry["shards"]]
-
-
-def _records(paths: Sequence[str], parse: bool = True):
-    """The records of ``paths`` in a fixed order, parsed (or still serialized)."""
-    files = tf.data.Dataset.from_tensor_slices(list(paths))
-    records = files.interleave(
-        lambda path: tf.data.TFRecordDataset(path, buffer_size=8 * 2**20),
-        cycle_length=max(1, min(len(paths), 8)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
-    return records.map(_parse, tf.data.AUTOTUNE) if parse else records
-
-
-def _parse(serialized):
-    return tf.io.parse_single_example(serialized, _FEATURES)
-
-
-def _decode(encoded):
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    return image
-
-
-def _resize(image, size: int):
-    """``image`` (uint8) at ``size`` x ``size``, untouched when already that size."""
-
-    def resized():
-        out = tf.image.resize(image, (size, size), method="bilinear")
-        return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
-
-    shape = tf.shape(image)
-    same = tf.logical_and(tf.equal(shape[0], size), tf.equal(shape[1], size))
-    out = tf.cond(same, lambda: image, resized)
-    out.set_shape([size, size, 3])
-    return out
-
-
-def to_unit_range(images):
-    """uint8 pixels to float32 in [0, 1] (float batches, e.g. after MixUp, pass through)."""
-    if images.dtype == tf.uint8:
-        return tf.cast(images, tf.float32) / 255.0
-    return images
-
-
-def eval_dataset(paths: Sequence[str], crop: int, batch_size: int):
-    """Evaluation preprocessing: resize straight to the crop size; every example, in order.
-    Yields (uint8 images, class indices)."""
-
-    def prepare(example):
-        return _resize(_decode(example["image/encoded"]), crop), example["label"]
-
-    records = _records(paths).map(prepare, tf.data.AUTOTUNE, deterministic=True)
-    return records.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
 def train_dataset(
     paths: Sequence[str],
     rule: hyperrule.HyperRule,
     num_classes: int,
     config: TrainConfig,
-    batch_size: int,
     num_examples: int,
     skip_examples: int = 0,
 ):
-    """Endless augmented batches of (images, one-hot labels) of ``batch_size``: uint8 images
-    (made [0, 1] floats on the accelerator), or [0, 1] floats when MixUp blends them.
+    """Endless micro-batches of ``rule.micro_batch_size``: ``(features, labels)`` with
+    ``features["images"]`` uint8 (made [0, 1] floats on the accelerator) and one-hot (or, with
+    MixUp, mixed) labels. With MixUp, ``features`` also holds each example's ``partners`` (its
+    mirror in the optimizer batch) and ``lam``, the step's lambda, and the step mixes them.
 
     Shuffle, crop offsets, flips and MixUp's lambda are stateless functions of the seed and the
     example's index in the stream; ``skip_examples`` resumes the stream where a run stopped.
     """
-    resize, crop, seed = rule.resize, rule.crop, config.seed
     cache = config.cache
     if cache is None:
-        cache = num_examples * resize * resize * 3 <= config.cache_bytes
+        cache = num_examples * rule.resize * rule.resize * 3 <= config.cache_bytes
+    stream = _augmented(paths, rule, config, num_examples, cache, skip_examples)
+    batches = stream.batch(rule.batch_size, drop_remainder=True)
+    alpha = rule.mixup_alpha if config.mixup else 0.0
+    mix = _mixup(alpha, num_classes, config.seed) if alpha > 0 else None
+
+    def step_batch(indices, images, labels):
+        """One optimizer batch, split into ``accumulation_steps`` micro-batches."""
+        one_hot = tf.one_hot(labels, num_classes)
+        features = {"images": images}
+        if mix is not None:
+            features, one_hot = mix(indices[0], images, one_hot)
+
+        def split(tensor):
+            micro = [rule.accumulation_steps, rule.micro_batch_size]
+            return tf.reshape(tensor, tf.concat([micro, tf.shape(tensor)[1:]], 0))
+
+        return tf.nest.map_structure(split, features), split(one_hot)
+
+    micro = batches.map(step_batch, tf.data.AUTOTUNE, deterministic=True).unbatch()
+    options = tf.data.Options()
+    # Every worker reads the whole stream and keeps its share of each batch: deterministic
+    # whatever the number of shard files.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return micro.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def _augmented(paths, rule, config: TrainConfig, num_examples: int, cache: bool, skip: int):
+    """(index, augmented uint8 image, label) per example, shuffled, endless, from ``skip``."""
+    resize, crop, seed = rule.resize, rule.crop, config.seed
     # Uncached, records stay serialized until the one map that parses, decodes and augments.
-    records = _records(paths, parse=False)
+    records = inputs.records(paths, parse=False)
     if cache:
         # Decoded once, at the resize size, then served from memory every epoch.
         def decoded(raw):
-            example = _parse(raw)
-            return {
-                "image": _resize(_decode(example["image/encoded"]), resize),
-                "label": example["label"],
-            }
+            example = inputs.parse_example(raw)
+            image = inputs.resize(inputs.decode(example["image/encoded"]), resize)
+            return {"image": image, "label": example["label"]}
 
         records = records.map(decoded, tf.data.AUTOTUNE, deterministic=True).cache()
     stream = (
         records.shuffle(min(num_examples, 4096), seed=seed, reshuffle_each_iteration=True)
         .repeat()
         .enumerate()
-        .skip(skip_examples)
+        .skip(skip)
     )
 
     def augment(index, example):
         key = tf.stack([tf.cast(seed, tf.int64), index])
-        if not cache:
-            example = _parse(example)
         if cache:
             image = example["image"]
-            image = (
-                tf.image.stateless_random_crop(image, (crop, crop, 3), seed=key)
-                if config.crop
-                else _resize(image, crop)
-            )
-        elif config.crop:
-            image = _fused_random_crop(example, resize, crop, key)
+            if config.random_crop:
+                image = tf.image.stateless_random_crop(image, (crop, crop, 3), seed=key)
+            else:
+                image = inputs.resize(image, crop)
         else:
-            image = _resize(_decode(example["image/encoded"]), crop)
-        if config.flip:
+            example = inputs.parse_example(example)
+            if config.random_crop:
+                image = _fused_random_crop(example, resize, crop, key)
+            else:
+                image = inputs.resize(inputs.decode(example["image/encoded"]), crop)
+        if config.random_flip:
             image = tf.image.stateless_random_flip_left_right(image, seed=key + 1)
         return index, image, example["label"]
 
-    batches = stream.map(augment, tf.data.AUTOTUNE, deterministic=True).batch(
-        batch_size, drop_remainder=True
-    )
-    alpha = rule.mixup_alpha if config.mixup else 0.0
-    if alpha > 0:
-        import tensorflow_probability as tfp
+    return stream.map(augment, tf.data.AUTOTUNE, deterministic=True)
 
-        beta = tfp.distributions.Beta(alpha, alpha)
 
-        def mixup(indices, images, labels):
-            labels = tf.one_hot(labels, num_classes)
-            key = tf.stack([tf.cast(seed + 7, tf.int64), indices[0]])
-            lam = tf.cast(beta.sample(seed=tf.cast(key, tf.int32)), tf.float32)
-            images = to_unit_range(images)
-            images = lam * images + (1 - lam) * tf.reverse(images, axis=[0])
-            labels = lam * labels + (1 - lam) * tf.reverse(labels, axis=[0])
-            return images, labels
+def _mixup(alpha: float, num_classes: int, seed: int):
+    """MixUp of one optimizer batch: one lambda ~ Beta(alpha, alpha) per step, from the seed
+    and the batch's first example index; each example paired with the batch reversed."""
+    import tensorflow_probability as tfp
 
-        batches = batches.map(mixup, tf.data.AUTOTUNE, deterministic=True)
-    else:
-        batches = batches.map(lambda i, x, y: (x, tf.one_hot(y, num_classes)))
-    options = tf.data.Options()
-    # Every worker reads the whole stream and keeps its share of each batch: deterministic
-    # whatever the number of shard files.
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return batches.prefetch(tf.data.AUTOTUNE).with_options(options)
+    beta = tfp.distributions.Beta(alpha, alpha)
+
+    def mix(first_index, images, one_hot):
+        key = tf.stack([tf.cast(seed + 7, tf.int64), first_index])
+        lam = tf.cast(beta.sample(seed=tf.cast(key, tf.int32)), tf.float32)
+        count = tf.shape(images)[0]
+        features = {
+            "images": images,
+            "partners": tf.reverse(images, axis=[0]),
+            "lam": tf.fill([count], lam),
+        }
+        return features, lam * one_hot + (1 - lam) * tf.reverse(one_hot, axis=[0])
+
+    return mix
+
+
+def model_inputs(features):
+    """[0, 1] float images from a micro-batch's features, mixed when MixUp is on."""
+    images = inputs.to_unit_range(features["images"])
+    if "partners" not in features:
+        return images
+    lam = tf.reshape(features["lam"], [-1, 1, 1, 1])
+    return lam * images + (1 - lam) * inputs.to_unit_range(features["partners"])
 
 
 def _fused_random_crop(example, resize: int, crop: int, key):
@@ -265,10 +289,11 @@ def _fused_random_crop(example, resize: int, crop: int, key):
         window_h = tf.maximum(1, tf.minimum(tf.cast(crop * scale_y, tf.int32), shape[0] - top))
         window_w = tf.maximum(1, tf.minimum(tf.cast(crop * scale_x, tf.int32), shape[1] - left))
         window = tf.stack([top, left, window_h, window_w])
-        return _resize(tf.image.decode_and_crop_jpeg(example["image/encoded"], window, 3), crop)
+        image = tf.image.decode_and_crop_jpeg(example["image/encoded"], window, 3)
+        return inputs.resize(image, crop)
 
     def generic():
-        image = _resize(_decode(example["image/encoded"]), resize)
+        image = inputs.resize(inputs.decode(example["image/encoded"]), resize)
         return tf.slice(image, [offsets[0], offsets[1], 0], [crop, crop, 3])
 
     image = tf.cond(tf.equal(example["image/format"], "jpeg"), jpeg, generic)
@@ -287,27 +312,95 @@ def configure_devices() -> None:
             tf.config.experimental.set_memory_growth(gpu, True)
 
 
-def make_strategy(name: str):
-    """A tf.distribute strategy by name; ``auto`` picks TPU, several GPUs, or the default."""
-    if name not in STRATEGIES:
-        raise TrainingError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
-    if name in ("tpu", "auto"):
-        try:
-            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
-                tpu=os.environ.get("TPU_NAME", "")
-            )
-            tf.config.experimental_connect_to_cluster(resolver)
-            tf.tpu.experimental.initialize_tpu_system(resolver)
-            return tf.distribute.TPUStrategy(resolver)
-        except (ValueError, RuntimeError, tf.errors.NotFoundError) as exc:
-            if name == "tpu":
-                raise TrainingError(f"no TPU found: {exc}") from None
-    if name == "multiworker":
+def visible_devices() -> dict[str, int]:
+    """How many GPUs and TPU chips TensorFlow sees (a seam for tests without accelerators)."""
+    return {
+        "GPU": len(tf.config.list_physical_devices("GPU")),
+        "TPU": len(tf.config.list_logical_devices("TPU")),
+    }
+
+
+def _tpu_expected(name: str, accelerator: str) -> bool:
+    hints = ("TPU_NAME", "TPU_ACCELERATOR_TYPE", "TPU_WORKER_ID")
+    return (
+        name == "tpu"
+        or accelerator == "tpu"
+        or (name == "auto" and any(os.environ.get(h) for h in hints))
+    )
+
+
+def _tpu_strategy():
+    """A TPUStrategy: on a Cloud TPU VM (and GKE TPU nodes) the chips are local ("local");
+    ``TPU_NAME`` names a remote TPU node instead."""
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+        tpu=os.environ.get("TPU_NAME") or "local"
+    )
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def vertex_tf_config() -> None:
+    """Set ``TF_CONFIG`` from Vertex AI's ``CLUSTER_SPEC`` when only the latter is given."""
+    spec = os.environ.get("CLUSTER_SPEC")
+    if not spec or os.environ.get("TF_CONFIG"):
+        return
+    cluster_spec = json.loads(spec)
+    task = cluster_spec["task"]
+    pools = {
+        pool: addresses
+        for pool, addresses in cluster_spec["cluster"].items()
+        if pool.startswith("workerpool")
+    }
+    # Vertex's pools: workerpool0 is the chief (one replica), workerpool1 the other workers.
+    cluster = {"chief": pools.get("workerpool0", [])}
+    if pools.get("workerpool1"):
+        cluster["worker"] = pools["workerpool1"]
+    kind = "chief" if task["type"] == "workerpool0" else "worker"
+    tf_config = {"cluster": cluster, "task": {"type": kind, "index": task["index"]}}
+    os.environ["TF_CONFIG"] = json.dumps(tf_config)
+
+
+def make_strategy(name: str, accelerator: str = "", replicas: int = 1):
+    """A tf.distribute strategy by name. ``auto`` picks a TPU (when the machine has one),
+    several GPUs, or the default. When ``accelerator`` (gpu or tpu) was asked for, a machine
+    without one fails here, in seconds, instead of training on the CPU. Several ``replicas``
+    (machines) train with MultiWorkerMirroredStrategy from the cluster the platform describes."""
+    if replicas > 1:
+        vertex_tf_config()
         if "TF_CONFIG" not in os.environ:
-            raise TrainingError("--strategy multiworker needs TF_CONFIG describing the cluster")
+            raise TrainingError(
+                f"training_replicas={replicas} needs a multi-worker cluster (Vertex AI "
+                "Pipelines runs one as a CustomJob: bittune compile --target vertex); this "
+                "task runs on one machine"
+            )
+        name = "multiworker"
+    if _tpu_expected(name, accelerator):
+        try:
+            return _tpu_strategy()
+        except (ValueError, RuntimeError, tf.errors.NotFoundError) as exc:
+            if name == "tpu" or accelerator == "tpu":
+                raise TrainingError(f"asked for a TPU, but none was found ({exc})") from None
+    devices = visible_devices()
+    if accelerator == "gpu" and not devices["GPU"]:
+        raise TrainingError(
+            "asked for a GPU, but TensorFlow finds none (only the CPU): check that the node "
+            "has GPUs and their driver is visible to the container (nvidia-smi), and that the "
+            "image is bittune-gpu"
+        )
+    if name == "multiworker":
+        vertex_tf_config()
+        if "TF_CONFIG" not in os.environ:
+            raise TrainingError(
+                "--strategy multiworker needs TF_CONFIG (or Vertex AI's CLUSTER_SPEC) "
+                "describing the cluster"
+            )
         return tf.distribute.MultiWorkerMirroredStrategy()
-    gpus = tf.config.list_physical_devices("GPU")
-    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
+    if name == "mirrored":
+        if not devices["GPU"]:
+            raise TrainingError("--strategy mirrored needs GPUs, but TensorFlow finds none")
+        return tf.distribute.MirroredStrategy()
+    if name == "auto" and devices["GPU"] > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
 
@@ -325,12 +418,10 @@ def strategy_name(strategy) -> str:
 def _accelerator(strategy) -> str:
     if isinstance(strategy, tf.distribute.TPUStrategy):
         return "tpu"
-    return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+    return "gpu" if visible_devices()["GPU"] else "cpu"
 
 
 def choose_precision(requested: str, accelerator: str) -> str:
-    if requested not in PRECISIONS:
-        raise TrainingError(f"unknown precision {requested!r}; valid: {', '.join(PRECISIONS)}")
     if requested != "auto":
         return requested
     if accelerator == "tpu":
@@ -344,8 +435,44 @@ def choose_precision(requested: str, accelerator: str) -> str:
     return "float32"
 
 
+_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
 # ---------------------------------------------------------------------------------------------
-# The run
+# Folders: local, or gs:// through a local mirror
+
+
+class _Folder:
+    """A run folder as a local path: the folder itself, or, for gs://, a local mirror that is
+    filled from gs:// at the start (so a new machine resumes) and pushed back (``sync``)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        if not storage.is_gcs(target):
+            os.makedirs(target, exist_ok=True)
+            self.local = target
+            return
+        self.local = os.path.join(tempfile.gettempdir(), "bittune-train", target.replace("/", "_"))
+        shutil.rmtree(self.local, ignore_errors=True)  # an exact mirror: nothing from older runs
+        os.makedirs(self.local, exist_ok=True)
+        for entry in storage.list_files(target) if storage.is_dir(target) else []:
+            path = os.path.join(self.local, entry.relpath)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            storage.write_bytes(path, storage.read_bytes(entry.uri))
+
+    def sync(self) -> None:
+        """Upload the mirror to gs:// (a checkpoint's index file last)."""
+        if self.local == self.target:
+            return
+        files = [os.path.join(d, n) for d, _, names in os.walk(self.local) for n in names]
+        files.sort(key=lambda p: os.path.basename(p) == "checkpoint")
+        for path in files:
+            rel = os.path.relpath(path, self.local).replace(os.sep, "/")
+            storage.upload_file(path, storage.join(self.target, rel))
+
+
+# ---------------------------------------------------------------------------------------------
+# The run: set-up, model and optimizer, loop, finish
 
 
 @dataclasses.dataclass
@@ -354,79 +481,69 @@ class _Run:
 
     config: TrainConfig
     rule: hyperrule.HyperRule
-    manifest: dict[str, Any]
-    labels: list[str]
-    work_dir: str  # local folder the run writes (the output, or a staging copy of gs:// output)
+    manifest: ds.Manifest
+    shards: dict[str, list[str]]  # split -> shard paths
+    output: _Folder
+    checkpoints: _Folder | None = None
+    logs: _Folder | None = None
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest.labels)
 
 
 def prepare(config: TrainConfig) -> _Run:
     """Check every input before anything expensive: data, HyperRule, output, model source."""
-    manifest = load_manifest(config.data_dir)
-    try:
-        rule_text = storage.read_text(config.hyperrule_path)
-    except (FileNotFoundError, storage.StorageError):
-        raise TrainingError(f"HyperRule file not found: {config.hyperrule_path}") from None
-    try:
-        rule = hyperrule.from_dict(json.loads(rule_text))
-    except json.JSONDecodeError as exc:
-        raise TrainingError(f"{config.hyperrule_path} is not valid JSON: {exc}") from None
-    labels = list(manifest["labels"])
-    if len(labels) < 2:
-        raise TrainingError(f"the dataset has {len(labels)} class(es); need at least 2")
-    if not manifest["splits"].get("train", {}).get("examples"):
-        raise TrainingError(f"the dataset in {config.data_dir} has no training examples")
-    for name in ("checkpoint_every", "eval_every", "log_every", "keep_checkpoints", "top_k"):
-        if getattr(config, name) < 1:
-            raise TrainingError(f"{name} must be at least 1, got {getattr(config, name)}")
-    if config.max_steps is not None and config.max_steps < 1:
-        raise TrainingError(f"max_steps must be at least 1, got {config.max_steps}")
+    manifest = ds.read_manifest(config.dataset_dir)
+    rule = config.hyperrule or manifest.rule
+    if manifest.num_classes < 2:
+        raise TrainingError(f"the dataset has {manifest.num_classes} class(es); need at least 2")
+    if not manifest.examples("train"):
+        raise TrainingError(f"the dataset in {config.dataset_dir} has no training examples")
     models.resolve(config.model)  # an unknown name fails here, before any download
-    work_dir = _staging_dir(config.output_dir)
-    previous = os.path.join(work_dir, "labels.json")
+    roots = list(config.shard_dirs) or [config.dataset_dir]
+    shards = {split: manifest.shard_paths(split, roots) for split in ("train", "validation")}
+    output = _Folder(config.output_dir)
+    previous = os.path.join(output.local, LABELS_FILE)
     if os.path.exists(previous):
         earlier = json.loads(storage.read_text(previous))["labels"]
-        if earlier != labels:
+        if earlier != list(manifest.labels):
             raise TrainingError(
                 f"{config.output_dir} holds a run on {len(earlier)} other classes "
-                f"({', '.join(earlier[:5])}…); the data has {len(labels)}: use a new --output"
+                f"({', '.join(earlier[:5])}…); the data has {manifest.num_classes}: use a new "
+                "output folder"
             )
-    return _Run(config, rule, manifest, labels, work_dir)
+    return _Run(config, rule, manifest, shards, output)
 
 
-def _staging_dir(output_dir: str) -> str:
-    """The local folder a run writes: the output itself, or a mirror of a gs:// output."""
-    if not storage.is_gcs(output_dir):
-        os.makedirs(output_dir, exist_ok=True)
-        return output_dir
-    local = os.path.join(tempfile.gettempdir(), "bittune-train", output_dir.replace("/", "_"))
-    shutil.rmtree(local, ignore_errors=True)  # an exact mirror: nothing left from older runs
-    os.makedirs(local, exist_ok=True)
-    for entry in storage.list_files(output_dir) if storage.is_dir(output_dir) else []:
-        target = os.path.join(local, entry.relpath)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        storage.write_bytes(target, storage.read_bytes(entry.uri))
-    return local
+def finished_summary(run: _Run) -> dict[str, Any] | None:
+    """The summary of an earlier run in the same output that already finished this schedule."""
+    path = os.path.join(run.output.local, SUMMARY_FILE)
+    if not os.path.exists(path):
+        return None
+    summary = json.loads(storage.read_text(path))
+    same = (
+        summary.get("hyperrule") == run.rule.to_dict() and summary.get("model") == run.config.model
+    )
+    done = summary.get("finished") and os.path.isdir(
+        os.path.join(run.output.local, serving.EXPORT_DIR)
+    )
+    return summary if same and done else None
 
 
-def _sync_up(run: _Run, is_chief: bool = True) -> None:
-    """Copy the staging folder to a gs:// output (the checkpoint index last)."""
-    if not is_chief or not storage.is_gcs(run.config.output_dir):
-        return
-    files = []
-    for folder, _, names in os.walk(run.work_dir):
-        files += [os.path.join(folder, n) for n in names]
-    files.sort(key=lambda p: os.path.basename(p) == "checkpoint")
-    for path in files:
-        rel = os.path.relpath(path, run.work_dir).replace(os.sep, "/")
-        storage.upload_file(path, storage.join(run.config.output_dir, rel))
+@dataclasses.dataclass
+class _Setup:
+    strategy: Any
+    accelerator: str
+    precision: str
+    xla: bool
+    replicas: int
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
-    """Fine-tune, checkpointing as it goes; resume from the latest checkpoint in the output."""
+def _set_up(config: TrainConfig, rule: hyperrule.HyperRule) -> _Setup:
+    """Devices, strategy, precision policy, XLA, determinism and seeds."""
     configure_devices()
-    strategy = make_strategy(config.strategy)  # first: multi-worker set-up must precede ops
-    run = prepare(config)
-    rule, work = run.rule, run.work_dir
+    strategy = make_strategy(config.strategy, config.accelerator, config.replicas)
     replicas = strategy.num_replicas_in_sync
     if rule.micro_batch_size % replicas:
         raise TrainingError(
@@ -434,19 +551,32 @@ def train(config: TrainConfig) -> dict[str, Any]:
         )
     accelerator = _accelerator(strategy)
     precision = choose_precision(config.precision, accelerator)
-    policy = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
-    tf.keras.mixed_precision.set_global_policy(policy[precision])
+    tf.keras.mixed_precision.set_global_policy(_POLICIES[precision])
     xla = config.xla if config.xla is not None else accelerator != "cpu"
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     tf.keras.utils.set_random_seed(config.seed)
+    return _Setup(strategy, accelerator, precision, xla, replicas)
 
-    with strategy.scope():
-        model = models.build_classifier(models.load_backbone(config.model), len(run.labels))
+
+@dataclasses.dataclass
+class _Trainable:
+    model: Any
+    optimizer: Any
+    accumulators: list[Any]
+    checkpoint: Any
+    manager: Any
+
+
+def _build(run: _Run, setup: _Setup) -> _Trainable:
+    """Model, optimizer, gradient accumulators; restored from the latest checkpoint if any."""
+    rule = run.rule
+    with setup.strategy.scope():
+        model = models.build_classifier(models.load_backbone(run.config.model), len(run.labels))
         optimizer = tf.keras.optimizers.SGD(
             BitSchedule(rule.base_lr, rule.warmup_steps, rule.decay_steps), momentum=rule.momentum
         )
-        if precision == "float16":
+        if setup.precision == "float16":
             optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
         accumulators = (
@@ -463,104 +593,128 @@ def train(config: TrainConfig) -> dict[str, Any]:
             else []
         )
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-    is_chief = _is_chief(strategy)
-    checkpoint_dir = os.path.join(work, CHECKPOINT_DIR) if is_chief else tempfile.mkdtemp()
-    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, config.keep_checkpoints)
+    chief = _is_chief(setup.strategy)
+    if chief:
+        run.checkpoints = _Folder(run.config.checkpoints)
+        folder = run.checkpoints.local
+    else:
+        folder = tempfile.mkdtemp()
+    manager = tf.train.CheckpointManager(checkpoint, folder, run.config.keep_checkpoints)
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    start = int(optimizer.iterations.numpy())
-    end = min(rule.total_steps, config.max_steps or rule.total_steps)
-    storage.write_text(os.path.join(work, "labels.json"), json.dumps({"labels": run.labels}) + "\n")
-    storage.write_text(os.path.join(work, "hyperrule.json"), rule.to_json())
+    return _Trainable(model, optimizer, accumulators, checkpoint, manager)
 
-    train_paths = shard_paths(run.manifest, "train")
-    examples = run.manifest["splits"]["train"]["examples"]
-    micro = rule.micro_batch_size
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Fine-tune, checkpointing as it goes; resume from the latest checkpoint. A run whose
+    output already holds this schedule's finished model returns that run's summary."""
+    run = prepare(config)
+    done = finished_summary(run)
+    if done is not None:
+        return {**done, "already_finished": True}
+    setup = _set_up(config, run.rule)
+    trainable = _build(run, setup)
+    history, step, rate = _loop(run, setup, trainable)
+    return _finish(run, setup, trainable, history, step, rate)
+
+
+def _loop(run: _Run, setup: _Setup, t: _Trainable) -> tuple[list[dict[str, float]], int, float]:
+    """Train from the restored step to the end (or ``max_steps``), logging, validating and
+    checkpointing; returns (validation history, last step, images per second)."""
+    config, rule = run.config, run.rule
+    start = int(t.optimizer.iterations.numpy())
+    end = min(rule.total_steps, config.max_steps or rule.total_steps)
+    examples = run.manifest.examples("train")
     dataset = train_dataset(
-        train_paths,
+        run.shards["train"],
         rule,
         len(run.labels),
         config,
-        micro,
         examples,
-        skip_examples=start * rule.accumulation_steps * micro,
+        skip_examples=start * rule.batch_size,
     )
-    iterator = iter(strategy.experimental_distribute_dataset(dataset))
-    step_fn = _make_train_step(strategy, model, optimizer, accumulators, rule, xla)
-    validation = shard_paths(run.manifest, "validation")
-    writers = _summary_writers(work, is_chief)
-
-    print(
-        f"training {model.name} ({config.model}) on {examples:,} examples, {len(run.labels)} "
+    iterator = iter(setup.strategy.experimental_distribute_dataset(dataset))
+    step_fn = _make_train_step(
+        setup.strategy, t.model, t.optimizer, t.accumulators, rule, setup.xla
+    )
+    chief = _is_chief(setup.strategy)
+    if chief:
+        run.logs = _Folder(config.logs)
+    writers = _summary_writers(run.logs.local if chief else None)
+    _say(
+        f"training {t.model.name} ({config.model}) on {examples:,} examples, {len(run.labels)} "
         f"classes: steps {start}->{end} of {rule.total_steps}, batch {rule.batch_size} = "
-        f"{micro} x {rule.accumulation_steps} accumulation, {replicas} replica(s), "
-        f"{accelerator}, {precision}, XLA {'on' if xla else 'off'}",
-        file=sys.stderr,
-        flush=True,
+        f"{rule.micro_batch_size} x {rule.accumulation_steps} accumulation, {setup.replicas} "
+        f"replica(s), {setup.accelerator}, {setup.precision}, XLA {'on' if setup.xla else 'off'}"
     )
     history: list[dict[str, float]] = []
-    started, images_done = time.monotonic(), 0
-    step = start
+    started, images_done, step = time.monotonic(), 0, start
     try:
         while step < end:
             loss, accuracy = (float(v) for v in step_fn(iterator))
             step += 1
             images_done += rule.batch_size
+            rate = images_done / max(time.monotonic() - started, 1e-9)
             if step % config.log_every == 0 or step == end:
-                elapsed = time.monotonic() - started
-                rate = images_done / max(elapsed, 1e-9)
                 lr = rule.learning_rate(step - 1)
-                eta = (end - step) * rule.batch_size / max(rate, 1e-9)
-                print(
-                    f"step {step}/{end} loss {loss:.4f} acc {accuracy:.3f} lr {lr:.3g} "
-                    f"{rate:.1f} img/s ETA {_duration(eta)}",
-                    file=sys.stderr,
-                    flush=True,
+                eta = _duration((end - step) * rule.batch_size / max(rate, 1e-9))
+                _say(f"step {step}/{end} loss {loss:.4f} acc {accuracy:.3f} lr {lr:.3g} "
+                     f"{rate:.1f} img/s ETA {eta}")  # fmt: skip
+                _scalars(writers["train"], step, loss=loss, accuracy=accuracy, learning_rate=lr,
+                         images_per_second=rate)  # fmt: skip
+            if run.shards["validation"] and (step % config.eval_every == 0 or step == end):
+                metrics = validation_metrics(
+                    t.model, run.shards["validation"], rule.crop, rule.micro_batch_size
                 )
-                _scalars(
-                    writers["train"],
-                    step,
-                    loss=loss,
-                    accuracy=accuracy,
-                    learning_rate=lr,
-                    images_per_second=rate,
-                )
-            if validation and (step % config.eval_every == 0 or step == end):
-                metrics = evaluate_model(model, validation, rule.crop, micro)
                 _scalars(writers["validation"], step, **metrics)
                 history.append({"step": step, **metrics})
-                print(
-                    f"validation at step {step}: loss {metrics['loss']:.4f} "
-                    f"accuracy {metrics['accuracy']:.4f}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                _say(f"validation at step {step}: loss {metrics['loss']:.4f} "
+                     f"accuracy {metrics['accuracy']:.4f}")  # fmt: skip
             if step % config.checkpoint_every == 0 or step == end:
-                manager.save(checkpoint_number=step)
-                _sync_up(run, is_chief)
+                t.manager.save(checkpoint_number=step)
+                if chief:
+                    run.checkpoints.sync()
+                    run.logs.sync()
     except tf.errors.ResourceExhaustedError:
+        micro = rule.micro_batch_size
         raise TrainingError(
             f"out of memory at micro-batch {micro}: try --micro-batch-size {max(1, micro // 2)} "
             f"(the batch of {rule.batch_size} is kept by gradient accumulation)"
         ) from None
+    return history, step, images_done / max(time.monotonic() - started, 1e-9)
+
+
+def _finish(run: _Run, setup: _Setup, t: _Trainable, history, step: int, rate: float):
+    """Export the model when the schedule is done; write the summary and the labels."""
     summary = {
-        "model": config.model,
+        "model": run.config.model,
         "steps": step,
-        "total_steps": rule.total_steps,
-        "finished": step >= rule.total_steps,
-        "precision": precision,
-        "strategy": strategy_name(strategy),
-        "replicas": replicas,
+        "total_steps": run.rule.total_steps,
+        "finished": step >= run.rule.total_steps,
+        "precision": setup.precision,
+        "strategy": strategy_name(setup.strategy),
+        "replicas": setup.replicas,
         "validation": history,
-        "images_per_second": images_done / max(time.monotonic() - started, 1e-9),
+        "images_per_second": rate,
+        "hyperrule": run.rule.to_dict(),
     }
-    if is_chief:
-        if summary["finished"]:
-            export(model, run.labels, rule.crop, os.path.join(work, EXPORT_DIR), config.top_k)
-        summary_text = json.dumps(summary, indent=2) + "\n"
-        storage.write_text(os.path.join(work, "training.json"), summary_text)
-        _sync_up(run)
+    if not _is_chief(setup.strategy):
+        return summary
+    out = run.output.local
+    if summary["finished"]:
+        serving.export(
+            t.model, run.labels, run.rule.crop, os.path.join(out, serving.EXPORT_DIR),
+            run.config.top_k,
+        )  # fmt: skip
+    storage.write_text(os.path.join(out, LABELS_FILE), json.dumps({"labels": run.labels}) + "\n")
+    storage.write_text(os.path.join(out, ds.HYPERRULE_FILE), run.rule.to_json())
+    storage.write_text(os.path.join(out, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
+    run.output.sync()
     return summary
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _is_chief(strategy) -> bool:
@@ -582,8 +736,8 @@ def _make_train_step(strategy, model, optimizer, accumulators, rule, xla: bool):
     scaled = isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
 
     @tf.function(jit_compile=xla)
-    def gradients(images, labels):
-        images = to_unit_range(images)
+    def gradients(features, labels):
+        images = model_inputs(features)
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
             losses = tf.nn.softmax_cross_entropy_with_logits(labels, logits)
@@ -597,13 +751,13 @@ def _make_train_step(strategy, model, optimizer, accumulators, rule, xla: bool):
         )
         return loss, correct, grads
 
-    def single(images, labels):
-        loss, correct, grads = gradients(images, labels)
+    def single(features, labels):
+        loss, correct, grads = gradients(features, labels)
         optimizer.apply_gradients(zip(grads, variables, strict=True))
         return loss, correct
 
-    def accumulate(images, labels):
-        loss, correct, grads = gradients(images, labels)
+    def accumulate(features, labels):
+        loss, correct, grads = gradients(features, labels)
         for accumulator, grad in zip(accumulators, grads, strict=True):
             accumulator.assign_add(grad)
         return loss, correct
@@ -632,11 +786,11 @@ def _make_train_step(strategy, model, optimizer, accumulators, rule, xla: bool):
     return step
 
 
-def evaluate_model(model, paths: Sequence[str], crop: int, batch_size: int) -> dict[str, float]:
+def validation_metrics(model, paths: Sequence[str], crop: int, batch_size: int) -> dict[str, float]:
     """Loss and top-1 accuracy over every example of ``paths``."""
     total = loss_sum = correct = 0.0
-    for images, labels in eval_dataset(paths, crop, batch_size):
-        logits = model(to_unit_range(images), training=False)
+    for images, labels in inputs.eval_dataset(paths, crop, batch_size):
+        logits = model(inputs.to_unit_range(images), training=False)
         loss_sum += float(
             tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
         )
@@ -647,14 +801,11 @@ def evaluate_model(model, paths: Sequence[str], crop: int, batch_size: int) -> d
     return {"loss": loss_sum / max(total, 1), "accuracy": correct / max(total, 1)}
 
 
-def _summary_writers(work: str, is_chief: bool):
-    if not is_chief:
-        return {
-            "train": tf.summary.create_noop_writer(),
-            "validation": tf.summary.create_noop_writer(),
-        }
+def _summary_writers(folder: str | None):
+    if folder is None:
+        return {name: tf.summary.create_noop_writer() for name in ("train", "validation")}
     return {
-        name: tf.summary.create_file_writer(os.path.join(work, LOG_DIR, name))
+        name: tf.summary.create_file_writer(os.path.join(folder, name))
         for name in ("train", "validation")
     }
 
@@ -668,81 +819,6 @@ def _scalars(writer, step: int, **values: float) -> None:
 
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
-    return (
-        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-        if seconds >= 3600
-        else (f"{seconds // 60}m{seconds % 60:02d}s")
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Export and prediction
-
-
-class _Serving(tf.Module):
-    def __init__(self, model, labels: Sequence[str], crop: int, top_k: int):
-        super().__init__()
-        self.model = model
-        self.labels = tf.constant(list(labels))
-        self.crop = crop
-        self.top_k = min(top_k, len(labels))
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-    def serve(self, image_bytes):
-        def one(encoded):
-            image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-            image.set_shape([None, None, 3])
-            return to_unit_range(_resize(image, self.crop))
-
-        images = tf.map_fn(
-            one,
-            image_bytes,
-            fn_output_signature=tf.TensorSpec([self.crop, self.crop, 3], tf.float32),
-        )
-        probabilities = tf.nn.softmax(tf.cast(self.model(images, training=False), tf.float32))
-        top = tf.math.top_k(probabilities, k=self.top_k)
-        return {
-            "probabilities": probabilities,
-            "top_k_scores": top.values,
-            "top_k_classes": tf.gather(self.labels, top.indices),
-        }
-
-
-def export(model, labels: Sequence[str], crop: int, directory: str, top_k: int = 5) -> str:
-    """A SavedModel whose serving signature takes encoded JPEG/PNG bytes (``image_bytes``) and
-    returns ``probabilities``, ``top_k_classes`` and ``top_k_scores``; labels embedded."""
-    module = _Serving(model, labels, crop, top_k)
-    tmp = directory.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(tmp, directory)
-    return directory
-
-
-def predict(model_dir: str, image_uris: Sequence[str]) -> list[dict[str, Any]]:
-    """Top-k classes of each image file, from an exported model (a run's output or its
-    saved_model folder)."""
-    path = model_dir
-    if not storage.exists(storage.join(path, "saved_model.pb")):
-        path = storage.join(model_dir, EXPORT_DIR)
-    if not storage.exists(storage.join(path, "saved_model.pb")):
-        raise TrainingError(f"no exported model in {model_dir} (did training finish?)")
-    serve = tf.saved_model.load(path).signatures["serving_default"]
-    results = []
-    for image in image_uris:
-        try:
-            data = storage.read_bytes(image)
-        except (OSError, storage.StorageError) as exc:
-            raise TrainingError(f"cannot read {image}: {exc}") from None
-        checked = image_files.inspect(data)  # header only: bombs and broken files never decode
-        if isinstance(checked, image_files.Problem):
-            raise TrainingError(f"{image}: {checked.reason}")
-        try:
-            out = serve(image_bytes=tf.constant([data]))
-        except tf.errors.InvalidArgumentError:
-            raise TrainingError(f"{image} is not a JPEG, PNG, GIF or BMP image") from None
-        classes = [c.decode("utf-8") for c in out["top_k_classes"].numpy()[0]]
-        scores = [float(s) for s in out["top_k_scores"].numpy()[0]]
-        results.append({"image": image, "top_k": list(zip(classes, scores, strict=True))})
-    return results
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"

@@ -1,0 +1,435 @@
+"""The one table of bit-finetune's parameters: name, type, default, bounds or choices, help.
+
+Everything else is derived from it: the pipeline's signature and the descriptions the KFP UI
+shows (:func:`pipeline_signature`), the checks ``bittune run``/``submit`` make before anything
+starts (:func:`pipeline_problems`), the checks every component and config object makes
+(:func:`require`), and the ``bittune`` command-line options (:func:`add_option`). No TensorFlow,
+no KFP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from components.bit import hyperrule, sources
+from components.bit.errors import BittuneError
+
+REQUIRED = inspect.Parameter.empty
+STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+TARGETS = ("kubeflow", "vertex")
+# Where a step running on a cluster can read from: Cloud Storage (or its /gcs/ FUSE mount),
+# TFDS names, and web URLs for checkpoints. A path on the submitting machine is not.
+CLUSTER_READABLE = ("gs://", "/gcs/", "tfds:", "https://", "http://")
+
+
+class ParameterError(BittuneError):
+    """One or more invalid parameters; the message lists each with the reason."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One parameter: what it is, its default, the values it accepts and a one-line help."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    parse: Callable[[Any], Any] | None = None  # raises BittuneError on a bad value
+    target_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def default_for(self, target: str = "kubeflow") -> Any:
+        return self.target_defaults.get(target, self.default)
+
+    def problem(self, value: Any, label: str | None = None) -> str | None:
+        """What is wrong with ``value`` for this parameter, or None."""
+        name = label or self.name
+        if self.type is int:
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)  # KFP hands some integers over as floats
+            if not _is_int(value):
+                return f"{name} must be a whole number, got {value!r}"
+        elif self.type is float:
+            if not _is_number(value):
+                return f"{name} must be a number, got {value!r}"
+        elif not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
+            return f"{name} must be {_TYPE_WORDS[self.type]}, got {value!r}"
+        if self.choices and value not in self.choices:
+            return f"{name} must be one of {', '.join(self.choices)}, got {value!r}"
+        low, high = self.minimum, self.maximum
+        if (low is not None and value < low) or (high is not None and value > high):
+            if low is not None and high is not None:
+                bound = f"between {low:g} and {high:g}"
+            else:
+                bound = f">= {low:g}" if low is not None else f"<= {high:g}"
+            kind = "a number " if self.type is float else ""
+            return f"{name} must be {kind}{bound}, got {value!r}"
+        if self.parse is not None:
+            try:
+                self.parse(value)
+            except BittuneError as exc:
+                return str(exc)
+        return None
+
+    def cli_help(self) -> str:
+        if self.default is REQUIRED or self.default in ("", None) or self.type is bool:
+            return self.help
+        return f"{self.help} (default {self.default})"
+
+
+_TYPE_WORDS = {bool: "true or false", str: "text", dict: "a JSON object", list: "a JSON list"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsers for the parameters that are text with a structure
+
+
+def parse_fractions(text: str) -> tuple[float, float, float]:
+    """``"0.8,0.1,0.1"`` -> three fractions, checked by :func:`sources.check_fractions`."""
+    try:
+        parts = [float(part) for part in str(text).split(",")]
+    except ValueError:
+        raise ParameterError(
+            f"split_fractions must be three numbers like 0.8,0.1,0.1, got {text!r}"
+        ) from None
+    try:
+        return sources.check_fractions(parts)
+    except sources.SourceError as exc:
+        raise ParameterError(f"split_fractions {text!r}: {exc}") from None
+
+
+def parse_overrides(text: str | Mapping[str, Any]) -> dict[str, Any]:
+    """HyperRule overrides (a JSON object or a mapping), each field checked by the HyperRule's
+    own field table."""
+    if isinstance(text, Mapping):
+        overrides = dict(text)
+    else:
+        try:
+            overrides = json.loads(text or "{}")
+        except json.JSONDecodeError as exc:
+            raise ParameterError(f"hyperrule_overrides is not valid JSON: {exc}") from None
+    if not isinstance(overrides, dict):
+        raise ParameterError(f"hyperrule_overrides must be a JSON object, got {text!r}")
+    problems = hyperrule.override_problems(overrides)
+    if problems:
+        raise ParameterError("; ".join(f"hyperrule_overrides: {p}" for p in problems))
+    return overrides
+
+
+def _check_quantity(text: str) -> None:
+    """A Kubernetes quantity such as ``8``, ``500m``, ``32G`` or ``30Gi``."""
+    number = str(text).rstrip("mkMGTPEi")
+    try:
+        ok = float(number) > 0
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ParameterError(f"{text!r} is not a resource quantity like 8, 500m, 32G or 30Gi")
+
+
+def _check_model(source: str) -> None:
+    from components.bit import model_sources
+
+    model_sources.check_name(source)  # no I/O: existence is checked up front, where it can be
+
+
+# ---------------------------------------------------------------------------------------------
+# The table
+
+PARAMETERS: dict[str, Param] = {
+    p.name: p
+    for p in (
+        Param("data_source", str, REQUIRED,
+              "Image folder (gs:// or /gcs/...), CSV/JSONL manifest, or tfds:NAME."),
+        Param("data_dir", str, "",
+              "TFDS data folder, or the data root manifest paths must stay inside."),
+        Param("data_fingerprint", str, "",
+              "Digest of the data's objects (bittune submit/trigger set it): new data is "
+              "analysed again instead of a cache hit."),
+        Param("split_fractions", str, "0.8,0.1,0.1",
+              "train,validation,test fractions for sources without splits.",
+              parse=parse_fractions),
+        Param("few_shot", int, 0,
+              "Keep k training images per class (BiT's k-shot setting); 0 keeps all.",
+              minimum=0),
+        Param("max_pixels", int, 100_000_000,
+              "Images above this many pixels are rejected as decompression bombs.", minimum=1),
+        Param("hyperrule_variant", str, "reference",
+              "HyperRule variant: reference (BiT's code) or paper.",
+              choices=hyperrule.VARIANTS),
+        Param("hyperrule_overrides", str, "{}",
+              'JSON object overriding HyperRule fields, e.g. {"batch_size": 128}.',
+              parse=parse_overrides),
+        Param("model", str, "bittune-tiny",
+              "Pretrained BiT: BiT-M-R50x1 (.npz), bit-m-r50x1 (TF Hub), an .npz or "
+              "SavedModel path, or bittune-tiny.", parse=_check_model),
+        Param("preprocess_workers", int, 2, "Parallel TFRecord-writing workers.",
+              minimum=1, maximum=1000),
+        Param("shard_megabytes", int, 150, "Largest TFRecord shard, MiB.",
+              minimum=1, maximum=10_000),
+        Param("shard_examples", int, 2048,
+              "Most examples in one TFRecord shard (keeps small images in many shards).",
+              minimum=1, maximum=1_000_000),
+        Param("seed", int, 0,
+              "Seed for shard order, few-shot choice, shuffling and augmentation.", minimum=0),
+        Param("random_crop", bool, True, "Random-crop augmentation (off for counting tasks)."),
+        Param("random_flip", bool, True,
+              "Random-flip augmentation (off for localisation tasks)."),
+        Param("mixup", bool, True, "MixUp when the HyperRule turns it on."),
+        Param("training_strategy", str, "auto",
+              "tf.distribute strategy: auto, default, mirrored, multiworker or tpu.",
+              choices=STRATEGIES),
+        Param("precision", str, "auto",
+              "auto (bfloat16 on TPU and recent GPUs), float32, bfloat16 or float16.",
+              choices=PRECISIONS),
+        Param("checkpoint_every", int, 100,
+              "Steps between training checkpoints (a retried task resumes).", minimum=1),
+        Param("checkpoint_root", str, "",
+              "gs:// folder (or a mounted volume) for checkpoints, keyed by run; '' uses the "
+              "checkpoints artifact."),
+        Param("accelerator_type", str, "nvidia.com/gpu",
+              "Training accelerator: nvidia.com/gpu on Kubernetes; NVIDIA_L4, NVIDIA_TESLA_T4 "
+              "or TPU_V5_LITEPOD on Vertex AI.",
+              target_defaults={"vertex": "NVIDIA_L4"}),
+        Param("accelerator_count", int, 1, "Accelerators for training (0: CPU only).",
+              minimum=0, maximum=64),
+        Param("training_cpu", str, "6",
+              "CPUs for training (fits an n1-standard-8 or g2-standard-8 node).",
+              parse=_check_quantity),
+        Param("training_memory", str, "24G", "Memory for training.", parse=_check_quantity),
+        Param("training_replicas", int, 1,
+              "Training machines (Vertex AI: a multi-worker CustomJob; Kubeflow: 1).",
+              minimum=1, maximum=64),
+        Param("training_node_selector", dict, {},
+              'Node selector for training, e.g. {"cloud.google.com/gke-accelerator": '
+              '"nvidia-l4"}.'),
+        Param("training_tolerations", list, [],
+              'Tolerations for training, e.g. [{"key": "nvidia.com/gpu", "operator": '
+              '"Exists", "effect": "NoSchedule"}].'),
+        Param("blessing_threshold", float, 0.0,
+              "Minimum test accuracy to push (the model must also beat the majority class "
+              "and the current serving version).", minimum=0, maximum=1),
+        Param("baseline_model", str, "",
+              "Model to beat (a run or SavedModel); '' compares with the newest version "
+              "under serving_root."),
+        Param("baseline_tolerance", float, 0.0,
+              "How much below the baseline's accuracy is still blessed.", minimum=0, maximum=1),
+        Param("serving_root", str, "",
+              "Versioned serving location (gs://...); '' keeps versions in the push artifact."),
+    )
+}  # fmt: skip
+
+KUBEFLOW_ONLY = ("training_node_selector", "training_tolerations")
+
+
+def accelerator_kind(accelerator_type: str, accelerator_count: int) -> str:
+    """What training runs on: "tpu", "gpu", or "" (CPU only, no accelerator asked for)."""
+    if not accelerator_count:
+        return ""
+    kind = accelerator_type.strip().lower()
+    return "tpu" if kind.startswith("tpu") or kind == "google.com/tpu" else "gpu"
+
+
+def names(target: str = "kubeflow") -> list[str]:
+    """The pipeline's parameters for a target, required first."""
+    chosen = [n for n in PARAMETERS if target == "kubeflow" or n not in KUBEFLOW_ONLY]
+    return sorted(chosen, key=lambda n: PARAMETERS[n].default is not REQUIRED)
+
+
+def defaults(target: str = "kubeflow") -> dict[str, Any]:
+    return {
+        n: PARAMETERS[n].default_for(target)
+        for n in names(target)
+        if PARAMETERS[n].default is not REQUIRED
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Derived: checks
+
+
+def problems(values: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> list[str]:
+    """A problem per invalid value (names from the table; ``labels`` renames them in messages,
+    e.g. a component input called ``threshold`` for ``blessing_threshold``)."""
+    labels = labels or {}
+    found = []
+    for name, value in values.items():
+        problem = PARAMETERS[name].problem(value, labels.get(name))
+        if problem:
+            found.append(problem)
+    return found
+
+
+def require(labels: Mapping[str, str] | None = None, **values: Any) -> None:
+    """Raise :class:`ParameterError` naming every invalid value (config objects, components)."""
+    found = problems(values, labels)
+    if found:
+        raise ParameterError("invalid parameters: " + "; ".join(found))
+
+
+def require_inputs(inputs: Mapping[str, Any]) -> None:
+    """For components: check every input that is a table parameter (pass ``locals()``)."""
+    require(**{name: value for name, value in inputs.items() if name in PARAMETERS})
+
+
+def require_worker(worker_index: Any, num_workers: Any) -> None:
+    """A fan-out worker's index and count (not pipeline parameters: the plan sets them)."""
+    count = Param("num_workers", int, 1, "", minimum=1, maximum=1000).problem(num_workers)
+    index = None
+    if count is None:
+        bound = int(num_workers) - 1
+        index = Param("worker_index", int, 0, "", minimum=0, maximum=bound).problem(worker_index)
+    found = [p for p in (count, index) if p]
+    if found:
+        raise ParameterError("invalid parameters: " + "; ".join(found))
+
+
+def pipeline_problems(
+    values: Mapping[str, Any], *, on_cluster: bool, target: str = "kubeflow"
+) -> list[str]:
+    """Every problem with a run's parameters (missing ones take their defaults).
+
+    ``on_cluster``: the run executes on a cluster, which cannot read the submitting machine's
+    files; otherwise local paths must exist."""
+    found = [f"unknown parameter {n!r}" for n in values if n not in PARAMETERS]
+    given = {n: v for n, v in values.items() if n in PARAMETERS}
+    merged = {**defaults(target), **given}
+    found += problems({n: v for n, v in merged.items() if n != "data_source"})
+    if target == "kubeflow" and merged["training_replicas"] != 1:
+        found.append(
+            "training_replicas > 1 needs Vertex AI Pipelines (bittune compile --target vertex); "
+            "on Kubeflow Pipelines train on one machine (see README: Kubeflow Trainer)"
+        )
+    data, data_dir = merged.get("data_source"), merged["data_dir"] or None
+    paths = {
+        "data_source": data,
+        "data_dir": data_dir,
+        "baseline_model": merged["baseline_model"],
+        "serving_root": merged["serving_root"],
+        "checkpoint_root": merged["checkpoint_root"],
+    }
+    if not data:
+        found.append("data_source is required")
+    elif on_cluster:
+        for name, value in paths.items():
+            if value and not str(value).startswith(CLUSTER_READABLE):
+                found.append(
+                    f"{name} {value!r} is a path on this machine, which the cluster cannot "
+                    "read; use gs://… (or /gcs/…)"
+                )
+    else:
+        found.append(_parsed(lambda: sources.check_source(data, data_dir)))
+    model = merged["model"]
+    if not (on_cluster and str(model).startswith(("gs://", "/gcs/"))):
+        from components.bit import model_sources
+
+        found.append(_parsed(lambda: model_sources.check_model(model)))
+    return list(dict.fromkeys(p for p in found if p))  # a problem found twice is named once
+
+
+def _parsed(check: Callable[[], Any]) -> str | None:
+    try:
+        check()
+    except BittuneError as exc:
+        return str(exc)
+    return None
+
+
+def check_pipeline(
+    values: Mapping[str, Any], *, on_cluster: bool = False, target: str = "kubeflow"
+) -> None:
+    """Raise :class:`ParameterError` naming every invalid parameter of a run."""
+    found = pipeline_problems(values, on_cluster=on_cluster, target=target)
+    if found:
+        raise ParameterError("invalid parameters:\n  - " + "\n  - ".join(found))
+
+
+# ---------------------------------------------------------------------------------------------
+# Derived: the pipeline's signature and descriptions, component descriptions, CLI options
+
+
+def describe(
+    summary: str, inputs: Iterable[str], own: Mapping[str, str] | None = None, returns: str = ""
+) -> str:
+    """A KFP-style docstring (the descriptions the KFP UI shows): ``Args:`` from the table for
+    table parameters, from ``own`` for a component's other inputs."""
+    own = own or {}
+    lines = [summary, "", "Args:"]
+    for name in inputs:
+        text = own[name] if name in own else PARAMETERS[name].help
+        lines.append(f"    {name}: {text}")
+    if returns:
+        lines += ["", "Returns:", f"    {returns}"]
+    return "\n".join(lines) + "\n"
+
+
+def pipeline_signature(target: str, summary: str):
+    """Decorate a ``def pipeline(**params)`` body with the table's parameters as its signature
+    (names, types, defaults for ``target``) and docstring, as ``@dsl.pipeline`` reads them."""
+    parameters = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=PARAMETERS[name].default_for(target),
+            annotation=PARAMETERS[name].type,
+        )
+        for name in names(target)
+    ]
+    signature = inspect.Signature(parameters)
+    return lambda body: signed(body, signature, describe(summary, names(target)))
+
+
+def signed(body: Callable[..., Any], signature: inspect.Signature, doc: str) -> Callable[..., Any]:
+    """``body(**arguments)`` behind ``signature`` (KFP calls pipelines positionally and reads
+    their signature and docstring)."""
+
+    def function(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return body(**bound.arguments)
+
+    function.__name__ = function.__qualname__ = body.__name__
+    function.__module__ = body.__module__
+    function.__signature__ = signature  # type: ignore[attr-defined]
+    function.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+    if signature.return_annotation is not inspect.Signature.empty:
+        function.__annotations__["return"] = signature.return_annotation
+    function.__doc__ = doc
+    return function
+
+
+def add_option(parser, name: str, flag: str | None = None, **overrides: Any) -> None:
+    """An argparse option for a table parameter: ``--name-with-dashes`` (or ``flag``), its
+    type, default, choices and help. Booleans that default to true become ``--no-…``."""
+    param = PARAMETERS[name]
+    options: dict[str, Any] = {"dest": name, "help": param.cli_help()}
+    if param.type is bool:
+        flag = flag or f"--no-{name.replace('_', '-')}"
+        options.update(action="store_false" if param.default else "store_true")
+    else:
+        flag = flag or f"--{name.replace('_', '-')}"
+        options.update(type=param.type, default=param.default)
+        if param.choices:
+            options["choices"] = param.choices
+    options.update(overrides)
+    parser.add_argument(flag, **options)
+
+
+def values_of(namespace: Any, names_: Sequence[str]) -> dict[str, Any]:
+    """The table parameters ``names_`` read from an argparse namespace."""
+    return {name: getattr(namespace, name) for name in names_}
