@@ -56,6 +56,8 @@ def push_model(
         },
     )
     target = push(trained_model.path, serving_root or pushed.path, card)
+    if not serving_root:  # kept in this step's artifact: name it by its storage URI
+        target = pushed.uri + target[len(pushed.path) :]
     pushed.metadata["version_uri"] = target
     report_result(f"pushed {target}")
     return target

@@ -6,9 +6,9 @@ from components.image import BITTUNE_IMAGE
 
 @component(
     BITTUNE_IMAGE,
-    "Decide where training runs: tpu (the TPU image) or gpu (the GPU image, also for CPU).",
+    "Decide where training runs: tpu (the TPU image), gpu, or cpu (both in the GPU image).",
     {},
-    returns="tpu or gpu.",
+    returns="tpu, gpu or cpu.",
 )
 def choose_trainer(accelerator_type: str, accelerator_count: int) -> str:
     from components.bit.errors import exit_on_error
@@ -17,4 +17,4 @@ def choose_trainer(accelerator_type: str, accelerator_count: int) -> str:
     from components.bit import params
 
     params.require_inputs(locals())
-    return params.accelerator_kind(accelerator_type, accelerator_count) or "gpu"
+    return params.accelerator_kind(accelerator_type, accelerator_count) or "cpu"

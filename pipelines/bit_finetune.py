@@ -69,51 +69,68 @@ def _training(task, p: dict[str, Any], target: str, name: str):
 Trained = NamedTuple("Trained", [("trained_model", dsl.Model), ("logs", dsl.Artifact)])  # noqa: UP014
 
 
+_TRAINING_INPUTS = {
+    "dataset": "The dataset's manifest (gather step).",
+    "train_shards": "Every worker's training shards.",
+    "holdout_shards": "Every worker's validation and test shards.",
+    "pipeline_run_id": "The pipeline run, which keys checkpoints under checkpoint_root.",
+    "accelerator": "What training was given: gpu, tpu or cpu.",
+}
+
+
+def _graph(name: str, summary: str, body, target: str, with_accelerator: bool):
+    """A sub-pipeline taking the training component's inputs (``accelerator`` too, or not)
+    plus training's machine settings, returning its model and logs."""
+    inputs = [
+        parameter
+        for parameter in inspect.signature(train_model.python_func).parameters.values()
+        if not type_annotations.is_artifact_wrapped_in_Output(parameter.annotation)
+        and (with_accelerator or parameter.name != "accelerator")
+    ]
+    settings = ["accelerator_type", "accelerator_count"]
+    settings += list(params.KUBEFLOW_ONLY) if target == "kubeflow" else []
+    inputs += [
+        inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                          annotation=params.PARAMETERS[n].type)
+        for n in settings
+    ]  # fmt: skip
+    documented = params.describe(summary, [p.name for p in inputs], _TRAINING_INPUTS)
+    signature = inspect.Signature(inputs, return_annotation=Trained)
+    return dsl.pipeline(name=name)(params.signed(body, signature, documented))
+
+
+def _on_machine(component, target: str, name: str):
+    """One training task with its accelerator and resources, as a sub-pipeline: KFP passes
+    pipeline values that only resource settings use into a condition branch through the
+    inputs of a sub-pipeline, not directly."""
+
+    def body(**x: Any) -> Trained:
+        task = _training(component(**_args(component, x)), x, target, name)
+        return Trained(task.outputs["trained_model"], task.outputs["logs"])
+
+    return _graph(f"{component.name}-on-machine", name, body, target, with_accelerator=True)
+
+
 def _training_graph(target: str):
     """Training as a sub-pipeline taking the training component's inputs: it chooses the TPU
     or the GPU image and merges the branch that ran (dsl.OneOf). (A sub-pipeline, because KFP
     cannot pass a loop's dsl.Collected outputs into a condition branch directly.)"""
-    signature = inspect.signature(train_model.python_func)
-    inputs = [
-        parameter
-        for parameter in signature.parameters.values()
-        if not type_annotations.is_artifact_wrapped_in_Output(parameter.annotation)
-    ]
-    settings = ["training_cpu", "training_memory"]
-    if target == "kubeflow":
-        settings += params.KUBEFLOW_ONLY
-    inputs += [
-        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                          annotation=params.PARAMETERS[name].type)
-        for name in settings
-    ]  # fmt: skip
+    on_tpu = _on_machine(train_model_tpu, target, "fine-tune BiT on TPU")
+    on_gpu = _on_machine(train_model, target, "fine-tune BiT")
 
-    def train_on_accelerator(**inputs_: Any) -> Trained:
-        route = choose_trainer(**_args(choose_trainer, inputs_)).set_display_name("choose trainer")
-        task_inputs = _args(train_model, inputs_)
+    def train_on_accelerator(**x: Any) -> Trained:
+        route = choose_trainer(**_args(choose_trainer, x)).set_display_name("choose trainer")
         with dsl.If(route.output == "tpu", name="on-tpu"):
-            tpu = _training(train_model_tpu(**task_inputs), inputs_, target, "fine-tune BiT on TPU")
+            tpu = on_tpu(**_args(on_tpu, x, accelerator=route.output))
         with dsl.Else(name="on-gpu-or-cpu"):
-            gpu = _training(train_model(**task_inputs), inputs_, target, "fine-tune BiT")
+            gpu = on_gpu(**_args(on_gpu, x, accelerator=route.output))
         return Trained(
             dsl.OneOf(tpu.outputs["trained_model"], gpu.outputs["trained_model"]),
             dsl.OneOf(tpu.outputs["logs"], gpu.outputs["logs"]),
         )
 
-    documented = params.describe(
-        "Fine-tune BiT on the accelerator asked for (TPU image or GPU image).",
-        [p.name for p in inputs],
-        {
-            "dataset": "The dataset's manifest (gather step).",
-            "train_shards": "Every worker's training shards.",
-            "holdout_shards": "Every worker's validation and test shards.",
-            "pipeline_run_id": "The pipeline run, which keys checkpoints under checkpoint_root.",
-        },
-    )
-    signature = inspect.Signature(inputs, return_annotation=Trained)
-    return dsl.pipeline(name="train-on-accelerator")(
-        params.signed(train_on_accelerator, signature, documented)
-    )
+    summary = "Fine-tune BiT on the accelerator asked for (TPU image or GPU image)."
+    return _graph("train-on-accelerator", summary, train_on_accelerator, target, False)
 
 
 def build(target: str = "kubeflow"):
@@ -154,8 +171,8 @@ def build(target: str = "kubeflow"):
             holdout_shards=collected("holdout_shards"),
             pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         )
-        if target == "local":
-            trained = _training(train_model(**inputs), p, target, "fine-tune BiT")
+        if target == "local":  # whatever this machine has
+            trained = _training(train_model(**inputs, accelerator=""), p, target, "fine-tune BiT")
         else:
             settings = {name: p[name] for name in training.component_spec.inputs if name in p}
             trained = training(**{**settings, **inputs}).set_display_name("fine-tune BiT")

@@ -67,19 +67,19 @@ class Analysis:
     rule: hyperrule.HyperRule
 
 
-def _read(folder: str, name: str, what: str) -> str:
+def _read(folder: str, name: str, what: str, hint: str) -> str:
     try:
         return storage.read_text(storage.join(folder, name))
     except (FileNotFoundError, NotADirectoryError, storage.StorageError):
-        raise DatasetError(f"{folder} is not {what}: no {name}") from None
+        raise DatasetError(f"{folder} is not {what}: no {name} ({hint})") from None
 
 
 def read_analysis(folder: str) -> Analysis:
     """Read an analysis folder; a clear error names what is missing."""
-    what = "an analysis folder (run `bittune analyze` first)"
-    stats = _json(_read(folder, STATS_FILE, what))
-    lines = _read(folder, ITEMS_FILE, what).splitlines()
-    rule = hyperrule.from_dict(_json(_read(folder, HYPERRULE_FILE, what)))
+    what, hint = "an analysis folder", "run `bittune analyze` first"
+    stats = _json(_read(folder, STATS_FILE, what, hint))
+    lines = _read(folder, ITEMS_FILE, what, hint).splitlines()
+    rule = hyperrule.from_dict(_json(_read(folder, HYPERRULE_FILE, what, hint)))
     return Analysis(stats, [_json(line) for line in lines if line], rule)
 
 
@@ -211,7 +211,7 @@ class Manifest:
 
 def read_manifest(folder: str) -> Manifest:
     """The manifest of a complete dataset folder; a clear error otherwise."""
-    text = _read(folder, MANIFEST_FILE, "a complete dataset (run `bittune preprocess` first)")
+    text = _read(folder, MANIFEST_FILE, "a complete dataset", "run `bittune preprocess` first")
     try:
         return Manifest.from_dict(_json(text))
     except (KeyError, TypeError, json.JSONDecodeError) as exc:

@@ -237,12 +237,23 @@ PARAMETERS: dict[str, Param] = {
 KUBEFLOW_ONLY = ("training_node_selector", "training_tolerations")
 
 
+def cpu_count(quantity: str) -> int:
+    """Whole CPUs in a Kubernetes quantity (``6`` -> 6, ``500m`` -> 1): TensorFlow's thread
+    pools are sized from it, not from the node's cores."""
+    text = str(quantity)
+    value = float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    return max(1, round(value))
+
+
 def accelerator_kind(accelerator_type: str, accelerator_count: int) -> str:
     """What training runs on: "tpu", "gpu", or "" (CPU only, no accelerator asked for)."""
     if not accelerator_count:
         return ""
     kind = accelerator_type.strip().lower()
     return "tpu" if kind.startswith("tpu") or kind == "google.com/tpu" else "gpu"
+
+
+ACCELERATOR_CHOICES = ("", "cpu", "gpu", "tpu")
 
 
 def names(target: str = "kubeflow") -> list[str]:

@@ -147,7 +147,7 @@ def make_plan(
     shard_counts = {
         split: shard_count(len(valid[split]), estimates[split], shard_bytes, shard_examples)
         for split in ds.SPLITS
-        if valid[split]
+        if split in valid
     }
     position: dict[str, int] = {}
     for split, members in valid.items():

@@ -42,7 +42,7 @@ CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
 SUMMARY_FILE = "training.json"
 LABELS_FILE = "labels.json"
-ACCELERATORS = ("", "gpu", "tpu")
+ACCELERATORS = ("", "cpu", "gpu", "tpu")
 
 
 class TrainingError(BittuneError):
@@ -65,7 +65,8 @@ class TrainConfig:
     mixup: bool = True  # MixUp when the HyperRule's alpha > 0
     strategy: str = "auto"
     precision: str = "auto"
-    accelerator: str = ""  # what the step was given: "" (any), "gpu" or "tpu"; none found fails
+    accelerator: str = ""  # what the step was given: "" or cpu (any), gpu, tpu; none found fails
+    cpus: int | None = None  # CPUs the step was given (sizes TensorFlow's thread pools)
     replicas: int = 1  # machines training together (multi-worker; Vertex AI's CustomJob)
     xla: bool | None = None  # None: on for GPU/TPU, off on CPU
     checkpoint_every: int = 100
@@ -94,7 +95,9 @@ class TrainConfig:
         if self.max_steps is not None and self.max_steps < 1:
             raise TrainingError(f"max_steps must be at least 1, got {self.max_steps}")
         if self.accelerator not in ACCELERATORS:
-            raise TrainingError(f"accelerator must be '', gpu or tpu, got {self.accelerator!r}")
+            raise TrainingError(
+                f"accelerator must be '', cpu, gpu or tpu, got {self.accelerator!r}"
+            )
 
     @property
     def checkpoints(self) -> str:
@@ -541,8 +544,11 @@ class _Setup:
 
 
 def _set_up(config: TrainConfig, rule: hyperrule.HyperRule) -> _Setup:
-    """Devices, strategy, precision policy, XLA, determinism and seeds."""
+    """Devices, threads, strategy, precision policy, XLA, determinism and seeds."""
     configure_devices()
+    if config.cpus:  # the step's share of the node, not every core the node has
+        tf.config.threading.set_intra_op_parallelism_threads(config.cpus)
+        tf.config.threading.set_inter_op_parallelism_threads(min(config.cpus, 4))
     strategy = make_strategy(config.strategy, config.accelerator, config.replicas)
     replicas = strategy.num_replicas_in_sync
     if rule.micro_batch_size % replicas:

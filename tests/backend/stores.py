@@ -25,6 +25,7 @@ Two implementations run real servers on 127.0.0.1:
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
 import os
 import pathlib
@@ -194,10 +195,8 @@ class GcsStore(ObjectStore):
     def create_bucket(self, bucket: str) -> None:
         from google.api_core.exceptions import Conflict
 
-        try:
+        with contextlib.suppress(Conflict):
             self.client.create_bucket(bucket)
-        except Conflict:
-            pass
 
     def _put_file(self, bucket: str, key: str, path: pathlib.Path) -> None:
         self.client.bucket(bucket).blob(key).upload_from_filename(str(path))

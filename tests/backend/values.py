@@ -239,4 +239,6 @@ def text_to_pb(text: str, parameter_type: str) -> Any:
         if not isinstance(decoded, wanted):
             raise fail("unexpected type")
         return to_pb(decoded)
-    raise fail("unknown type. Expected STRING, NUMBER_INTEGER, NUMBER_DOUBLE, BOOLEAN, LIST or STRUCT")
+    raise fail(
+        "unknown type. Expected STRING, NUMBER_INTEGER, NUMBER_DOUBLE, BOOLEAN, LIST or STRUCT"
+    )

@@ -4,7 +4,7 @@ loading, architecture inference and model-source errors."""
 import numpy as np
 import pytest
 
-from components.bit import models
+from components.bit import model_sources, models
 from components.bit.models import Architecture, ModelError
 
 SMALL = Architecture((1, 2, 1, 1), 0.5)
@@ -163,7 +163,7 @@ def test_checkpoint_round_trip_and_gcs(gcs, tmp_path):
 def test_shipped_tiny_checkpoint_is_small_and_loads():
     import os
 
-    path = models.tiny_checkpoint_path()
+    path = model_sources.tiny_checkpoint_path()
     assert os.path.getsize(path) <= 5 * 2**20
     weights = {k: v.astype(np.float64) for k, v in models.read_npz(path).items()}  # stored f16
     assert "resnet/head/conv2d/kernel" in weights  # pretrained with a head, like BiT-S/M
@@ -184,20 +184,40 @@ def test_hub_savedmodel_source_gives_the_same_features(tmp_path):
     assert via_hub.trainable_weights  # fine-tunable
 
 
-def test_known_names_resolve():
-    assert models.resolve("bit-m-r50x1") == ("hub", "https://tfhub.dev/google/bit/m-r50x1/1")
-    assert models.resolve("BiT-S-R152x2") == (
-        "npz",
-        "https://storage.googleapis.com/bit_models/BiT-S-R152x2.npz",
-    )
-    assert models.resolve("bittune-tiny")[0] == "npz"
-    assert len(models.HUB_MODELS) == 10 and len(models.NPZ_MODELS) == 12
+@pytest.mark.parametrize("family", ["S", "M"])
+def test_exact_names_go_to_their_own_source(family):
+    for arch in ("50x1", "50x3", "101x1", "101x3", "152x4"):
+        npz, hub = f"BiT-{family}-R{arch}", f"bit-{family.lower()}-r{arch}"
+        url = f"https://storage.googleapis.com/bit_models/{npz}.npz"
+        assert model_sources.resolve(npz) == ("npz", url)
+        assert model_sources.resolve(npz + ".npz") == ("npz", url)
+        assert model_sources.resolve(hub) == (
+            "hub",
+            f"https://tfhub.dev/google/bit/{family.lower()}-r{arch}/1",
+        )
+        for spelt in (npz.upper(), npz.lower().replace("bit-", "Bit-"), hub.upper()):
+            with pytest.raises(ModelError, match=f"did you mean {npz} \\(.npz\\) or {hub}"):
+                model_sources.resolve(spelt)
+    only_npz = f"BiT-{family}-R152x2"  # published as .npz only
+    assert model_sources.resolve(only_npz)[0] == "npz"
+    with pytest.raises(ModelError, match=f"did you mean {only_npz} \\(.npz\\)\\?"):
+        model_sources.resolve(only_npz.lower())
+    assert model_sources.resolve("bittune-tiny")[0] == "npz"
+    assert len(model_sources.HUB_MODELS) == 10 and len(model_sources.NPZ_MODELS) == 12
+
+
+def test_an_unreachable_source_names_the_url_tried():
+    url = "http://127.0.0.1:9/bit_models/BiT-M-R50x1.npz"  # nothing listens on port 9
+    with pytest.raises(ModelError, match=f"cannot read checkpoint {url}"):
+        models.load_backbone(url)
+    with pytest.raises(ModelError, match="cannot load TF Hub model http://127.0.0.1:9/hub"):
+        models.hub_backbone("http://127.0.0.1:9/hub")
 
 
 @pytest.mark.parametrize(
     ("source", "message"),
     [
-        ("bit-m-r50x9", "unknown model 'bit-m-r50x9'; valid names: bittune-tiny, bit-s-r50x1"),
+        ("bit-m-r50x9", "unknown model 'bit-m-r50x9'; valid names: bittune-tiny, BiT-S-R50x1"),
         ("/no/such/model.npz", "cannot read checkpoint /no/such/model.npz"),
         ("/no/such/folder", "is neither a known name"),
         ("", "no model given"),
@@ -224,3 +244,59 @@ def test_classifier_head_starts_at_zero():
     classifier = models.build_classifier(backbone, 7)
     logits = classifier(np.zeros((3, 32, 32, 3), np.float32)).numpy()
     assert logits.shape == (3, 7) and not logits.any()
+
+
+# --- mixed precision --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def policy():
+    """Set a global mixed-precision policy for one test, float32 again afterwards."""
+    tf = models.tf
+    yield tf.keras.mixed_precision.set_global_policy
+    tf.keras.mixed_precision.set_global_policy("float32")
+
+
+def test_group_norm_statistics_are_float32_under_bfloat16(policy):
+    tf = models.tf
+    rng = np.random.default_rng(3)
+    x = rng.normal(30.0, 1.0, (2, 8, 8, 64)).astype(np.float32)  # mean far from zero
+    x = tf.cast(tf.cast(x, tf.bfloat16), tf.float32).numpy()  # what a bf16 layer receives
+    gamma, beta = rng.uniform(0.5, 1.5, 64), rng.normal(0, 0.1, 64)
+    expected = np_group_norm(x.astype(np.float64), gamma, beta)
+    policy("mixed_bfloat16")
+    layer = models.GroupNorm()
+    out = layer(tf.cast(x, tf.bfloat16))
+    layer.set_weights([gamma, beta])
+    out = layer(tf.cast(x, tf.bfloat16))
+    assert out.dtype == tf.bfloat16
+    error = np.abs(out.numpy().astype(np.float64) - expected)
+    # Only the output's bf16 rounding (under 0.4%); bf16 statistics would be off by far more.
+    assert np.all(error <= 0.004 * np.abs(expected) + 1e-3)
+
+
+def test_bfloat16_features_match_float32(policy):
+    images = np.random.default_rng(8).uniform(0, 1, (4, 64, 64, 3)).astype(np.float32)
+    weights = random_checkpoint(SMALL, seed=9)
+    reference = models.backbone_from_npz(weights)(images).numpy()
+    policy("mixed_bfloat16")
+    features = models.backbone_from_npz(weights)(images).numpy()
+    relative = np.linalg.norm(features - reference) / np.linalg.norm(reference)
+    assert features.dtype == np.float32 and relative < 0.07  # measured: see BENCHMARKS.md
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_savedmodel_backbone_trains_under_mixed_precision(precision, policy, tmp_path):
+    tf = models.tf
+    folder = tmp_path / "backbone"
+    tf.saved_model.save(models.load_backbone("bittune-tiny"), str(folder))  # a hub-style model
+    policy(precision)
+    classifier = models.build_classifier(models.load_backbone(str(folder)), 3)
+    images = np.random.default_rng(1).uniform(0, 1, (4, 32, 32, 3)).astype(np.float32)
+    labels = tf.one_hot([0, 1, 2, 0], 3)
+    with tf.GradientTape() as tape:
+        logits = classifier(images, training=True)
+        loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels, logits))
+    grads = tape.gradient(loss, classifier.trainable_variables)
+    assert logits.dtype == tf.float32 and np.isfinite(float(loss))
+    assert all(g is not None for g in grads) and len(grads) > 2  # the backbone learns too

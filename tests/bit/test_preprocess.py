@@ -13,6 +13,7 @@ from PIL import Image
 from components.bit import preprocess as pp
 from components.bit import tfrecords
 from components.bit.analysis import AnalysisConfig, analyze
+from components.bit.dataset import DatasetError
 from components.bit.preprocess import PreprocessConfig, PreprocessError
 
 
@@ -25,8 +26,14 @@ def records(dataset_dir):
     manifest = json.loads((pathlib.Path(dataset_dir) / "manifest.json").read_text())
     out = {}
     for split, entry in manifest["splits"].items():
-        out[split] = [r for s in entry["shards"] for r in tfrecords.read_records(s["path"])]
+        paths = [pathlib.Path(dataset_dir) / s["name"] for s in entry["shards"]]
+        out[split] = [r for path in paths for r in tfrecords.read_records(str(path))]
     return manifest, out
+
+
+def preprocess(config):
+    """The manifest as the JSON it is written as."""
+    return pp.preprocess(config).to_dict()
 
 
 def file_digests(folder):
@@ -41,7 +48,7 @@ def digits_dataset(digits_folder, tmp_path_factory):
     root = tmp_path_factory.mktemp("digits-pp")
     analysis = analysed(digits_folder, root / "analysis")
     config = PreprocessConfig(analysis, str(root / "data"), processes=2, progress=False)
-    return config, pp.preprocess(config)
+    return config, preprocess(config)
 
 
 def test_digits_records_read_back_with_tensorflow(digits_dataset):
@@ -61,7 +68,7 @@ def test_digits_records_read_back_with_tensorflow(digits_dataset):
     }
     total = 0
     for entry in manifest["splits"].values():
-        paths = [s["path"] for s in entry["shards"]]
+        paths = [str(pathlib.Path(config.output_dir) / s["name"]) for s in entry["shards"]]
         per_class = {}
         for raw in tf.data.TFRecordDataset(paths):
             ex = tf.io.parse_single_example(raw, spec)
@@ -86,7 +93,7 @@ def test_same_inputs_give_identical_shards_whatever_the_worker_count(digits_data
     for index in range(3):  # three workers, one process each, into one folder
         worker = PreprocessConfig(config.analysis_dir, str(tmp_path), processes=1, progress=False)
         pp.write_shards(worker, index, 3)
-    again = pp.gather(PreprocessConfig(config.analysis_dir, str(tmp_path)))
+    again = pp.gather(PreprocessConfig(config.analysis_dir, str(tmp_path))).to_dict()
     assert file_digests(tmp_path) == file_digests(config.output_dir)
     assert again["splits"]["train"]["per_class"] == manifest["splits"]["train"]["per_class"]
     assert [s["sha256"] for s in again["splits"]["train"]["shards"]] == [
@@ -94,10 +101,10 @@ def test_same_inputs_give_identical_shards_whatever_the_worker_count(digits_data
     ]
 
 
-def test_odd_folder_accounting_and_rgb_output(odd_folder, tmp_path):
+def test_odd_folder_accounting_and_rgb_or_gray_output(odd_folder, tmp_path):
     root, expected = odd_folder
     analysis = analysed(root, tmp_path / "analysis")
-    manifest = pp.preprocess(PreprocessConfig(analysis, str(tmp_path / "data"), progress=False))
+    manifest = preprocess(PreprocessConfig(analysis, str(tmp_path / "data"), progress=False))
     _, by_split = records(tmp_path / "data")
     written = {r.source_uri for rs in by_split.values() for r in rs}
     rejects = json.loads((tmp_path / "data" / "rejects.json").read_text())
@@ -105,35 +112,42 @@ def test_odd_folder_accounting_and_rgb_output(odd_folder, tmp_path):
     assert written == valid  # every valid item written, nothing else
     assert {r["key"] for r in rejects} == {p for p, flag in expected.items() if flag}
     assert manifest["totals"] == {"inputs": 25, "written": 16, "rejected": 9}
+    sources = {r.source_uri: Image.open(r.source_uri) for rs in by_split.values() for r in rs}
     for rs in by_split.values():
         for record in rs:
             image = Image.open(io.BytesIO(record.image))
-            assert image.mode == "RGB" and image.format.lower() == record.format
+            assert image.format.lower() == record.format
             assert (image.height, image.width) == (record.height, record.width)
+            gray = sources[record.source_uri].mode in ("L", "LA", "1", "I;16", "I")
+            assert image.mode == ("L" if gray else "RGB")  # gray stays one channel
     by_uri = {r.source_uri: r for rs in by_split.values() for r in rs}
     exif = by_uri[str(root / "dogs/exif rotated.jpg")]
     assert (exif.height, exif.width) == (60, 20)  # orientation applied
 
 
-def test_alpha_palette_and_16_bit_become_rgb(tmp_path):
+def test_alpha_palette_and_16_bit_become_8_bit_rgb_or_gray(tmp_path):
     data = tmp_path / "src"
     (data / "a").mkdir(parents=True)
     (data / "b").mkdir()
     Image.new("RGBA", (10, 10), (255, 0, 0, 0)).save(data / "a" / "clear.png")
     Image.fromarray(np.full((6, 6), 65535, np.uint16)).save(data / "a" / "white16.png")
+    Image.new("LA", (6, 6), (0, 0)).save(data / "a" / "clear-gray.png")
+    Image.new("L", (9, 9), 77).save(data / "b" / "gray.png")
     palette = Image.new("P", (5, 5), 1)
     palette.putpalette([0, 0, 0, 0, 255, 0] + [0] * 762)
     palette.save(data / "b" / "palette.png", transparency=0)
     Image.new("CMYK", (7, 7), (0, 255, 255, 0)).save(data / "b" / "cmyk.jpg", quality=100)
     analysis = analysed(data, tmp_path / "analysis", split_fractions=(1.0, 0.0, 0.0))
-    pp.preprocess(PreprocessConfig(analysis, str(tmp_path / "out"), progress=False))
+    preprocess(PreprocessConfig(analysis, str(tmp_path / "out"), progress=False))
     _, by_split = records(tmp_path / "out")
     pixels = {
         os.path.basename(r.source_uri): np.asarray(Image.open(io.BytesIO(r.image)))[0, 0].tolist()
         for r in by_split["train"]
     }
     assert pixels["clear.png"] == [255, 255, 255]  # transparent -> the white background
-    assert pixels["white16.png"] == [255, 255, 255]  # 16-bit scaled to 8-bit
+    assert pixels["white16.png"] == 255  # 16-bit gray scaled to 8-bit gray
+    assert pixels["clear-gray.png"] == 255  # transparent gray -> the background's gray
+    assert pixels["gray.png"] == 77  # 8-bit gray kept as it is
     assert pixels["palette.png"] == [0, 255, 0]
     red, green, blue = pixels["cmyk.jpg"]
     assert red > 200 and green < 60 and blue < 60
@@ -146,7 +160,7 @@ def test_pre_resizing_to_the_rule_and_small_jpegs_byte_for_byte(tmp_path):
     small = tmp_path / "src" / "a" / "small.jpg"
     Image.new("RGB", (300, 200), (10, 20, 30)).save(small, quality=90)
     analysis = analysed(tmp_path / "src", tmp_path / "analysis", split_fractions=(1.0, 0, 0))
-    manifest = pp.preprocess(PreprocessConfig(analysis, str(tmp_path / "out"), progress=False))
+    manifest = preprocess(PreprocessConfig(analysis, str(tmp_path / "out"), progress=False))
     _, by_split = records(tmp_path / "out")
     for record in by_split["train"]:
         if record.source_uri == str(small):
@@ -163,7 +177,7 @@ def test_few_shot_is_deterministic_and_accounted(digits_folder, tmp_path):
     chosen = []
     for seed in (0, 0, 1):
         out = tmp_path / f"out-{len(chosen)}"
-        manifest = pp.preprocess(PreprocessConfig(analysis, str(out), seed=seed, progress=False))
+        manifest = preprocess(PreprocessConfig(analysis, str(out), seed=seed, progress=False))
         assert manifest["splits"]["train"]["per_class"] == {str(d): 5 for d in range(10)}
         _, by_split = records(out)
         chosen.append(sorted(r.source_uri for r in by_split["train"]))
@@ -172,7 +186,7 @@ def test_few_shot_is_deterministic_and_accounted(digits_folder, tmp_path):
         assert manifest["totals"]["inputs"] == 1797 == manifest["totals"]["written"] + len(rejects)
     assert chosen[0] == chosen[1] and chosen[0] != chosen[2]
     with pytest.raises(PreprocessError, match="few-shot k=10 differs from the analysis"):
-        pp.preprocess(PreprocessConfig(analysis, str(tmp_path / "x"), few_shot=10))
+        preprocess(PreprocessConfig(analysis, str(tmp_path / "x"), few_shot=10))
 
 
 def test_broken_body_and_changed_files_are_rejected_not_lost(tmp_path):
@@ -190,7 +204,7 @@ def test_broken_body_and_changed_files_are_rejected_not_lost(tmp_path):
     broken[start : start + 10] = b"\x00" * 10
     (data / "a" / "0.png").write_bytes(bytes(broken))  # header intact, body broken
     Image.new("RGB", (40, 40), (1, 2, 3)).save(data / "b" / "1.png")  # changed since analysis
-    manifest = pp.preprocess(PreprocessConfig(analysis, str(tmp_path / "out"), progress=False))
+    manifest = preprocess(PreprocessConfig(analysis, str(tmp_path / "out"), progress=False))
     reasons = {
         r["key"]: r["reason"] for r in json.loads((tmp_path / "out/rejects.json").read_text())
     }
@@ -213,7 +227,7 @@ def test_a_crash_leaves_nothing_that_looks_complete(digits_folder, tmp_path, mon
 
     monkeypatch.setattr(tfrecords, "frame", failing_frame)
     with pytest.raises(KeyboardInterrupt):
-        pp.preprocess(config)
+        preprocess(config)
     monkeypatch.setattr(tfrecords, "frame", real_frame)
     assert not (out / "manifest.json").exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
@@ -222,9 +236,9 @@ def test_a_crash_leaves_nothing_that_looks_complete(digits_folder, tmp_path, mon
     assert finished and summaries == {f"{name}.json" for name in finished}
     with pytest.raises(PreprocessError, match="is missing: a worker did not finish"):
         pp.gather(config)
-    pp.preprocess(config)  # resumes: finished shards are kept, the rest written
+    preprocess(config)  # resumes: finished shards are kept, the rest written
     reference = tmp_path / "reference"
-    pp.preprocess(PreprocessConfig(analysis, str(reference), shard_bytes=20_000, progress=False))
+    preprocess(PreprocessConfig(analysis, str(reference), shard_bytes=20_000, progress=False))
     assert file_digests(out) == file_digests(reference)
     assert all(file_digests(out)[name] == digest for name, digest in finished.items())
 
@@ -244,12 +258,14 @@ def test_gcs_to_gcs(gcs, odd_folder):
     gcs.upload_tree(root, f"gs://{bucket}/src")
     analyze(AnalysisConfig(f"gs://{bucket}/src", progress=False), f"gs://{bucket}/analysis")
     config = PreprocessConfig(f"gs://{bucket}/analysis", f"gs://{bucket}/data", progress=False)
-    manifest = pp.preprocess(config)
+    manifest = preprocess(config)
     assert manifest["totals"] == {"inputs": 25, "written": 16, "rejected": 9}
     names = gcs.names(bucket, "data/")
     assert {"data/manifest.json", "data/labels.json", "data/rejects.json"} <= set(names)
-    shards = [s["uri"] for e in manifest["splits"].values() for s in e["shards"]]
-    assert all(uri.startswith(f"gs://{bucket}/data/") for uri in shards)
+    shards = [
+        f"gs://{bucket}/data/{s['name']}" for e in manifest["splits"].values() for s in e["shards"]
+    ]
+    assert all(f"data/{uri.rsplit('/', 1)[1]}" in names for uri in shards)
     from components.bit import storage
 
     count = sum(
@@ -262,12 +278,12 @@ def test_local_to_gcs(gcs, odd_folder, tmp_path):
     root, _ = odd_folder
     bucket = gcs.new_bucket()
     analysis = analysed(root, tmp_path / "analysis")
-    manifest = pp.preprocess(PreprocessConfig(analysis, f"gs://{bucket}/data", progress=False))
+    manifest = preprocess(PreprocessConfig(analysis, f"gs://{bucket}/data", progress=False))
     assert manifest["totals"]["written"] == 16
     assert "data/manifest.json" in gcs.names(bucket, "data/")
 
 
 def test_missing_analysis_is_a_clear_error(tmp_path):
-    with pytest.raises(PreprocessError, match="not an analysis folder: no stats.json"):
-        pp.preprocess(PreprocessConfig(str(tmp_path / "none"), str(tmp_path / "out")))
+    with pytest.raises(DatasetError, match="not an analysis folder: no stats.json"):
+        preprocess(PreprocessConfig(str(tmp_path / "none"), str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()

@@ -2,14 +2,16 @@
 
 import dataclasses
 import json
+import os
 import pathlib
 
 import numpy as np
 import pytest
 
-from components.bit import hyperrule, models, training
+from components.bit import dataset as ds
+from components.bit import hyperrule, models, serving, training
 from components.bit.errors import BittuneError
-from components.bit.training import TrainConfig, TrainingError
+from components.bit.training import TrainConfig
 from tests import imagegen
 from tests.bit.test_models import SMALL, random_checkpoint
 from tests.conftest import prepare_dataset
@@ -41,17 +43,9 @@ def small_npz(tmp_path_factory):
 
 
 def config_for(digits_data, output, model, **kwargs):
-    analysis, data = digits_data
-    return TrainConfig(
-        str(data),
-        str(analysis / "hyperrule.json"),
-        model,
-        str(output),
-        eval_every=3,
-        checkpoint_every=3,
-        log_every=1,
-        **kwargs,
-    )
+    _, data = digits_data
+    kwargs = {"eval_every": 3, "checkpoint_every": 3, "log_every": 1, **kwargs}
+    return TrainConfig(str(data), model, str(output), **kwargs)
 
 
 @pytest.mark.parametrize("examples", [100, 50_000, 900_000])
@@ -66,20 +60,22 @@ def test_schedule_is_the_rule_at_every_boundary(examples, batch):
         assert float(schedule(step)) == pytest.approx(rule.learning_rate(step), rel=1e-6), step
 
 
-def _stream(digits_data, **changes):
-    analysis, data = digits_data
-    rule = hyperrule.from_dict(json.loads((analysis / "hyperrule.json").read_text()))
-    rule = dataclasses.replace(rule, **changes.pop("rule", {}))
-    config = TrainConfig(str(data), "", "", "", **changes)
-    manifest = json.loads((data / "manifest.json").read_text())
-    paths = training.shard_paths(manifest, "train")
-    return training.train_dataset(
-        paths, rule, 10, config, 8, manifest["splits"]["train"]["examples"]
-    )
+def _stream(digits_data, skip=0, **changes):
+    _, data = digits_data
+    manifest = ds.read_manifest(str(data))
+    rule = dataclasses.replace(manifest.rule, **changes.pop("rule", {}))
+    config = TrainConfig(str(data), "", "", **changes)
+    paths = manifest.shard_paths("train", [str(data)])
+    return training.train_dataset(paths, rule, 10, config, manifest.examples("train"), skip)
 
 
 def _first(dataset, batches=2):
-    return [(x.numpy(), y.numpy()) for x, y in dataset.take(batches)]
+    """(images, labels) of the first micro-batches (images uint8 unless MixUp mixed them)."""
+    out = []
+    for features, labels in dataset.take(batches):
+        out.append((training.model_inputs(features).numpy() if "lam" in features
+                    else features["images"].numpy(), labels.numpy()))  # fmt: skip
+    return out
 
 
 def test_input_pipeline_is_deterministic_and_resumable(digits_data):
@@ -90,18 +86,7 @@ def test_input_pipeline_is_deterministic_and_resumable(digits_data):
         np.testing.assert_array_equal(x1, x2)
         np.testing.assert_array_equal(y1, y2)
     assert not np.array_equal(first[0][0], other[0][0])
-    analysis, data = digits_data
-    rule = hyperrule.from_dict(json.loads((analysis / "hyperrule.json").read_text()))
-    manifest = json.loads((data / "manifest.json").read_text())
-    resumed = training.train_dataset(
-        training.shard_paths(manifest, "train"),
-        rule,
-        10,
-        TrainConfig("", "", "", "", seed=3),
-        8,
-        manifest["splits"]["train"]["examples"],
-        skip_examples=16,
-    )
+    resumed = _stream(digits_data, skip=16, seed=3)  # one optimizer batch of 16 later
     for (x1, _), (x2, _) in zip(first[2:], _first(resumed, 2), strict=True):
         np.testing.assert_array_equal(x1, x2)
     x, y = first[0]
@@ -111,8 +96,8 @@ def test_input_pipeline_is_deterministic_and_resumable(digits_data):
 
 def test_flip_is_random_and_switchable(digits_data):
     def flips(**changes):
-        base = _first(_stream(digits_data, seed=5, crop=False, flip=False), 8)
-        test = _first(_stream(digits_data, seed=5, crop=False, **changes), 8)
+        base = _first(_stream(digits_data, seed=5, random_crop=False, random_flip=False), 8)
+        test = _first(_stream(digits_data, seed=5, random_crop=False, **changes), 8)
         flipped = same = 0
         for (a, _), (b, _) in zip(base, test, strict=True):
             for i in range(len(a)):
@@ -123,14 +108,14 @@ def test_flip_is_random_and_switchable(digits_data):
                     flipped += 1
         return flipped, same
 
-    flipped, same = flips(flip=True)
+    flipped, same = flips(random_flip=True)
     assert flipped > 10 and same > 10  # about half, and not every image (a known bug)
-    assert flips(flip=False) == (0, 64)
+    assert flips(random_flip=False) == (0, 64)
 
 
 def test_crop_varies_and_no_crop_resizes(digits_data):
-    cropped = _first(_stream(digits_data, seed=1, flip=False), 1)[0][0]
-    whole = _first(_stream(digits_data, seed=1, flip=False, crop=False), 1)[0][0]
+    cropped = _first(_stream(digits_data, seed=1, random_flip=False), 1)[0][0]
+    whole = _first(_stream(digits_data, seed=1, random_flip=False, random_crop=False), 1)[0][0]
     assert cropped.shape == whole.shape == (8, 28, 28, 3)
     assert not np.allclose(cropped, whole)
 
@@ -152,51 +137,81 @@ def test_fused_jpeg_crop_matches_crop_after_resize():
     assert same_window < 3 < other_window  # the fused path decodes the same window
 
 
-def test_mixup_mixes_images_and_labels_with_one_lambda(digits_data):
-    plain = _first(_stream(digits_data, seed=2, rule={"mixup_alpha": 0.0}), 3)
-    mixed = _first(_stream(digits_data, seed=2, rule={"mixup_alpha": 0.4}), 3)
+def test_mixup_pairs_across_the_optimizer_batch_with_one_lambda_per_step(digits_data):
+    # batch 16 = 2 micro-batches of 8: example i is mixed with example 15 - i of the same step
+    plain = _first(_stream(digits_data, seed=2, rule={"mixup_alpha": 0.0}), 4)
+    # one pass over each stream: a second pass over the same dataset object reshuffles
+    mixed = list(_stream(digits_data, seed=2, rule={"mixup_alpha": 0.4}).take(4))
     lambdas = []
-    for (x, y), (mx, my) in zip(plain, mixed, strict=True):
-        lam = my[0][np.argmax(y[0])] if np.argmax(y[0]) != np.argmax(y[-1]) else None
-        if lam is None:
-            continue
-        x = x / 255.0
-        assert mx.dtype == np.float32 and 0 <= mx.min() <= mx.max() <= 1
-        np.testing.assert_allclose(mx, lam * x + (1 - lam) * x[::-1], atol=1e-5)
-        np.testing.assert_allclose(my, lam * y + (1 - lam) * y[::-1], atol=1e-6)
+    for step in range(2):
+        (a, ya), (b, yb) = plain[2 * step], plain[2 * step + 1]
+        images = np.concatenate([a, b]) / 255.0
+        labels = np.concatenate([ya, yb])
+        pairs = mixed[2 * step : 2 * step + 2]
+        features = [f for f, _ in pairs]
+        mixed_labels = np.concatenate([y.numpy() for _, y in pairs])
+        lam = float(features[0]["lam"][0])
+        assert all(np.all(f["lam"].numpy() == lam) for f in features)  # one lambda per step
+        got = np.concatenate([training.model_inputs(f).numpy() for f in features])
+        np.testing.assert_allclose(got, lam * images + (1 - lam) * images[::-1], atol=1e-5)
+        np.testing.assert_allclose(mixed_labels, lam * labels + (1 - lam) * labels[::-1], atol=1e-6)
         lambdas.append(lam)
-    assert lambdas and len(set(np.round(lambdas, 6))) == len(lambdas)
+    assert lambdas[0] != lambdas[1]
     off = _first(_stream(digits_data, seed=2, mixup=False, rule={"mixup_alpha": 0.4}), 1)
     np.testing.assert_array_equal(off[0][0], plain[0][0])
+
+
+def test_micro_batch_of_one_still_mixes(digits_data):
+    rule = {"mixup_alpha": 0.4, "micro_batch_size": 1, "accumulation_steps": 16}
+    features, labels = next(iter(_stream(digits_data, seed=2, rule=rule)))
+    assert features["images"].shape[0] == 1 and "partners" in features
+    assert not np.array_equal(features["images"].numpy(), features["partners"].numpy())
+    assert np.count_nonzero(labels.numpy()) in (1, 2) and 0 < labels.numpy().max() <= 1
+
+
+def _updated_weights(small_npz, rule, batches, steps=2):
+    """The trainable weights after ``steps`` optimizer steps of ``rule`` on ``batches``."""
+    strategy = tf.distribute.get_strategy()
+    model = models.build_classifier(models.load_backbone(small_npz), 10)
+    head = np.full((SMALL.feature_dim, 10), 0.01, np.float32)  # not zero: gradients flow
+    model.get_layer("head").set_weights([head, np.zeros(10, np.float32)])
+    optimizer = tf.keras.optimizers.SGD(0.1, momentum=0.9)
+    optimizer.build(model.trainable_variables)
+    accumulators = (
+        [tf.Variable(tf.zeros_like(v), trainable=False) for v in model.trainable_variables]
+        if rule.accumulation_steps > 1
+        else []
+    )
+    step = training._make_train_step(strategy, model, optimizer, accumulators, rule, xla=False)
+    iterator = iter(batches)
+    for _ in range(steps):
+        step(iterator)
+    return [v.numpy() for v in model.trainable_variables]
 
 
 def test_gradient_accumulation_equals_one_large_batch(small_npz):
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 1, (32, 28, 28, 3)).astype(np.float32)
-    labels = np.eye(4, dtype=np.float32)[rng.integers(0, 4, 32)]
+    labels = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 32)]
     weights = []
     for micro, accumulation in ((32, 1), (8, 4)):
         rule = hyperrule.derive(
             1000, 32 * 32, overrides={"batch_size": 32, "micro_batch_size": micro}
         )
         assert rule.accumulation_steps == accumulation
-        strategy = tf.distribute.get_strategy()
-        model = models.build_classifier(models.load_backbone(small_npz), 4)
-        head = np.full((SMALL.feature_dim, 4), 0.01, np.float32)  # not zero: gradients flow
-        model.get_layer("head").set_weights([head, np.zeros(4, np.float32)])
-        optimizer = tf.keras.optimizers.SGD(0.1, momentum=0.9)
-        optimizer.build(model.trainable_variables)
-        accumulators = (
-            [tf.Variable(tf.zeros_like(v), trainable=False) for v in model.trainable_variables]
-            if accumulation > 1
-            else []
-        )
-        step = training._make_train_step(strategy, model, optimizer, accumulators, rule, xla=False)
-        batches = tf.data.Dataset.from_tensor_slices((images, labels)).batch(micro)
-        iterator = iter(batches.repeat())
-        for _ in range(2):
-            step(iterator)
-        weights.append([v.numpy() for v in model.trainable_variables])
+        batches = tf.data.Dataset.from_tensor_slices(({"images": images}, labels)).batch(micro)
+        weights.append(_updated_weights(small_npz, rule, batches.repeat()))
+    for large, accumulated in zip(*weights, strict=True):
+        np.testing.assert_allclose(accumulated, large, rtol=1e-4, atol=1e-6)
+
+
+def test_mixup_with_accumulation_equals_one_large_batch_with_mixup(digits_data, small_npz):
+    weights = []
+    for micro in (16, 4):  # one step of 16, or 4 micro-batches of 4
+        rule = {"mixup_alpha": 0.4, "micro_batch_size": micro, "accumulation_steps": 16 // micro}
+        stream = _stream(digits_data, seed=6, rule=rule)
+        rule = dataclasses.replace(ds.read_manifest(str(digits_data[1])).rule, **rule)
+        weights.append(_updated_weights(small_npz, rule, stream))
     for large, accumulated in zip(*weights, strict=True):
         np.testing.assert_allclose(accumulated, large, rtol=1e-4, atol=1e-6)
 
@@ -215,20 +230,20 @@ def test_train_export_and_predict(digits_data, small_npz, tmp_path, digits_folde
     }
     assert list((tmp_path / "run" / "logs" / "train").glob("events.out.tfevents.*"))
     images = [str(digits_folder / "3" / "0003.png"), str(digits_folder / "7" / "0007.png")]
-    results = training.predict(str(tmp_path / "run"), images)
-    assert [len(r["top_k"]) for r in results] == [5, 5]
-    assert all(name in [str(d) for d in range(10)] for r in results for name, _ in r["top_k"])
+    results = serving.predict(str(tmp_path / "run"), images)
+    assert [len(r.top_k) for r in results] == [5, 5]
+    assert all(name in [str(d) for d in range(10)] for r in results for name, _ in r.top_k)
     serve = tf.saved_model.load(str(tmp_path / "run" / "saved_model")).signatures["serving_default"]
     out = serve(image_bytes=tf.constant([pathlib.Path(p).read_bytes() for p in images]))
     np.testing.assert_allclose(out["probabilities"].numpy().sum(axis=1), 1.0, rtol=1e-5)
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
-    with pytest.raises(TrainingError, match="bad.png: not a recognised image"):
-        training.predict(str(tmp_path / "run"), [str(bad)])
     bomb = tmp_path / "bomb.png"  # a 100,000 x 100,000 header: refused before any decoding
     bomb.write_bytes(imagegen._bomb_png())
-    with pytest.raises(TrainingError, match="possible decompression bomb"):
-        training.predict(str(tmp_path / "run"), [str(bomb)])
+    results = serving.predict(str(tmp_path / "run"), [str(bad), images[0], str(bomb)])
+    assert results[0].error.startswith("not a recognised image")
+    assert results[1].top_k and results[1].error is None  # the good one still answered
+    assert "possible decompression bomb" in results[2].error
 
 
 @pytest.mark.parametrize(
@@ -236,35 +251,31 @@ def test_train_export_and_predict(digits_data, small_npz, tmp_path, digits_folde
     [
         ({"model": "bit-m-r51x1"}, "unknown model 'bit-m-r51x1'; valid names"),
         ({"model": "/nowhere/model.npz"}, "cannot read checkpoint /nowhere/model.npz"),
-        ({"hyperrule_path": "/nowhere/h.json"}, "HyperRule file not found"),
-        ({"data_dir": "/nowhere"}, "no manifest.json in /nowhere"),
-        ({"strategy": "horovod"}, "unknown strategy 'horovod'"),
+        ({"dataset_dir": "/nowhere"}, "/nowhere is not a complete dataset: no manifest.json"),
+        ({"strategy": "horovod"}, "strategy must be one of auto, default"),
         ({"max_steps": 0}, "max_steps must be at least 1"),
+        ({"accelerator": "gpu"}, "asked for a GPU, but TensorFlow finds none"),
     ],
 )
 def test_bad_input_fails_before_training(digits_data, small_npz, tmp_path, change, message):
-    config = dataclasses.replace(config_for(digits_data, tmp_path / "run", small_npz), **change)
     with pytest.raises(BittuneError, match=message):
+        config = dataclasses.replace(config_for(digits_data, tmp_path / "run", small_npz), **change)
         training.train(config)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_hyperrule_missing_fields(digits_data, small_npz, tmp_path):
+def test_hyperrule_file_missing_fields(digits_data, tmp_path):
     rule = json.loads((digits_data[0] / "hyperrule.json").read_text())
     del rule["crop"]
     (tmp_path / "h.json").write_text(json.dumps(rule))
-    config = dataclasses.replace(
-        config_for(digits_data, tmp_path / "run", small_npz),
-        hyperrule_path=str(tmp_path / "h.json"),
-    )
     with pytest.raises(BittuneError, match="missing field\\(s\\): crop"):
-        training.train(config)
+        hyperrule.load(str(tmp_path / "h.json"))
 
 
 def test_output_of_another_dataset_is_refused(digits_data, small_npz, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "labels.json").write_text(json.dumps({"labels": ["cat", "dog"]}))
-    with pytest.raises(TrainingError, match="holds a run on 2 other classes"):
+    with pytest.raises(BittuneError, match="holds a run on 2 other classes"):
         training.train(config_for(digits_data, tmp_path / "run", small_npz))
 
 
@@ -277,8 +288,9 @@ def test_gcs_output_checkpoints_and_resumes(digits_data, small_npz, gcs):
     assert "runs/digits/checkpoints/checkpoint" in names
     assert any(n.startswith("runs/digits/checkpoints/ckpt-3") for n in names)
     import shutil
+    import tempfile
 
-    shutil.rmtree(training._staging_dir(output))  # a new machine: only gs:// remains
+    shutil.rmtree(os.path.join(tempfile.gettempdir(), "bittune-train"))  # a new machine
     second = training.train(config_for(digits_data, output, small_npz))
     assert second["finished"] and second["steps"] == 6
     assert [h["step"] for h in second["validation"]] == [6]  # resumed at 3, not restarted

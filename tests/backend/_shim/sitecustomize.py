@@ -14,6 +14,7 @@ further down ``sys.path`` (a distribution's own), so nothing else changes.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -37,6 +38,16 @@ def _patch(module: ModuleType) -> None:
         setattr(module, name, os.path.join(_ROOT, folder) + "/")
 
 
+def _wrap(loader: Any) -> None:
+    original = loader.exec_module
+
+    def exec_module(module: ModuleType) -> None:
+        original(module)
+        _patch(module)
+
+    loader.exec_module = exec_module
+
+
 class _PatchArtifactTypes(importlib.abc.MetaPathFinder):
     """Finds ``kfp.dsl.types.artifact_types`` as usual and patches it after it executes."""
 
@@ -48,14 +59,7 @@ class _PatchArtifactTypes(importlib.abc.MetaPathFinder):
                 continue
             spec = finder.find_spec(fullname, path, target)
             if spec is not None and spec.loader is not None:
-                loader = spec.loader
-                original = loader.exec_module
-
-                def exec_module(module: ModuleType) -> None:
-                    original(module)
-                    _patch(module)
-
-                loader.exec_module = exec_module  # type: ignore[method-assign]
+                _wrap(spec.loader)
                 return spec
         return None
 
@@ -68,10 +72,8 @@ def _chain() -> None:
     if spec is None or spec.loader is None:
         return
     module = importlib.util.module_from_spec(spec)
-    try:
+    with contextlib.suppress(Exception):  # a broken distribution hook must not break the task
         spec.loader.exec_module(module)
-    except Exception:  # a broken distribution hook must not break the task
-        pass
 
 
 if _ROOT:

@@ -1,0 +1,1 @@
+"""A test-only KFP v2 runner that follows the open-source backend (see runner.py)."""

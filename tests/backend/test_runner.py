@@ -1,0 +1,469 @@
+"""Tests of the backend-faithful KFP runner (tests/backend/runner.py) on toy pipelines.
+
+Each test compiles a small pipeline with the real kfp compiler and runs it as the KFP v2 backend
+would: every task in its own process, artifacts through a real object store on loopback (moto's
+S3 API for ``minio://``/``s3://``, fake-gcs-server for ``gs://``)."""
+
+import json
+import pathlib
+import sys
+import time
+
+import pytest
+from kfp import compiler, dsl
+from kfp.dsl import Artifact, Dataset, Input, Output
+
+from tests.backend.runner import (
+    BackendRunner,
+    RunFailed,
+    SubmissionError,
+    TaskDirs,
+    binding_problems,
+    parameter_bindings,
+)
+from tests.backend.stores import GcsStore, MotoS3Server
+
+IMAGE = "python:3.11-slim"
+
+# --- toy components (module level: the compiler embeds their source) ---------------------------
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def make_bare() -> list:
+    return [1, 2, 3]
+
+
+@dsl.component(base_image=IMAGE)  # keeps the SDK's literal `pip install kfp==...` preamble
+def make_typed() -> list[int]:
+    return [1, 2, 3]
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def square(x: int) -> int:
+    if not isinstance(x, int):  # protojson writes 2.0 as 2: an int parameter reads an int
+        raise TypeError(f"x arrived as {type(x).__name__}: {x!r}")
+    return x * x
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def total(xs: list[int]) -> int:
+    return sum(xs)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def write_text(text: str, out: Output[Dataset]) -> str:
+    import os
+
+    assert not os.path.exists(out.path), "an output starts absent"
+    with open(out.path, "w") as f:
+        f.write(text)
+    out.metadata.update({"rows": 3, "ok": True, "tags": ["a", "b"], "name": "toy"})
+    return out.path  # a local path, recorded as a string (a mistake on a cluster)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def read_text(data: Input[Dataset]) -> str:
+    import json
+
+    with open(data.path) as f:
+        text = f.read()
+    return json.dumps({"text": text, "uri": data.uri, "metadata": data.metadata})
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def open_path(path: str) -> str:
+    with open(path) as f:  # the producer's local path: never downloaded here
+        return f.read()
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def write_number(n: int, out: Output[Artifact]):
+    import os
+
+    os.makedirs(out.path)
+    with open(os.path.join(out.path, "n.txt"), "w") as f:
+        f.write(str(n))
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def join_numbers(parts: Input[list[Artifact]]) -> str:
+    import os
+
+    return ",".join(open(os.path.join(p.path, "n.txt")).read() for p in parts)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def flip(n: int) -> str:
+    return "heads" if n % 2 else "tails"
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def say(msg: str, out: Output[Artifact]) -> str:
+    with open(out.path, "w") as f:
+        f.write(msg)
+    return msg
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def show(text: str, art: Input[Artifact]) -> str:
+    with open(art.path) as f:
+        return f"{text}/{f.read()}"
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def checkpointed(steps: int, model: Output[Artifact]) -> str:
+    import os
+    import sys
+    import time
+
+    found = sorted(os.listdir(model.path)) if os.path.exists(model.path) else []
+    payload = sys.argv[sys.argv.index("--executor_input") + 1]
+    print("FOUND_AT_START", found, flush=True)
+    print("EXECUTOR_INPUT", payload, flush=True)
+    os.makedirs(model.path)
+    for step in range(1, steps + 1):
+        with open(os.path.join(model.path, f"ckpt-{step}"), "w") as f:
+            f.write(str(step))
+        time.sleep(0.5)
+    return os.environ.get("KFP_RETRY_INDEX", "")
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def add(a: int, b: int, out: Output[Dataset]) -> int:
+    with open(out.path, "w") as f:
+        f.write(str(a + b))
+    return a + b
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def read_sum(data: Input[Dataset]) -> int:
+    return int(open(data.path).read())
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def job_info(job: str, job_id: str, task: str) -> str:
+    return f"{job}|{job_id}|{task}"
+
+
+# --- toy pipelines -------------------------------------------------------------------------------
+
+
+@dsl.pipeline(name="bare-list-loop")
+def bare_list_loop():
+    items = make_bare()
+    with dsl.ParallelFor(items.output) as item:
+        square(x=item)
+
+
+@dsl.pipeline(name="typed-list-loop")
+def typed_list_loop(offset: int = 2):
+    items = make_typed()
+    with dsl.ParallelFor(items.output) as item:
+        squares = square(x=item)
+    total(xs=dsl.Collected(squares.output))
+    square(x=offset)
+
+
+@dsl.pipeline(name="artifact-roundtrip")
+def artifact_roundtrip(text: str = "hello"):
+    written = write_text(text=text)
+    read_text(data=written.outputs["out"])
+
+
+@dsl.pipeline(name="path-as-string")
+def path_as_string():
+    written = write_text(text="secret")
+    open_path(path=written.outputs["Output"])
+
+
+@dsl.pipeline(name="fan-in")
+def fan_in():
+    with dsl.ParallelFor([1, 2, 3]) as n:
+        squares = square(x=n)
+        files = write_number(n=n)
+    total(xs=dsl.Collected(squares.output))
+    join_numbers(parts=dsl.Collected(files.outputs["out"]))
+
+
+@dsl.pipeline(name="branches")
+def branches(n: int = 1):
+    coin = flip(n=n)
+    with dsl.If(coin.output == "heads"):
+        heads = say(msg="H")
+    with dsl.Else():
+        tails = say(msg="T")
+    show(
+        text=dsl.OneOf(heads.outputs["Output"], tails.outputs["Output"]),
+        art=dsl.OneOf(heads.outputs["out"], tails.outputs["out"]),
+    )
+
+
+@dsl.pipeline(name="retried")
+def retried(steps: int = 3):
+    checkpointed(steps=steps).set_retry(num_retries=2, backoff_duration="7s", backoff_factor=2)
+
+
+@dsl.pipeline(name="cached")
+def cached(a: int = 1, b: int = 2):
+    summed = add(a=a, b=b)
+    read_sum(data=summed.outputs["out"])
+
+
+@dsl.pipeline(name="placeholders")
+def placeholders():
+    job_info(
+        job=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        task=dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
+    ).set_caching_options(False)
+
+
+# --- fixtures ------------------------------------------------------------------------------------
+
+
+def _compile(func, tmp_path: pathlib.Path) -> pathlib.Path:
+    path = tmp_path / f"{func.name}.yaml"
+    compiler.Compiler().compile(func, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def moto():
+    pytest.importorskip("moto", reason="moto[server] is needed for the S3 store")
+    with MotoS3Server(buckets=("mlpipeline", "other")) as server:
+        yield server
+
+
+@pytest.fixture
+def runner(moto, tmp_path):
+    return BackendRunner(
+        [moto.store()],
+        workdir=tmp_path / "runner",
+        python_bin=pathlib.Path(sys.executable).parent,
+        backoff_scale=0.0,
+        task_timeout_s=60,
+    )
+
+
+# --- driver: parameter types ---------------------------------------------------------------------
+
+
+def test_bare_list_loop_into_int_fails_like_the_driver(runner, tmp_path):
+    path = _compile(bare_list_loop, tmp_path)
+    with pytest.raises(RunFailed) as failed:
+        runner.run(path)
+    result = failed.value.result
+    assert result.state == "FAILED"
+    assert result.failed_task == "for-loop-1[0]/square"
+    message = str(failed.value)
+    assert 'input parameter "x" type mismatch: expect NUMBER_INTEGER, got string' in message
+    assert message.count("driver.Container(pipelineName=bare-list-loop") >= 1
+    # the iteration driver converted the number item to the loop's declared STRING item type
+    iteration = result.task("for-loop-1[0]")
+    assert iteration.inputs == {"pipelinechannel--make-bare-Output-loop-item": "1"}
+    square_task = result.task("for-loop-1[0]/square")
+    assert square_task.attempts == [] and square_task.state == "FAILED"  # no pod, no retry
+    assert "for-loop-1[1]" not in result.tasks  # failFast: no further iteration starts
+
+    mismatches = [b for b in parameter_bindings(path) if b.producer_type != b.consumer_type]
+    assert [(b.consumer, b.input, b.producer_type, b.consumer_type) for b in mismatches] == [
+        ("for-loop-1/square", "x", "STRING", "NUMBER_INTEGER")
+    ]
+    assert binding_problems(path) == mismatches
+
+
+def test_typed_list_loop_passes_and_integral_doubles_arrive_as_int(runner, tmp_path):
+    path = _compile(typed_list_loop, tmp_path)
+    assert all(b.producer_type == b.consumer_type for b in parameter_bindings(path))
+    assert binding_problems(path) == []
+    assert "defaultValue: 2.0" in path.read_text()  # the compiler writes the int as a float
+    result = runner.run(path)
+    assert result.state == "SUCCEEDED"
+    assert result.task("total").outputs == {"Output": 14.0}
+    assert result.task("total").inputs == {"xs": [1.0, 4.0, 9.0]}
+    offset = result.task("square-2")
+    assert offset.inputs == {"x": 2.0}
+    assert '"x":2' in " ".join(offset.command)  # protojson: 2.0 is written as 2
+    assert result.task("make-typed").command[:2] == ["sh", "-c"]  # the literal pip preamble ran
+
+    # no integrality check: the API server and the driver let 2.5 through to an int input
+    half = runner.run(path, {"offset": 2.5}, raise_on_failure=False)
+    assert half.failed_task == "square-2" and half.task("square-2").inputs == {"x": 2.5}
+    assert "x arrived as float: 2.5" in half.task("square-2").log
+
+
+def test_submission_checks_like_the_api_server(runner, tmp_path):
+    path = _compile(typed_list_loop, tmp_path)
+    with pytest.raises(SubmissionError, match="requires type double or integer"):
+        runner.run(path, {"offset": "2"})
+    with pytest.raises(SubmissionError, match="not required by pipeline: nope"):
+        runner.run(path, {"nope": 1})
+
+
+# --- launcher: artifacts through the object stores ---------------------------------------------
+
+
+@pytest.mark.parametrize("root", ["minio://mlpipeline/v2/artifacts", "s3://other/kfp"])
+def test_artifacts_round_trip_through_s3(runner, moto, tmp_path, root):
+    path = _compile(artifact_roundtrip, tmp_path)
+    result = runner.run(path, {"text": "hi there"}, pipeline_root=root)
+    written = result.task("write-text").output_artifacts["out"]
+    prefix = f"{root}/artifact-roundtrip/{result.run_id}/write-text/"
+    assert written.uri.startswith(prefix) and written.uri.endswith("/out")
+    assert moto.store().read_bytes(written.uri) == b"hi there"
+    assert written.backend_local_path == "/" + written.uri.replace("://", "/", 1)
+    read = json.loads(result.task("read-text").outputs["Output"])
+    assert read["text"] == "hi there" and read["uri"] == written.uri
+    # ML Metadata round trip: bools become 1, lists and dicts get wrapped, two keys are added
+    meta = read["metadata"]
+    assert meta["rows"] == 3 and meta["ok"] == 1 and meta["name"] == "toy"
+    assert meta["tags"] == {"list": ["a", "b"]}
+    assert meta["display_name"] == "out"
+    assert json.loads(meta["store_session_info"])["Provider"] == root.split(":")[0]
+    consumed = result.task("read-text").input_artifacts["data"][0]
+    assert consumed["name"] == str(written.id) and consumed["type"] == {"instanceSchema": ""}
+
+
+def test_artifacts_round_trip_through_gcs(runner, gcs, tmp_path):
+    bucket = gcs.new_bucket()
+    runner.add_store(GcsStore.from_fake_server(gcs.server))
+    path = _compile(artifact_roundtrip, tmp_path)
+    result = runner.run(path, {"text": "gcs!"}, pipeline_root=f"gs://{bucket}/root")
+    written = result.task("write-text").output_artifacts["out"]
+    assert written.uri.startswith(f"gs://{bucket}/root/artifact-roundtrip/{result.run_id}/")
+    assert written.backend_local_path.startswith(f"/gcs/{bucket}/root/")
+    assert gcs.names(bucket) == [written.uri.removeprefix(f"gs://{bucket}/")]
+    assert json.loads(result.task("read-text").outputs["Output"])["text"] == "gcs!"
+    # the launcher downloaded the input into the consumer's (now gone) pod
+    attempt = result.task("read-text").attempts[0]
+    assert [pathlib.Path(p).name for p in attempt.downloaded["data"]] == ["out"]
+    assert not pathlib.Path(attempt.pod_root).exists()
+
+
+def test_a_local_path_passed_as_a_string_is_not_there(runner, tmp_path):
+    path = _compile(path_as_string, tmp_path)
+    with pytest.raises(RunFailed) as failed:
+        runner.run(path)
+    result = failed.value.result
+    assert result.failed_task == "open-path"
+    recorded = result.task("write-text").outputs["Output"]
+    assert "/minio/mlpipeline/v2/artifacts/path-as-string/" in recorded
+    assert "FileNotFoundError" in result.task("open-path").log
+    assert "failed to execute component: exit status 1" in str(failed.value)
+
+
+# --- ParallelFor + Collected, If/Else + OneOf -----------------------------------------------------
+
+
+def test_parallel_for_collects_parameters_and_artifacts(runner, tmp_path):
+    result = runner.run(_compile(fan_in, tmp_path))
+    loop = result.task("for-loop-2")
+    assert loop.kind == "loop" and loop.iteration_count == 3
+    assert [result.task(f"for-loop-2[{i}]/square").inputs for i in range(3)] == [
+        {"x": 1.0},
+        {"x": 2.0},
+        {"x": 3.0},
+    ]
+    assert result.task("total").outputs == {"Output": 14.0}
+    assert result.task("join-numbers").outputs == {"Output": "1,2,3"}
+    parts = result.task("join-numbers").input_artifacts["parts"]
+    uris = [r.uri for r in loop.collected_artifacts["pipelinechannel--write-number-out"]]
+    assert [p["uri"] for p in parts] == uris and len(set(uris)) == 3
+
+
+def test_if_else_one_of_takes_the_branch_that_ran(runner, tmp_path):
+    path = _compile(branches, tmp_path)
+    heads = runner.run(path, {"n": 1})
+    assert heads.task("show").outputs == {"Output": "H/H"}
+    if_branch, else_branch = heads.task("condition-2"), heads.task("condition-3")
+    assert (if_branch.state, if_branch.condition_result) == ("SUCCEEDED", True)
+    assert (else_branch.state, else_branch.mlmd_state) == ("SKIPPED", "CANCELED")
+    assert heads.task("condition-branches-1").mlmd_state == "COMPLETE"
+    tails = runner.run(path, {"n": 2})
+    assert tails.task("show").outputs == {"Output": "T/T"}
+    assert tails.task("condition-2").state == "SKIPPED"
+    assert tails.task("condition-3/say-2").outputs == {"Output": "T"}
+
+
+def test_one_of_over_an_all_cached_branch_fails_as_on_a_cluster(runner, tmp_path):
+    """Only a launcher updates DAG states in ML Metadata: a branch whose only task is a cache hit
+    stays RUNNING, so dsl.OneOf finds no COMPLETE or CACHED branch (driver/resolve.go
+    GetProducerTask, metadata/client.go UpdateDAGExecutionsState)."""
+    path = _compile(branches, tmp_path)
+    runner.run(path, {"n": 1})
+    with pytest.raises(RunFailed, match="processing OneOf: No successful task found") as failed:
+        runner.run(path, {"n": 1})
+    result = failed.value.result
+    assert result.task("condition-2/say").cache_hit is True
+    assert result.task("condition-2").mlmd_state == "RUNNING"
+
+
+# --- retries ---------------------------------------------------------------------------------
+
+
+def test_retry_after_sigkill_reuses_the_executor_input_and_starts_empty(runner, tmp_path):
+    def first_checkpoint(dirs: TaskDirs, attempt: int) -> bool:
+        return (dirs["model"] / "ckpt-1").exists()
+
+    hook = runner.kill_on("checkpointed", first_checkpoint)
+    started = time.monotonic()
+    result = runner.run(_compile(retried, tmp_path), {"steps": 2})
+    task = result.task("checkpointed")
+    assert hook.fired == ["checkpointed"]
+    assert [a.number for a in task.attempts] == [1, 2]
+    first, second = task.attempts
+    assert first.killed_by_hook and first.signal == 9 and first.exit_code == 137
+    assert first.error == "signal: killed" and second.succeeded
+    assert task.retry_delays_s == [7.0]  # configured; slept 0 (backoff_scale=0)
+    assert time.monotonic() - started < 30
+
+    def line(log: str, tag: str) -> str:
+        return next(x for x in log.splitlines() if x.startswith(tag))
+
+    assert line(first.log, "EXECUTOR_INPUT") == line(second.log, "EXECUTOR_INPUT")
+    assert line(second.log, "FOUND_AT_START") == "FOUND_AT_START []"
+    assert task.outputs == {"Output": "1"}  # KFP_RETRY_INDEX of the attempt that succeeded
+    model = task.output_artifacts["model"]
+    assert sorted(pathlib.PurePosixPath(u).name for u in model.uploaded) == ["ckpt-1", "ckpt-2"]
+
+
+# --- caching ---------------------------------------------------------------------------------
+
+
+def test_cache_hit_on_identical_inputs_and_miss_when_one_changes(runner, moto, tmp_path):
+    path = _compile(cached, tmp_path)
+    first = runner.run(path, {"a": 1, "b": 2})
+    assert not first.task("add").cache_hit and first.task("add").attempts
+
+    again = runner.run(path, {"a": 1, "b": 2})
+    hit = again.task("add")
+    assert hit.cache_hit and hit.state == "CACHED" and hit.attempts == []
+    assert hit.fingerprint == first.task("add").fingerprint
+    assert hit.outputs == {"Output": 3.0}
+    assert hit.output_artifacts["out"].uri == first.task("add").output_artifacts["out"].uri
+    # the same artifact id flows downstream, so the consumer's key matches too
+    assert again.task("read-sum").cache_hit
+
+    changed = runner.run(path, {"a": 1, "b": 5})
+    assert not changed.task("add").cache_hit and not changed.task("read-sum").cache_hit
+    assert changed.task("read-sum").outputs == {"Output": 6.0}
+    assert changed.task("add").fingerprint != first.task("add").fingerprint
+    assert f"/{changed.run_id}/add/" in changed.task("add").output_artifacts["out"].uri
+
+
+# --- placeholders and the fake API server ----------------------------------------------------
+
+
+def test_run_from_fake_api_and_placeholders(runner, tmp_path):
+    import kfp
+
+    from tests.kfp_fake import FakeKfpServer
+
+    path = _compile(placeholders, tmp_path)
+    with FakeKfpServer() as fake:
+        client = kfp.Client(host=fake.url)
+        run = client.create_run_from_pipeline_package(str(path), run_name="my run")
+        result = runner.run_from_fake_api(fake, run.run_id)
+        assert fake.runs[run.run_id]["state"] == "SUCCEEDED"
+    job, job_id, task = result.task("job-info").outputs["Output"].split("|")
+    assert (job, job_id, task) == ("my run", run.run_id, "job-info")
