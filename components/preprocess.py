@@ -73,6 +73,7 @@ def write_shards(
     from components.bit.preprocess import PreprocessConfig, worker_plan, write_shards
 
     params.require_inputs(locals())
+    params.require_worker(worker_index, preprocess_workers)
     config = PreprocessConfig(
         analysis.path,
         train_shards.path,

@@ -228,11 +228,13 @@ def gate(
     def rule(name: str, passed: bool, text: str) -> None:
         rules.append({"rule": name, "passed": passed, "detail": text})
 
-    beats = accuracy > majority
-    verb = "beats" if beats else "does not beat"
-    rule(
-        "majority", beats, f"accuracy {accuracy:.4f} {verb} the majority-class rate {majority:.4f}"
-    )
+    if majority < 1.0:
+        beats = accuracy > majority
+        verb = "beats" if beats else "does not beat"
+        text = f"accuracy {accuracy:.4f} {verb} the majority-class rate {majority:.4f}"
+        rule("majority", beats, text)
+    else:  # one class only: nothing to beat, and nothing this rule can judge
+        rule("majority", True, "the evaluated split holds one class: no majority rate to beat")
     if threshold > 0:
         reached = accuracy >= threshold
         verb = ">= threshold" if reached else "is below the threshold"

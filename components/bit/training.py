@@ -319,7 +319,7 @@ def visible_devices() -> dict[str, int]:
     """How many GPUs and TPU chips TensorFlow sees (a seam for tests without accelerators)."""
     return {
         "GPU": len(tf.config.list_physical_devices("GPU")),
-        "TPU": len(tf.config.list_logical_devices("TPU")),
+        "TPU": len(tf.config.list_physical_devices("TPU")),
     }
 
 
@@ -348,6 +348,7 @@ def vertex_tf_config() -> None:
     spec = os.environ.get("CLUSTER_SPEC")
     if not spec or os.environ.get("TF_CONFIG"):
         return
+    os.environ.pop("TF_CONFIG", None)  # an empty one
     cluster_spec = json.loads(spec)
     task = cluster_spec["task"]
     pools = {
@@ -371,7 +372,7 @@ def make_strategy(name: str, accelerator: str = "", replicas: int = 1):
     (machines) train with MultiWorkerMirroredStrategy from the cluster the platform describes."""
     if replicas > 1:
         vertex_tf_config()
-        if "TF_CONFIG" not in os.environ:
+        if not os.environ.get("TF_CONFIG"):
             raise TrainingError(
                 f"training_replicas={replicas} needs a multi-worker cluster (Vertex AI "
                 "Pipelines runs one as a CustomJob: bittune compile --target vertex); this "
@@ -393,7 +394,7 @@ def make_strategy(name: str, accelerator: str = "", replicas: int = 1):
         )
     if name == "multiworker":
         vertex_tf_config()
-        if "TF_CONFIG" not in os.environ:
+        if not os.environ.get("TF_CONFIG"):
             raise TrainingError(
                 "--strategy multiworker needs TF_CONFIG (or Vertex AI's CLUSTER_SPEC) "
                 "describing the cluster"

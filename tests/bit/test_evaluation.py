@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from components.bit import evaluation, push
+from components.bit import evaluation, models, push, serving
 from components.bit.errors import BittuneError
 from components.bit.evaluation import EvalConfig, Tally
 from components.bit.training import TrainConfig, train
@@ -67,12 +67,16 @@ def test_metrics_match_an_independent_recomputation(classes):
 
 
 def test_gate():
-    assert evaluation.gate(0.9, 0.8, None, 0.0)[0]
-    blessed, reason = evaluation.gate(0.7, 0.8, None, 0.0)
-    assert not blessed and "below the threshold 0.8000" in reason
-    assert evaluation.gate(0.89, 0.5, 0.9, 0.02)[0]
-    blessed, reason = evaluation.gate(0.85, 0.5, 0.9, 0.02)
-    assert not blessed and "worse than the baseline's 0.9000" in reason
+    verdict = evaluation.gate(0.9, majority=0.3, threshold=0.8)
+    assert verdict.blessed and [r["rule"] for r in verdict.rules] == ["majority", "threshold"]
+    verdict = evaluation.gate(0.7, majority=0.3, threshold=0.8)
+    assert not verdict.blessed and "below the threshold 0.8000 (rule: threshold)" in verdict.reason
+    verdict = evaluation.gate(0.3, majority=0.3)  # chance: always the most frequent class
+    assert not verdict.blessed and verdict.reason.endswith("(rule: majority)")
+    assert evaluation.gate(0.89, majority=0.1, baseline=0.9, tolerance=0.02).blessed
+    verdict = evaluation.gate(0.85, majority=0.1, baseline=0.9, tolerance=0.02, baseline_name="v1")
+    assert not verdict.blessed and "worse than v1's 0.9000" in verdict.reason
+    assert evaluation.gate(0.5, majority=1.0).blessed  # one class: the rule cannot judge
 
 
 @pytest.fixture(scope="module")
@@ -80,15 +84,10 @@ def trained(digits_folder, tmp_path_factory):
     root = prepare_dataset(digits_folder, tmp_path_factory.mktemp("eval"), TINY_RULE)
     train(
         TrainConfig(
-            str(root / "data"),
-            str(root / "analysis" / "hyperrule.json"),
-            "bittune-tiny",
-            str(root / "run"),
-            eval_every=3,
-            checkpoint_every=3,
-            log_every=1,
+            str(root / "data"), "bittune-tiny", str(root / "run"),
+            eval_every=3, checkpoint_every=3, log_every=1,
         )
-    )
+    )  # fmt: skip
     return root
 
 
@@ -102,11 +101,12 @@ def test_evaluate_counts_every_test_example_and_writes_a_report(trained, tmp_pat
     assert (
         sum(c["support"] for c in result["metrics"]["per_class"]) == result["metrics"]["examples"]
     )
-    assert result["blessed"]  # threshold 0
+    assert result["blessed"] == (result["metrics"]["accuracy"] > result["metrics"]["majority_rate"])
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["metrics"]["accuracy"] == result["metrics"]["accuracy"]
     page = (tmp_path / "report.html").read_text()
     assert "http://" not in page and "https://" not in page
+    assert "majority-class rate" in page
     for heading in ("Training", "Confusion matrix", "Per class", "BiT-HyperRule", "Dataset"):
         assert f"<h2>{heading}" in page
     assert page.count("data:image/png;base64,") >= 2
@@ -116,18 +116,39 @@ def test_evaluate_counts_every_test_example_and_writes_a_report(trained, tmp_pat
 
 
 def test_gate_with_threshold_and_baseline(trained, tmp_path):
-    strict = evaluation.evaluate(
-        EvalConfig(str(trained / "data"), str(trained / "run"), threshold=0.999)
-    )
+    data, run = str(trained / "data"), str(trained / "run")
+    strict = evaluation.evaluate(EvalConfig(data, run, threshold=0.999))
     assert not strict["blessed"] and "below the threshold" in strict["reason"]
-    same = evaluation.evaluate(
-        EvalConfig(str(trained / "data"), str(trained / "run"), baseline_model=str(trained / "run"))
-    )
-    assert same["blessed"] and same["baseline_accuracy"] == same["metrics"]["accuracy"]
+    same = evaluation.evaluate(EvalConfig(data, run, baseline=run))
+    assert same["baseline_accuracy"] == same["metrics"]["accuracy"]
+    assert "baseline" in [r["rule"] for r in same["rules"]]
+
+
+def test_a_chance_level_model_is_refused_by_default(trained, tmp_path):
+    # the untrained classifier: a zero head, the same scores for every class
+    untrained = models.build_classifier(models.load_backbone("bittune-tiny"), 10)
+    serving.export(untrained, [str(d) for d in range(10)], 28, str(tmp_path / "saved_model"))
+    result = evaluation.evaluate(EvalConfig(str(trained / "data"), str(tmp_path)))
+    assert not result["blessed"] and result["reason"].endswith("(rule: majority)")
+
+
+def test_the_served_version_is_the_default_baseline(trained, tmp_path):
+    data, run = str(trained / "data"), str(trained / "run")
+    first = evaluation.evaluate(EvalConfig(data, run, serving_root=str(tmp_path / "serving")))
+    assert first["baseline"] is None  # nothing served yet
+    manifest = json.loads((trained / "data" / "manifest.json").read_text())
+    rule = json.loads((trained / "run" / "hyperrule.json").read_text())
+    blessed = {**first, "blessed": True}
+    push.push(run, str(tmp_path / "serving"), push.model_card(blessed, rule, manifest, {}))
+    second = evaluation.evaluate(EvalConfig(data, run, serving_root=str(tmp_path / "serving")))
+    assert second["baseline"] == str(tmp_path / "serving" / "1")
+    assert second["baseline_accuracy"] == second["metrics"]["accuracy"]
+    assert any(r["rule"] == "baseline" and r["passed"] for r in second["rules"])
 
 
 def test_push_versions_and_card(trained, tmp_path, gcs):
     result = evaluation.evaluate(EvalConfig(str(trained / "data"), str(trained / "run")))
+    result = {**result, "blessed": True}  # pushing is tested here, not the gate
     manifest = json.loads((trained / "data" / "manifest.json").read_text())
     rule = json.loads((trained / "run" / "hyperrule.json").read_text())
     card = push.model_card(result, rule, manifest, {"model_source": "bittune-tiny"})
@@ -135,6 +156,8 @@ def test_push_versions_and_card(trained, tmp_path, gcs):
     second = push.push(str(trained / "run"), str(tmp_path / "serving"), card)
     assert first.endswith("/1") and second.endswith("/2")
     assert (tmp_path / "serving" / "2" / "saved_model.pb").exists()
+    markdown = (tmp_path / "serving" / "1" / "model_card.md").read_text()
+    assert "| resize | crop |" in markdown and "{'" not in markdown  # a table, not a dict
     saved = json.loads((tmp_path / "serving" / "1" / "model_card.json").read_text())
     assert saved["metrics"]["accuracy"] == result["metrics"]["accuracy"]
     assert saved["hyperrule"]["crop"] == 28
@@ -149,5 +172,30 @@ def test_push_versions_and_card(trained, tmp_path, gcs):
 def test_evaluate_bad_input(trained, tmp_path):
     with pytest.raises(BittuneError, match="no exported model"):
         evaluation.evaluate(EvalConfig(str(trained / "data"), str(tmp_path)))
-    with pytest.raises(BittuneError, match="no manifest.json"):
+    with pytest.raises(BittuneError, match="not a complete dataset: no manifest.json"):
         evaluation.evaluate(EvalConfig(str(tmp_path), str(trained / "run")))
+
+
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_concurrent_pushes_claim_distinct_versions(where, tmp_path, gcs):
+    import concurrent.futures
+
+    root = str(tmp_path / "serving") if where == "local" else f"gs://{gcs.new_bucket()}/models"
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        versions = list(pool.map(lambda _: push.claim_version(root), range(8)))
+    assert sorted(versions) == list(range(1, 9))  # each number claimed exactly once
+
+
+def test_saved_model_pb_is_written_last(trained, tmp_path, monkeypatch):
+    from components.bit import storage
+
+    written = []
+    real = storage.write_bytes
+    monkeypatch.setattr(
+        storage, "write_bytes", lambda uri, data: (written.append(uri), real(uri, data))
+    )
+    card = {"gate": {"blessed": True, "reason": "test"}, "metrics": {}}
+    monkeypatch.setattr(push, "card_markdown", lambda card: "card\n")
+    push.push(str(trained / "run"), str(tmp_path / "serving"), card)
+    assert written[-1].endswith("/1/saved_model.pb")
+    assert any("/variables/" in uri for uri in written[:-1])

@@ -295,3 +295,44 @@ def test_gcs_output_checkpoints_and_resumes(digits_data, small_npz, gcs):
     assert second["finished"] and second["steps"] == 6
     assert [h["step"] for h in second["validation"]] == [6]  # resumed at 3, not restarted
     assert "runs/digits/saved_model/saved_model.pb" in gcs.names(bucket, "runs/digits/")
+
+
+def test_an_accelerator_asked_for_but_missing_fails_at_once(monkeypatch):
+    """The device list is faked: what a GPU node without a visible driver, or a TPU VM whose
+    TPU cannot be reached, looks like to TensorFlow."""
+    monkeypatch.setattr(training, "visible_devices", lambda: {"GPU": 0, "TPU": 0})
+    with pytest.raises(BittuneError, match="asked for a GPU, but TensorFlow finds none"):
+        training.make_strategy("auto", accelerator="gpu")
+    with pytest.raises(BittuneError, match="--strategy mirrored needs GPUs"):
+        training.make_strategy("mirrored")
+
+    def no_tpu():
+        raise tf.errors.NotFoundError(None, None, "no TPU platform")
+
+    monkeypatch.setattr(training, "_tpu_strategy", no_tpu)
+    with pytest.raises(BittuneError, match="asked for a TPU, but none was found"):
+        training.make_strategy("auto", accelerator="tpu")
+    with pytest.raises(BittuneError, match="asked for a TPU"):
+        training.make_strategy("tpu")
+    monkeypatch.setattr(training, "visible_devices", lambda: {"GPU": 1, "TPU": 0})
+    assert training.strategy_name(training.make_strategy("auto", accelerator="gpu")) == "default"
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.delenv("CLUSTER_SPEC", raising=False)
+    with pytest.raises(BittuneError, match="training_replicas=3 needs a multi-worker cluster"):
+        training.make_strategy("auto", replicas=3)
+
+
+def test_vertex_cluster_spec_becomes_tf_config(monkeypatch):
+    spec = {
+        "cluster": {"workerpool0": ["chief:2222"], "workerpool1": ["w0:2222", "w1:2222"]},
+        "task": {"type": "workerpool1", "index": 1, "trial": ""},
+        "environment": "cloud",
+    }
+    monkeypatch.setenv("CLUSTER_SPEC", json.dumps(spec))
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    training.vertex_tf_config()
+    config = json.loads(os.environ["TF_CONFIG"])
+    assert config == {
+        "cluster": {"chief": ["chief:2222"], "worker": ["w0:2222", "w1:2222"]},
+        "task": {"type": "worker", "index": 1},
+    }

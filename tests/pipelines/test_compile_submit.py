@@ -21,13 +21,15 @@ from pipelines.submit import SubmitError
 from tests.kfp_fake import FakeKfpServer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-COMMITTED = ROOT / "pipelines" / "bit_finetune.yaml"
+REGISTRY = "us-docker.pkg.dev/my-project/bittune"
+GIVEN = {"data_fingerprint": "given"}  # submissions not about fingerprints skip computing one
 
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
+    """The pipeline compiled for a registry, as a user submits it."""
     path = tmp_path_factory.mktemp("compiled") / "pipeline.yaml"
-    submit.compile_pipeline(str(path))
+    submit.compile_pipeline(str(path), REGISTRY)
     return path
 
 
@@ -37,9 +39,12 @@ def kfp_server():
         yield server
 
 
-def test_committed_yaml_is_fresh(compiled):
-    assert COMMITTED.read_text() == compiled.read_text(), (
-        "pipelines/bit_finetune.yaml is stale: run `bittune compile`"
+@pytest.mark.parametrize("target", ["kubeflow", "vertex"])
+def test_committed_yaml_is_fresh(target, tmp_path):
+    fresh = submit.compile_pipeline(str(tmp_path / "p.yaml"), target=target)
+    committed = pathlib.Path(submit.default_pipeline_file(target))
+    assert committed.read_text() == pathlib.Path(fresh).read_text(), (
+        f"{committed.name} is stale: run `bittune compile --target {target}`"
     )
 
 
@@ -60,53 +65,80 @@ def test_no_credentials_in_compiled_yaml(compiled):
 def test_cluster_settings(compiled):
     pipeline, platform = yaml.safe_load_all(compiled.read_text())
     executors = pipeline["deploymentSpec"]["executors"]
-    train = executors["exec-train-model"]["container"]
-    assert train["image"] == "bittune/bittune-gpu:0.1.0"
-    assert "accelerator" in train["resources"] and train["resources"]["cpuRequest"] == 8
-    assert {e["container"]["image"] for n, e in executors.items() if n != "exec-train-model"} == {
-        "bittune/bittune-cpu:0.1.0"
-    }
+    training = {e["container"]["image"]: e["container"] for n, e in executors.items()
+                if n.startswith("exec-train-model")}  # fmt: skip
+    assert set(training) == {f"{REGISTRY}/bittune-{kind}:0.1.0" for kind in ("gpu", "tpu")}
+    train = training[f"{REGISTRY}/bittune-gpu:0.1.0"]
+    resources = train["resources"]
+    assert resources["accelerator"]["resourceType"].endswith("accelerator_type']}}")
+    assert resources["resourceCpuRequest"].endswith("training_cpu']}}")
+    others = {e["container"]["image"] for n, e in executors.items() if "train-model" not in n}
+    assert others == {f"{REGISTRY}/bittune-cpu:0.1.0"}
     tasks = pipeline["root"]["dag"]["tasks"]
     assert tasks["analyze-dataset"]["cachingOptions"]["enableCache"] is True
     assert tasks["analyze-dataset"]["retryPolicy"]["maxRetryCount"] == 3
     assert tasks["analyze-dataset"]["retryPolicy"]["backoffFactor"] == 2.0
     assert tasks["gather-dataset"]["retryPolicy"]["maxRetryCount"] == 3
-    assert tasks["train-model"]["cachingOptions"].get("enableCache") in (None, False)
+    assert "data_fingerprint" in tasks["analyze-dataset"]["inputs"]["parameters"]
+    for name, component in pipeline["components"].items():
+        if name.startswith("comp-train-model-on-machine"):
+            (machine,) = component["dag"]["tasks"].values()
+            assert machine["cachingOptions"].get("enableCache") in (None, False)
+            assert machine["retryPolicy"]["maxRetryCount"] == 2
     condition = tasks["condition-2"]  # push runs only when evaluate-model says blessed
     assert "evaluate-model" in json.dumps(condition["triggerPolicy"])
-    train_platform = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][
-        "exec-train-model"
-    ]
-    assert int(train_platform["activeDeadlineSeconds"]) == 48 * 3600
-    assert "nodeSelector" in train_platform and "tolerations" in train_platform
+    platforms = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name in ("exec-train-model", "exec-train-model-2"):
+        assert int(platforms[name]["activeDeadlineSeconds"]) == 48 * 3600
+        assert "nodeSelector" in platforms[name] and "tolerations" in platforms[name]
     parameters = pipeline["root"]["inputDefinitions"]["parameters"]
-    for name in (
-        "data_source",
-        "model",
-        "accelerator_type",
-        "accelerator_count",
-        "preprocess_workers",
-        "blessing_threshold",
-        "baseline_model",
-        "serving_root",
-        "random_crop",
-        "random_flip",
-        "hyperrule_overrides",
-    ):
-        assert parameters[name].get("description"), name
+    from components.bit import params
+
+    assert set(parameters) == set(params.names("kubeflow"))
+    for name, declared in parameters.items():  # the table's help is the UI's description
+        assert declared["description"] == params.PARAMETERS[name].help, name
+
+
+def test_every_parameter_binding_types_match(compiled):
+    from tests.backend.runner import binding_problems
+
+    assert binding_problems(str(compiled)) == []
+    assert (
+        binding_problems(submit.compile_pipeline(str(compiled) + ".v", REGISTRY, target="vertex"))
+        == []
+    )
+
+
+def test_training_defaults_fit_a_common_single_gpu_node(compiled):
+    """n1-standard-8 (T4) and g2-standard-8 (L4): 8 vCPUs, 30-32 GB, of which the node keeps
+    some for itself (GKE reserves ~0.1 CPU and ~2.6-3 GB, plus its daemons)."""
+    from components.bit import params
+
+    cpus = params.cpu_count(params.PARAMETERS["training_cpu"].default)
+    memory = params.PARAMETERS["training_memory"].default
+    assert cpus <= 7 and memory.endswith("G") and int(memory[:-1]) * 1e9 <= 26 * 2**30
 
 
 def test_images_follow_the_one_setting(tmp_path):
     path = submit.compile_pipeline(str(tmp_path / "p.yaml"), "europe-docker.pkg.dev/p/r", "1.2")
     images = re.findall(r"image: (\S+)", pathlib.Path(path).read_text())
     assert set(images) == {
-        "europe-docker.pkg.dev/p/r/bittune-cpu:1.2",
-        "europe-docker.pkg.dev/p/r/bittune-gpu:1.2",
+        f"europe-docker.pkg.dev/p/r/bittune-{k}:1.2" for k in ("cpu", "gpu", "tpu")
     }
 
 
+def test_images_without_a_registry_are_refused(kfp_server, tmp_path):
+    shipped = submit.default_pipeline_file()  # compiled for local images: bittune/...
+    with pytest.raises(
+        SubmitError, match="without a registry host .*bittune compile --image-registry"
+    ):
+        submit.submit(kfp_server.url, {"data_source": "gs://b/d", **GIVEN}, pipeline_file=shipped)
+    assert kfp_server.requests == []
+
+
 def test_submit_uploads_versions_and_runs(kfp_server, compiled, tmp_path):
-    params = {"data_source": "gs://b/flowers", "model": "bit-m-r50x1", "accelerator_count": 2}
+    params = {"data_source": "gs://b/flowers", "model": "bit-m-r50x1", "accelerator_count": 2,
+              **GIVEN}  # fmt: skip
     first = submit.submit(kfp_server.url, params, "flowers", str(compiled))
     assert first["url"] == f"{kfp_server.url}/#/runs/details/{first['run_id']}"
     run = kfp_server.runs[first["run_id"]]
@@ -115,7 +147,7 @@ def test_submit_uploads_versions_and_runs(kfp_server, compiled, tmp_path):
     again = submit.submit(kfp_server.url, params, "flowers", str(compiled))
     assert again["version_id"] == first["version_id"] and len(kfp_server.versions) == 1
     changed = tmp_path / "changed.yaml"
-    submit.compile_pipeline(str(changed), tag="0.2.0")
+    submit.compile_pipeline(str(changed), REGISTRY, tag="0.2.0")
     third = submit.submit(kfp_server.url, params, "flowers", str(changed))
     assert (
         third["pipeline_id"] == first["pipeline_id"] and third["version_id"] != first["version_id"]
@@ -161,10 +193,9 @@ def test_trigger_runs_only_on_change(gcs, kfp_server, compiled):
     _data(gcs, bucket, ["a/1.jpg", "b/2.jpg"])
     state = f"gs://{bucket}/trigger/state.json"
 
-    def run():
-        return submit.submit(
-            kfp_server.url, {"data_source": f"gs://{bucket}/data"}, "t", str(compiled)
-        )
+    def run(fingerprint):
+        values = {"data_source": f"gs://{bucket}/data", "data_fingerprint": fingerprint}
+        return submit.submit(kfp_server.url, values, "t", str(compiled))
 
     assert submit.trigger(f"gs://{bucket}/data", state, run)["action"] == "submitted"
     assert submit.trigger(f"gs://{bucket}/data", state, run)["action"] == "unchanged"
@@ -175,6 +206,26 @@ def test_trigger_runs_only_on_change(gcs, kfp_server, compiled):
     assert len(kfp_server.runs) == 3
     saved = json.loads(storage.read_text(state))
     assert saved["status"] == "submitted" and saved["run"]["run_id"] in kfp_server.runs
+    prints = [
+        r["runtime_config"]["parameters"]["data_fingerprint"] for r in kfp_server.runs.values()
+    ]
+    assert len(set(prints)) == 3  # each change reaches the run, so analysis is not a cache hit
+
+
+def test_submit_fingerprints_the_data(gcs, kfp_server, compiled):
+    bucket = gcs.new_bucket()
+    _data(gcs, bucket, ["a/1.jpg"])
+    values = {"data_source": f"gs://{bucket}/data"}
+    first = submit.submit(kfp_server.url, values, "t", str(compiled))
+    again = submit.submit(kfp_server.url, values, "t", str(compiled))
+    _data(gcs, bucket, ["a/2.jpg"])
+    changed = submit.submit(kfp_server.url, values, "t", str(compiled))
+    prints = [
+        kfp_server.runs[r["run_id"]]["runtime_config"]["parameters"]["data_fingerprint"]
+        for r in (first, again, changed)
+    ]
+    assert prints[0] == prints[1] != prints[2]
+    assert prints[2] == submit.fingerprint(f"gs://{bucket}/data")
 
 
 def test_two_concurrent_triggers_start_one_run(gcs, kfp_server, compiled, monkeypatch):
@@ -183,10 +234,13 @@ def test_two_concurrent_triggers_start_one_run(gcs, kfp_server, compiled, monkey
     state = f"gs://{bucket}/state.json"
     both_read = threading.Barrier(2)
     read = storage.read_versioned
+    first = threading.local()
 
     def read_then_wait(uri):
         value = read(uri)
-        both_read.wait(timeout=30)  # both triggers hold the same generation before claiming
+        if not getattr(first, "done", False):  # both hold the same generation before claiming
+            first.done = True
+            both_read.wait(timeout=30)
         return value
 
     monkeypatch.setattr(storage, "read_versioned", read_then_wait)
@@ -197,8 +251,11 @@ def test_two_concurrent_triggers_start_one_run(gcs, kfp_server, compiled, monkey
             submit.trigger(
                 f"gs://{bucket}/data",
                 state,
-                lambda: submit.submit(
-                    kfp_server.url, {"data_source": "gs://data/x"}, "t", str(compiled)
+                lambda fingerprint: submit.submit(
+                    kfp_server.url,
+                    {"data_source": "gs://data/x", "data_fingerprint": fingerprint},
+                    "t",
+                    str(compiled),
                 ),
             )["action"]
         )
@@ -217,13 +274,13 @@ def test_failed_submission_is_retried_and_stale_claims_taken_over(gcs):
     _data(gcs, bucket, ["x/1.jpg"])
     data, state = f"gs://{bucket}/data", f"gs://{bucket}/state.json"
 
-    def broken():
+    def broken(fingerprint):
         raise SubmitError("the KFP API refused the request (503)")
 
     with pytest.raises(SubmitError):
         submit.trigger(data, state, broken)
     ok = {"run_id": "r1", "url": "u"}
-    assert submit.trigger(data, state, lambda: ok)["action"] == "submitted"  # retried
+    assert submit.trigger(data, state, lambda _: ok)["action"] == "submitted"  # retried
     _data(gcs, bucket, ["x/2.jpg"])
     fingerprint = submit.fingerprint(data)
     now = datetime.datetime.now(datetime.UTC)
@@ -237,10 +294,10 @@ def test_failed_submission_is_retried_and_stale_claims_taken_over(gcs):
             "claimed_at": (now - age).isoformat(),
         }
         storage.write_bytes(state, json.dumps(claim).encode())
-        assert submit.trigger(data, state, lambda: ok)["action"] == expected
+        assert submit.trigger(data, state, lambda _: ok)["action"] == expected
 
 
-def test_cli_submit_and_trigger(gcs, kfp_server, tmp_path):
+def test_cli_submit_and_trigger(gcs, kfp_server, compiled, tmp_path):
     bucket = gcs.new_bucket()
     _data(gcs, bucket, ["a/1.jpg"])
     env_code = (
@@ -258,7 +315,9 @@ def test_cli_submit_and_trigger(gcs, kfp_server, tmp_path):
             timeout=120,
         )
 
-    done = cli("submit", "--host", kfp_server.url, "--param", "data_source=gs://b/d")
+    pipeline = ["--pipeline", str(compiled)]
+    done = cli("submit", "--host", kfp_server.url, *pipeline, "--param",
+               f"data_source=gs://{bucket}/data")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert f"{kfp_server.url}/#/runs/details/" in done.stdout and "HEAVY []" in done.stdout
     trigger = [
@@ -269,10 +328,11 @@ def test_cli_submit_and_trigger(gcs, kfp_server, tmp_path):
         f"gs://{bucket}/s.json",
         "--host",
         kfp_server.url,
+        *pipeline,
     ]
     assert "submitted run" in cli(*trigger).stdout
     assert "data unchanged" in cli(*trigger).stdout
-    bad = cli("submit", "--host", kfp_server.url, "--param", "nope=1")
+    bad = cli("submit", "--host", kfp_server.url, *pipeline, "--param", "nope=1")
     assert bad.returncode == 2 and "unknown parameter 'nope'" in bad.stderr
     compiled = cli("compile", "--output", str(tmp_path / "p.yaml"))
     assert compiled.returncode == 0 and "HEAVY []" in compiled.stdout

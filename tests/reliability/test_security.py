@@ -24,10 +24,12 @@ def test_no_secret_in_compiled_yaml_submission_or_output(tmp_path, monkeypatch, 
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
     monkeypatch.setenv("KF_PIPELINES_SA_TOKEN", SECRET)
     compiled = tmp_path / "pipeline.yaml"
-    assert cli.main(["compile", "--output", str(compiled)]) == 0
+    registry = ["--image-registry", "us-docker.pkg.dev/p/bittune"]
+    assert cli.main(["compile", "--output", str(compiled), *registry]) == 0
     with FakeKfpServer() as kfp:
         code = cli.main(["submit", "--host", kfp.url, "--token", SECRET, "--pipeline",
-                         str(compiled), "--param", "data_source=gs://b/photos"])  # fmt: skip
+                         str(compiled), "--param", "data_source=gs://b/photos",
+                         "--param", "data_fingerprint=given"])  # fmt: skip
         sent = json.dumps([kfp.pipelines, kfp.versions, kfp.runs, kfp.experiments])
     assert code == 0
     output = capsys.readouterr()
@@ -47,7 +49,8 @@ def test_images_run_as_a_non_root_user():
     assert users and users[-1] == "1000:1000"  # numeric, so runAsNonRoot can verify it
     compiled = (ROOT / "pipelines" / "bit_finetune.yaml").read_text()
     images = set(re.findall(r"image: (\S+)", compiled))
-    assert images == {"bittune/bittune-cpu:0.1.0", "bittune/bittune-gpu:0.1.0"}  # built from it
+    kinds = {"cpu", "gpu", "tpu"}
+    assert images == {f"bittune/bittune-{kind}:0.1.0" for kind in kinds}  # built from it
 
 
 def test_local_paths_cannot_leave_the_data_root(tmp_path, ledger):

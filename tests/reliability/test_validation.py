@@ -4,15 +4,19 @@ before any expensive step."""
 
 from __future__ import annotations
 
+import re
 import sys
 import types
 
 import pytest
 
 from components.analyze import analyze_dataset
+from components.bit import params
 from components.bit.errors import BittuneError
 from components.evaluate import evaluate_model
 from components.preprocess import gather_dataset, plan_workers, write_shards
+from components.push import push_model
+from components.route import choose_trainer
 from components.train import train_model
 from pipelines import cli
 from tests.kfp_fake import FakeKfpServer
@@ -105,43 +109,55 @@ def component_errors(monkeypatch):
 @pytest.mark.parametrize(
     ("component", "arguments", "message"),
     [
-        (plan_workers, {"num_workers": 0}, "num_workers must be between 1 and 1000"),
+        (plan_workers, {"preprocess_workers": 0}, "preprocess_workers must be between 1 and 1000"),
         (
             analyze_dataset,
-            {"source": "/x", "split_fractions": "0.9,0.9,0.1"},
+            {"data_source": "/x", "split_fractions": "0.9,0.9,0.1"},
             "split_fractions '0.9,0.9,0.1': split fractions must add up to 1",
         ),
-        (analyze_dataset, {"source": "/x", "max_pixels": 0}, "max_pixels must be >= 1"),
+        (analyze_dataset, {"data_source": "/x", "max_pixels": 0}, "max_pixels must be >= 1"),
         (
             write_shards,
-            {"worker_index": 3, "num_workers": 2},
+            {"worker_index": 3, "preprocess_workers": 2},
             "worker_index must be between 0 and 1, got 3",
         ),
-        (gather_dataset, {"shards": [], "shard_megabytes": 0}, "shard_megabytes must be between"),
-        (train_model, {"strategy": "gpu-please"}, "strategy must be one of auto, default"),
-        (train_model, {"model_source": "bit-q-r1x1"}, "unknown model 'bit-q-r1x1'"),
-        (evaluate_model, {"threshold": 2.0}, "threshold must be a number between 0 and 1"),
+        (
+            gather_dataset,
+            {"summaries": [], "shard_megabytes": 0},
+            "shard_megabytes must be between",
+        ),
+        (train_model, {"training_strategy": "gpu-please"}, "training_strategy must be one of auto"),
+        (train_model, {"model": "bit-q-r1x1"}, "unknown model 'bit-q-r1x1'"),
+        (train_model, {"model": "BIT-M-R50X1"}, "did you mean BiT-M-R50x1 (.npz)"),
+        (train_model, {"training_cpu": "lots"}, "'lots' is not a resource quantity"),
+        (
+            evaluate_model,
+            {"blessing_threshold": 2.0},
+            "blessing_threshold must be a number between",
+        ),
+        (push_model, {"model": ""}, "no model given"),
+        (choose_trainer, {"accelerator_count": -1}, "accelerator_count must be between 0 and 64"),
     ],
 )
 def test_components_check_their_parameters_first(component, arguments, message, tmp_path,
                                                  component_errors, ledger):  # fmt: skip
-    artifacts = {
+    signature = component.python_func.__code__.co_varnames[
+        : component.python_func.__code__.co_argcount
+    ]
+    given = {
         name: _Artifact(str(tmp_path / name))
-        for name in (
-            "analysis",
-            "report",
-            "report_html",
-            "shards",
-            "dataset",
-            "model",
-            "metrics",
-            "confusion",
-            "evaluation",
-        )  # fmt: skip
+        for name in signature
+        if name not in params.PARAMETERS and name not in arguments
     }
-    signature = component.python_func.__code__.co_varnames
-    given = {k: v for k, v in artifacts.items() if k in signature and k not in arguments}
-    with pytest.raises(BittuneError, match=message.replace("(", r"\(")):
-        component.python_func(**given, **arguments)
+    given.update(worker_index=0, pipeline_run=run_id, pipeline_run_id=run_id, accelerator="cpu")
+    given.update(
+        {n: params.PARAMETERS[n].default_for() for n in signature if n in params.PARAMETERS}
+    )
+    given = {k: v for k, v in {**given, **arguments}.items() if k in signature}
+    with pytest.raises(BittuneError, match=re.escape(message)):
+        component.python_func(**given)
     assert list(tmp_path.iterdir()) == []  # refused before writing anything
     ledger["bad_parameters_refused"] += 1
+
+
+run_id = "run-1"
