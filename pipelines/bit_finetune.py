@@ -120,6 +120,7 @@ def _training_graph(target: str):
 
     def train_on_accelerator(**x: Any) -> Trained:
         route = choose_trainer(**_args(choose_trainer, x)).set_display_name("choose trainer")
+        _resources(route, "1", "2G", target)
         with dsl.If(route.output == "tpu", name="on-tpu"):
             tpu = on_tpu(**_args(on_tpu, x, accelerator=route.output))
         with dsl.Else(name="on-gpu-or-cpu"):

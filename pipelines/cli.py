@@ -312,7 +312,7 @@ def _submitter(args: argparse.Namespace) -> Callable[[dict[str, Any]], dict[str,
             args.pipeline_root,
             pipeline,
             service_account=args.service_account,
-            experiment=args.experiment,
+            api_endpoint=args.api_endpoint,
         )
     if not args.host:
         raise BittuneError("give --host (the KFP API), or --vertex for Vertex AI Pipelines")
@@ -567,7 +567,7 @@ def _add_submit_options(p: argparse.ArgumentParser) -> None:
         help="pipeline parameter (repeatable), e.g. --param model=bit-m-r50x1",
     )
     p.add_argument("--pipeline", help="compiled pipeline YAML (default: the one bittune ships)")
-    p.add_argument("--experiment", default="bittune", help="experiment name (default bittune)")
+    p.add_argument("--experiment", default="bittune", help="KFP experiment name (default bittune)")
     kfp = p.add_argument_group("Kubeflow Pipelines")
     kfp.add_argument("--host", help="KFP API endpoint, e.g. https://…/pipeline")
     kfp.add_argument("--token", help="bearer token for the KFP API (kfp.Client existing_token)")
@@ -579,6 +579,9 @@ def _add_submit_options(p: argparse.ArgumentParser) -> None:
     vertex.add_argument("--region", help="Vertex AI region, e.g. us-central1")
     vertex.add_argument("--pipeline-root", help="gs:// folder for the run's artifacts")
     vertex.add_argument("--service-account", help="service account the run's steps use")
+    vertex.add_argument(
+        "--api-endpoint", help="Vertex AI API endpoint (default: the region's public one)"
+    )
 
 
 def _add_submit(sub) -> None:

@@ -126,7 +126,7 @@ def test_analysis_and_preprocessing_match_a_clean_run(faulty, source, ledger):
     assert len(shards) >= 3
     examples = 0
     for shard in shards:  # every shard is whole: each record's CRCs check out
-        data = got[f"data/{shard['path'].rsplit('/', 1)[-1]}"]
+        data = got[f"data/{shard['name']}"]
         examples += sum(1 for _ in tfrecords.read_frames(io.BytesIO(data)))
         assert len(data) == shard["bytes"]
     totals = manifest["totals"]
@@ -152,8 +152,7 @@ def test_training_checkpoints_to_gcs_match_a_clean_run(faulty, digits_folder, tm
         output = f"gs://{bucket}/training/{name}"
         train(
             TrainConfig(
-                data_dir=str(root / "data"),
-                hyperrule_path=str(root / "analysis" / "hyperrule.json"),
+                dataset_dir=str(root / "data"),
                 model="bittune-tiny",
                 output_dir=output,
                 checkpoint_every=2,
@@ -184,13 +183,14 @@ def test_training_checkpoints_to_gcs_match_a_clean_run(faulty, digits_folder, tm
 def test_trigger_submits_exactly_once_per_change(faulty, tmp_path, ledger):
     proxy, bucket = faulty
     compiled = tmp_path / "pipeline.yaml"
-    submit.compile_pipeline(str(compiled))
+    submit.compile_pipeline(str(compiled), "us-docker.pkg.dev/p/bittune")
     data, state = f"gs://{bucket}/incoming", f"gs://{bucket}/trigger/state.json"
     storage.write_bytes(f"{data}/cats/1.jpg", _large_jpeg(1))
     with FakeKfpServer() as kfp, Faults(proxy, ledger) as faults:
 
-        def run_now():
-            return submit.submit(kfp.url, {"data_source": data}, "ci", str(compiled))
+        def run_now(fingerprint):
+            values = {"data_source": data, "data_fingerprint": fingerprint}
+            return submit.submit(kfp.url, values, "ci", str(compiled))
 
         actions = [submit.trigger(data, state, run_now)["action"] for _ in range(3)]
         storage.write_bytes(f"{data}/cats/2.jpg", _large_jpeg(2))
