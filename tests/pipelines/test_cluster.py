@@ -1,0 +1,217 @@
+"""The compiled pipeline run the way a Kubeflow Pipelines cluster runs it (tests/backend: the
+backend's driver and launcher rules, typed parameters, artifacts through object storage,
+retries, caching), on KFP's default S3-compatible store and on Cloud Storage."""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from components.bit import storage
+from components.bit.datasets import DIGITS_DEMO_OVERRIDES, materialize_digits
+from pipelines import submit
+from tests.backend.runner import BackendRunner
+from tests.backend.stores import GcsStore, MotoS3Server
+from tests.kfp_fake import FakeKfpServer
+
+REGISTRY = "us-docker.pkg.dev/my-project/bittune"
+SHORT = {**DIGITS_DEMO_OVERRIDES, "total_steps": 12, "warmup_steps": 2, "decay_steps": [6, 8, 10]}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def moto():
+    with MotoS3Server(buckets=("mlpipeline",)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cluster") / "bit_finetune.yaml"
+    return submit.compile_pipeline(str(path), REGISTRY)
+
+
+@pytest.fixture(scope="module")
+def digits_in_gcs(gcs, digits_folder):
+    bucket = gcs.new_bucket()
+    return gcs.upload_tree(digits_folder, f"gs://{bucket}/digits"), bucket
+
+
+def _runner(stores, tmp_path, **env):
+    base = {"LANG": "C.UTF-8", "HOME": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    base["STORAGE_EMULATOR_HOST"] = os.environ["STORAGE_EMULATOR_HOST"]
+    return BackendRunner(
+        stores, workdir=tmp_path / "cluster", backoff_scale=0.0, base_env={**base, **env}
+    )
+
+
+def _parameters(data, **extra):
+    values = {"data_source": data, "accelerator_count": 0, "data_fingerprint": "f1", **extra}
+    return values
+
+
+def _json(runner, uri):
+    return json.loads(runner.store_for(uri).read_bytes(uri))
+
+
+@pytest.mark.parametrize("store", ["minio", "gcs"])
+def test_the_whole_pipeline_runs_as_on_a_cluster(store, moto, gcs, digits_in_gcs, compiled,
+                                                tmp_path):  # fmt: skip
+    data, bucket = digits_in_gcs
+    runner = _runner([moto.store(), GcsStore.from_fake_server(gcs.server)], tmp_path)
+    root = "minio://mlpipeline/v2/artifacts" if store == "minio" else f"gs://{bucket}/pipelines"
+    values = _parameters(data, preprocess_workers=3,
+                         hyperrule_overrides=json.dumps(DIGITS_DEMO_OVERRIDES))  # fmt: skip
+    result = runner.run(compiled, values, pipeline_root=root)
+    assert result.state == "SUCCEEDED"
+    workers = result.tasks_named("write-shards")
+    assert len(workers) == 3 and all(w.state == "SUCCEEDED" for w in workers)
+    assert all(w.output_artifacts["train_shards"].uri.startswith(root) for w in workers)
+    evaluated = result.task("evaluate-model")
+    metrics = _json(runner, evaluated.output_artifacts["evaluation"].uri + "/metrics.json")
+    assert metrics["metrics"]["accuracy"] >= 0.95  # bittune run reaches 0.977 on these digits
+    assert evaluated.outputs["Output"] is True
+    pushed = result.task("push-model").outputs["Output"]
+    assert pushed.startswith(root) and runner.store_for(pushed).exists(f"{pushed}/saved_model.pb")
+    model = result.task("train-model").output_artifacts
+    assert not runner.store_for(model["trained_model"].uri).exists(
+        model["trained_model"].uri + "/checkpoints/checkpoint"
+    )  # checkpoints and logs are artifacts of their own: evaluate never downloads them
+
+
+def test_new_data_is_analysed_again_and_unchanged_data_is_cached(moto, gcs, compiled, tmp_path):
+    bucket = gcs.new_bucket()
+    digits = pathlib.Path(materialize_digits())
+    data = gcs.upload_tree(digits / "3", f"gs://{bucket}/flowers/3")
+    gcs.upload_tree(digits / "8", f"gs://{bucket}/flowers/8")
+    state = f"gs://{bucket}/trigger.json"
+    runner = _runner([moto.store()], tmp_path)
+    data = f"gs://{bucket}/flowers"
+    values = {"data_source": data, "accelerator_count": 0,
+              "hyperrule_overrides": json.dumps(SHORT)}  # fmt: skip
+    with FakeKfpServer() as kfp:
+
+        def run(fingerprint):
+            return submit.submit(kfp.url, {**values, "data_fingerprint": fingerprint}, "t",
+                                 compiled)  # fmt: skip
+
+        def execute(run_id):
+            return runner.run_from_fake_api(kfp, run_id)
+
+        first = submit.trigger(data, state, run)
+        assert first["action"] == "submitted"
+        one = execute(first["run"]["run_id"])
+        assert not one.task("analyze-dataset").cache_hit
+        assert submit.trigger(data, state, run)["action"] == "unchanged"
+        assert len(kfp.runs) == 1  # nothing submitted
+
+        again = execute(submit.submit(kfp.url, values, "t", compiled)["run_id"])
+        assert again.task("analyze-dataset").cache_hit  # submit fingerprints the same data
+        assert all(w.cache_hit for w in again.tasks_named("write-shards"))
+
+        extra = gcs.upload_tree(digits / "5", f"gs://{bucket}/flowers/5")
+        assert extra
+        second = submit.trigger(data, state, run)
+        assert second["action"] == "submitted"
+        three = execute(second["run"]["run_id"])
+        analysis = three.task("analyze-dataset")
+        assert not analysis.cache_hit
+        before, after = one.task("analyze-dataset"), analysis
+        stats = [_json(runner, t.output_artifacts["analysis"].uri + "/stats.json")
+                 for t in (before, after)]  # fmt: skip
+        assert stats[1]["totals"]["inputs"] > stats[0]["totals"]["inputs"]
+        assert "5" in stats[1]["classes"] and "5" not in stats[0]["classes"]
+
+
+def _weights(checkpoints):
+    """The model's variables in the latest checkpoint of a checkpoints folder."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(checkpoints))
+    names = [n for n in reader.get_variable_to_shape_map() if n.startswith("model/")]
+    return {n: reader.get_tensor(n) for n in names}
+
+
+def _download(uri, local):
+    for entry in storage.list_files(uri):
+        target = pathlib.Path(local) / entry.relpath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(storage.read_bytes(entry.uri))
+    return local
+
+
+@pytest.mark.parametrize("store", ["gcs", "minio"])
+def test_killed_training_is_retried_to_the_uninterrupted_weights(
+    store, moto, gcs, digits_in_gcs, compiled, tmp_path
+):
+    """On Cloud Storage the checkpoints live at the checkpoints artifact's gs:// URI; on the
+    S3-compatible default store, under checkpoint_root (a volume every attempt mounts)."""
+    data, bucket = digits_in_gcs
+    stores = [moto.store(), GcsStore.from_fake_server(gcs.server)]
+    volume = tmp_path / "volume"
+    extra = {} if store == "gcs" else {"checkpoint_root": str(volume)}
+    values = _parameters(data, hyperrule_overrides=json.dumps(SHORT), checkpoint_every=2,
+                         preprocess_workers=1, **extra)  # fmt: skip
+    runner = _runner(stores, tmp_path, TF_DETERMINISTIC_OPS="1")
+
+    def root(run_id):
+        return f"gs://{bucket}/{run_id}" if store == "gcs" else "minio://mlpipeline/v2/kill"
+
+    def checkpoints_of(run_id):
+        if store == "minio":
+            return volume / run_id / "checkpoints"
+        task = runner.runs[-1 if run_id == "killed" else 0].task("train-model")
+        return _download(task.output_artifacts["checkpoints"].uri, tmp_path / run_id)
+
+    def fourth_checkpoint_saved(dirs, attempt):
+        if store == "minio":
+            return (volume / "killed" / "checkpoints" / "ckpt-4.index").exists()
+        return any("/checkpoints/ckpt-4" in n for n in gcs.names(bucket, "killed/"))
+
+    runner.run(compiled, values, pipeline_root=root("whole"), run_id="whole")
+    hook = runner.kill_on("train-model", fourth_checkpoint_saved)
+    killed = runner.run(compiled, values, pipeline_root=root("killed"), run_id="killed")
+    task = killed.task("train-model")
+    assert hook.fired and [a.number for a in task.attempts] == [1, 2]
+    assert "steps 0->" not in task.attempts[1].log  # the retry resumed, it did not restart
+    a, b = _weights(checkpoints_of("whole")), _weights(checkpoints_of("killed"))
+    assert a.keys() == b.keys() and len(a) > 10
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_a_moved_dataset_trains_and_evaluates_from_elsewhere(digits_folder, tmp_path):
+    cli = [sys.executable, "-m", "pipelines.cli"]
+    rule = ["--resize", "32", "--crop", "28", "--batch-size", "16", "--micro-batch-size", "8",
+            "--total-steps", "4", "--warmup-steps", "1", "--decay-steps", "2,3"]  # fmt: skip
+    made = tmp_path / "made"
+    for args in (
+        ["analyze", str(digits_folder), "--output", str(made / "analysis"), *rule],
+        ["preprocess", str(digits_folder), "--analysis", str(made / "analysis"),
+         "--output", str(made / "dataset")],
+    ):  # fmt: skip
+        done = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    moved = tmp_path / "elsewhere" / "dataset"
+    moved.parent.mkdir()
+    shutil.move(str(made / "dataset"), str(moved))
+    shutil.rmtree(made)
+    away = tmp_path / "another-working-directory"
+    away.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[2])}
+    for args in (
+        ["train", "--data", str(moved), "--output", str(tmp_path / "run")],
+        ["evaluate", "--data", str(moved), "--run", str(tmp_path / "run"),
+         "--output", str(tmp_path / "eval")],
+    ):  # fmt: skip
+        done = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=600,
+                              cwd=away, env=env)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["metrics"]["examples"] > 100
