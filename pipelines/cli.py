@@ -170,6 +170,7 @@ def _print_dataset(manifest, output: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    _writable(args.output)
     from components.bit import dataset as ds
     from components.bit.training import TrainConfig, train
 
@@ -178,7 +179,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     config = TrainConfig(
         dataset_dir=args.data,
         model=args.model,
-        output_dir=_writable(args.output),
+        output_dir=args.output,
         hyperrule=rule,
         random_crop=args.random_crop,
         random_flip=args.random_flip,
@@ -204,13 +205,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    _writable(args.output)
     from components.bit.evaluation import EvalConfig, evaluate
 
     result = evaluate(
         EvalConfig(
             dataset_dir=args.data,
             run=args.run,
-            output_dir=_writable(args.output),
+            output_dir=args.output,
             split=args.split,
             baseline=args.baseline_model or None,
             serving_root=args.serving_root or None,
@@ -633,6 +635,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None:  # a process of its own (not a call from Python): quiet TensorFlow
+        from components.bit.tf_env import filter_native_noise
+
+        filter_native_noise()
     try:
         args.func(args)
     except BittuneError as exc:

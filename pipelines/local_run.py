@@ -27,21 +27,16 @@ from collections.abc import Iterator
 from typing import Any
 
 from components.bit import dataset as ds
-from components.bit import params
+from components.bit import params, storage
 from components.bit.errors import ERROR_PREFIX, RESULT_PREFIX, BittuneError
+from components.bit.tf_env import NOISE
 from components.image import IMAGE_REGISTRY, IMAGE_TAG, retarget_images
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([^']+)'")
 _END = re.compile(r"Task '([^']+)' finished with status (\w+)")
 _PROGRESS = re.compile(r"^\s*step (\d+)/(\d+) ")
-# TensorFlow / XLA / CUDA start-up chatter on machines with or without a GPU.
-_NOISE = re.compile(
-    r"^\s*(?:[EWI]\d{4} [\d:.]+\s+\d+ \S+\] |WARNING: All log messages before absl|"
-    r".*(?:cuInit|cuda_(?:dnn|blas|fft)|TF-TRT|oneDNN custom operations|"
-    r"This TensorFlow binary is optimized|computation placer already registered|"
-    r"Unable to register cu\w+ factory|rebuild TensorFlow with the appropriate))"
-)
+_NOISE = NOISE  # TensorFlow's start-up chatter, on machines with or without a GPU
 
 
 @dataclasses.dataclass
@@ -184,6 +179,7 @@ def run_locally(
     Without ``data_source``, the embedded default: scikit-learn's digits with the demo schedule.
     ``runner="docker"`` runs every step in the CPU image ``{image_registry}/bittune-cpu:{tag}``
     (training included: local Docker has no GPU), with the local paths it reads mounted."""
+    storage.check_writable(pipeline_root)
     if not data_source:
         data_source, parameters = _embedded_default(pipeline_root, runner, parameters)
     parameters = {"accelerator_count": 0, **parameters}  # train on whatever this machine has

@@ -11,8 +11,15 @@ ERROR_PREFIX = "bittune: error: "
 def exit_on_error() -> None:
     """Called first in every component: a :class:`BittuneError` ends the step with its one-line
     message (which KFP shows in the step's log, and ``bittune run`` repeats) instead of a
-    traceback. Other exceptions keep their traceback."""
+    traceback. Other exceptions keep their traceback. TensorFlow's start-up noise is kept out
+    of the step's log."""
+    import os
     import sys
+
+    if os.environ.get("_KFP_RUNTIME"):  # set by KFP's command for a component in its own process
+        from components.bit.tf_env import filter_native_noise
+
+        filter_native_noise()
 
     default = sys.excepthook
 

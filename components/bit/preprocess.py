@@ -22,18 +22,18 @@ class and writes the dataset files (:func:`components.bit.dataset.write_dataset_
 from __future__ import annotations
 
 import collections
-import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import multiprocessing
 import os
+import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from components.bit import dataset as ds
@@ -287,7 +287,7 @@ def write_shards(
     processes = config.processes or os.cpu_count() or 1
     progress = progress or (lambda n: None)
     summaries = []
-    with ProcessPoolExecutor(processes) if processes > 1 else _InlineExecutor() as pool:
+    with _processes(processes) as pool:
         for split, index in mine:
             folder = folders[split]
             summary = _existing_summary(folder, split, index, plan)
@@ -308,17 +308,37 @@ def write_shards(
     return summaries
 
 
-class _InlineExecutor:
-    """The executor interface, in this process (one process: no pickling, no start-up)."""
+class _Inline:
+    """The pool interface, in this process (one process: no pickling, no start-up)."""
 
-    def map(self, fn, iterable, chunksize=1):
+    @staticmethod
+    def imap(fn, iterable, chunksize=1):
         return map(fn, iterable)
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        return False
+def _quiet_worker(*init) -> None:
+    """Workers ignore Ctrl-C: the parent decides, and stops them (no traceback per worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if init:
+        _init_worker(*init)
+
+
+@contextlib.contextmanager
+def _processes(count: int, *init) -> Iterator[Any]:
+    """``count`` worker processes (or this process alone), stopped at once on an error or
+    Ctrl-C instead of finishing the queued work first."""
+    if count < 2 and not init:
+        yield _Inline()
+        return
+    pool = multiprocessing.get_context("fork").Pool(count, _quiet_worker, init)
+    try:
+        yield pool
+    except BaseException:
+        pool.terminate()
+        pool.join()
+        raise
+    pool.close()
+    pool.join()
 
 
 def _summary_uri(folder: str, name: str) -> str:
@@ -360,7 +380,7 @@ def _write_shard(plan, config, split, index, folder, pool, payloads, progress) -
     bytes_in = bytes_out = 0
     digest = hashlib.sha256()
     with _AtomicFile(storage.join(folder, name)) as f:
-        for item, result in zip(todo, pool.map(_process, jobs, chunksize=8), strict=True):
+        for item, result in zip(todo, pool.imap(_process, jobs, chunksize=8), strict=True):
             progress(1)
             if isinstance(result, str):
                 rejects.append(_reject(item, result))
@@ -638,11 +658,12 @@ def _run_worker(config: PreprocessConfig, index: int, workers: int) -> None:
 
 def _fan_out(config: PreprocessConfig, workers: int, bar) -> None:
     """Run ``workers`` shard writers in parallel processes, updating ``bar`` as they go."""
-    counter = multiprocessing.Value("q", 0)
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(counter,)) as pool:
-        futures = [pool.submit(_run_worker, config, i, workers) for i in range(workers)]
-        while concurrent.futures.wait(futures, timeout=0.2).not_done:
+    counter = multiprocessing.get_context("fork").Value("q", 0)
+    with _processes(workers, counter) as pool:
+        results = [pool.apply_async(_run_worker, (config, i, workers)) for i in range(workers)]
+        while not all(result.ready() for result in results):
+            time.sleep(0.2)
             bar.update(counter.value - bar.n)
-        for future in futures:
-            future.result()  # re-raise a worker's error here
+        for result in results:
+            result.get()  # re-raise a worker's error here
     bar.update(counter.value - bar.n)

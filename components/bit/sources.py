@@ -288,6 +288,7 @@ def _csv_rows(text: str, name: str) -> list[tuple[str, str, str | None]]:
     reader = csv.reader(io.StringIO(text))
     rows: list[tuple[str, str, str | None]] = []
     columns: tuple[int, int, int | None] | None = None
+    header_width, header = 0, ""
     for number, raw in enumerate(reader, start=1):
         cells = [c.strip() for c in raw]
         if not any(cells):
@@ -295,11 +296,17 @@ def _csv_rows(text: str, name: str) -> list[tuple[str, str, str | None]]:
         where = f"{name} line {number}"
         if number == 1 and columns is None and _looks_like_header(cells):
             columns = _header_columns(cells, where)
+            header_width, header = len(cells), ",".join(cells)
             continue
+        while len(cells) > (header_width if columns else 2) and not cells[-1]:
+            cells.pop()  # a trailing comma adds no column
         if columns is not None:
             uri_i, label_i, split_i = columns
-            if len(cells) <= max(uri_i, label_i):
-                raise SourceError(f"{where}: expected {len(raw)} columns, got {len(cells)}")
+            if len(cells) <= max(uri_i, label_i) or len(cells) > header_width:
+                raise SourceError(
+                    f"{where}: expected {header_width} columns like the header "
+                    f"({header}), found {len(cells)}"
+                )
             uri, label = cells[uri_i], cells[label_i]
             split_text = cells[split_i] if split_i is not None and split_i < len(cells) else ""
         elif len(cells) == 2:
@@ -310,7 +317,7 @@ def _csv_rows(text: str, name: str) -> list[tuple[str, str, str | None]]:
             uri, label, split_text = cells
         else:
             raise SourceError(
-                f"{where}: expected image_uri,label[,split], got {len(cells)} column(s)"
+                f"{where}: expected 2 or 3 columns (image_uri,label[,split]), found {len(cells)}"
             )
         rows.append(_checked_row(uri, label, _row_split(split_text, where), where))
     return rows

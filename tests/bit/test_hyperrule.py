@@ -178,3 +178,28 @@ def test_phases_cover_the_schedule():
     assert math.isclose(phases[-1][3], 0.003 * 0.001)
     table = hyperrule.format_table(rule)
     assert "decay 2     301-400           3e-05" in table
+
+
+def test_a_hand_edited_value_is_marked_as_an_override():
+    rule = derive(3680, 375 * 500)
+    data = rule.to_dict()
+    data["total_steps"] = 800  # edited in hyperrule.json; its sources entry still says "rule"
+    edited = hyperrule.from_dict(data)
+    assert edited.total_steps == 800
+    assert edited.sources["total_steps"] == {
+        "source": "override",
+        "reason": "edited by hand (rule: 500)",
+    }
+    assert edited.sources["crop"]["source"] == "rule"  # untouched values keep theirs
+    assert hyperrule.from_dict(rule.to_dict()) == rule  # nothing edited, nothing marked
+
+
+def test_more_overrides_on_an_existing_rule():
+    rule = derive(3680, 375 * 500, overrides={"crop": 448})
+    longer = hyperrule.with_overrides(rule, {"total_steps": 900, "decay_steps": [600, 700, 800]})
+    assert (longer.total_steps, longer.crop) == (900, 448)  # the earlier override stays
+    assert longer.sources["total_steps"]["source"] == "override"
+    smaller = hyperrule.with_overrides(rule, {"batch_size": 128})
+    assert smaller.total_steps == 2000 and smaller.base_lr == pytest.approx(0.00075)
+    with pytest.raises(HyperRuleError, match="crop 600 is larger than resize 512"):
+        hyperrule.with_overrides(rule, {"crop": 600})

@@ -78,10 +78,24 @@ def test_jsonl_manifests_plain_and_vertex(images_dir):
 @pytest.mark.parametrize(
     ("name", "text", "message"),
     [
-        ("m.csv", "0.png,a\nonly-one-column\n", "m.csv line 2: expected image_uri,label"),
+        (
+            "m.csv",
+            "0.png,a\nonly-one-column\n",
+            "m.csv line 2: expected 2 or 3 columns \\(image_uri,label\\[,split\\]\\), found 1",
+        ),
+        (
+            "m.csv",
+            "image_uri,label\n0.png,a\n1.png\n",
+            "m.csv line 3: expected 2 columns like the header \\(image_uri,label\\), found 1",
+        ),
+        (
+            "m.csv",
+            "image_uri,label\n0.png,a,test\n",
+            "m.csv line 2: expected 2 columns like the header \\(image_uri,label\\), found 3",
+        ),
         ("m.csv", "0.png,a\n1.png,\n", "m.csv line 2: empty label"),
         ("m.csv", "0.png,a,holdout\n", "m.csv line 1: unknown split 'holdout'"),
-        ("m.csv", "a,b,c,d\n", "line 1: expected image_uri,label\\[,split\\], got 4 column"),
+        ("m.csv", "a,b,c,d\n", "line 1: expected 2 or 3 columns .*, found 4"),
         (
             "m.jsonl",
             '{"image_uri": "0.png", "label": "a"}\n{oops\n',

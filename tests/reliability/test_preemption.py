@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -137,3 +139,31 @@ def test_killed_training_resumes_to_the_uninterrupted_result(
         np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-7, err_msg=name)
     assert json.loads((killed / "training.json").read_text())["steps"] == 12
     ledger["items_checked"] += len(a)
+
+
+def test_ctrl_c_keeps_finished_shards_and_says_so(photos, tmp_path):
+    analysis = tmp_path / "analysis"
+    done = subprocess.run(
+        _bittune("analyze", str(photos), "--output", str(analysis), "--resize", "64",
+                 "--crop", "56"), capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "out"
+    command = _bittune("preprocess", str(photos), "--analysis", str(analysis), "--output",
+                       str(out), "--shard-mb", "0.03")  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not list(out.glob("_shards/*.json")):  # a shard is done: interrupt, as Ctrl-C does
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in err, err[-3000:]
+    kept = re.search(r"interrupted; (\d+) of (\d+) shards kept", err)
+    assert kept and 0 < int(kept[1]) < int(kept[2]), err[-3000:]
+    assert not (out / "manifest.json").exists()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = re.search(r"resuming: (\d+) of (\d+) shards already done", again.stderr)
+    assert resumed and int(resumed[1]) >= int(kept[1]) and resumed[2] == kept[2]
