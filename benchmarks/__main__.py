@@ -8,7 +8,7 @@ import os
 import platform
 import sys
 
-from benchmarks import analysis_speed, preprocess_speed
+from benchmarks import analysis_speed, fashion_mnist, preprocess_speed
 
 
 def _training():
@@ -26,6 +26,7 @@ def _end_to_end():
 BENCHMARKS = {
     "analysis": analysis_speed.run,
     "preprocess": preprocess_speed.run,
+    "scale": fashion_mnist.run,
     "training": _training,
     "end-to-end": _end_to_end,
 }

@@ -201,23 +201,43 @@ def _estimated_bytes(row: Mapping[str, Any], resize: int) -> float:
 
 
 def load_plan(config: PreprocessConfig) -> Plan:
-    """Read the analysis folder and plan the run."""
-    analysis = ds.read_analysis(config.analysis_dir)
-    analysed_k = analysis.stats["source"].get("few_shot")
-    if config.few_shot is not None and config.few_shot != analysed_k:
-        raise PreprocessError(
-            f"few-shot k={config.few_shot} differs from the analysis (k={analysed_k}): "
-            "the HyperRule depends on it, so re-run analyze with the same --few-shot"
+    """Read the analysis folder and plan the run (once per process and analysis: the shard
+    writers forked from this process, and gather afterwards, reuse it)."""
+    key = (config.analysis_dir, _written_at(config.analysis_dir), config.few_shot, config.seed,
+           config.shard_bytes, config.shard_examples)  # fmt: skip
+    if key not in _plans or key[1] is None:
+        analysis = ds.read_analysis(config.analysis_dir)
+        analysed_k = analysis.stats["source"].get("few_shot")
+        if config.few_shot is not None and config.few_shot != analysed_k:
+            raise PreprocessError(
+                f"few-shot k={config.few_shot} differs from the analysis (k={analysed_k}): "
+                "the HyperRule depends on it, so re-run analyze with the same --few-shot"
+            )
+        _plans.clear()
+        _plans[key] = make_plan(
+            analysis.items,
+            analysis.stats,
+            analysis.rule,
+            analysed_k,
+            config.seed,
+            config.shard_bytes,
+            config.shard_examples,
         )
-    return make_plan(
-        analysis.items,
-        analysis.stats,
-        analysis.rule,
-        analysed_k,
-        config.seed,
-        config.shard_bytes,
-        config.shard_examples,
-    )
+    return _plans[key]
+
+
+_plans: dict[tuple, Plan] = {}
+
+
+def _written_at(folder: str) -> tuple[int, ...] | None:
+    """When a local analysis folder's files were written (None for gs://: not cached)."""
+    if storage.is_gcs(folder):
+        return None
+    names = (ds.STATS_FILE, ds.ITEMS_FILE, ds.HYPERRULE_FILE)
+    try:
+        return tuple(os.stat(os.path.join(folder, name)).st_mtime_ns for name in names)
+    except OSError:
+        return None
 
 
 def worker_plan(config: PreprocessConfig, workers: int) -> tuple[int, str]:
@@ -380,7 +400,8 @@ def _write_shard(plan, config, split, index, folder, pool, payloads, progress) -
     bytes_in = bytes_out = 0
     digest = hashlib.sha256()
     with _AtomicFile(storage.join(folder, name)) as f:
-        for item, result in zip(todo, pool.imap(_process, jobs, chunksize=8), strict=True):
+        chunk = max(1, min(8, len(jobs) // 16))  # small shards: every process gets work
+        for item, result in zip(todo, pool.imap(_process, jobs, chunksize=chunk), strict=True):
             progress(1)
             if isinstance(result, str):
                 rejects.append(_reject(item, result))

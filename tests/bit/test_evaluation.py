@@ -2,6 +2,7 @@
 
 import base64
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -199,3 +200,18 @@ def test_saved_model_pb_is_written_last(trained, tmp_path, monkeypatch):
     push.push(str(trained / "run"), str(tmp_path / "serving"), card)
     assert written[-1].endswith("/1/saved_model.pb")
     assert any("/variables/" in uri for uri in written[:-1])
+
+
+def test_predict_command_answers_the_good_files_and_fails_for_the_bad(trained, tmp_path, capsys):
+    from pipelines import cli
+
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    from components.bit.datasets import materialize_digits
+
+    image = str(next(pathlib.Path(materialize_digits()).glob("3/*.png")))
+    code = cli.main(["predict", "--run", str(trained / "run"), image, str(bad)])
+    out, err = capsys.readouterr()
+    assert code == 2 and out.startswith(f"{image}: ") and len(out.splitlines()) == 1
+    assert f"{bad}: error: not a recognised image" in err
+    assert "bittune: error: 1 of 2 image(s) could not be classified" in err

@@ -287,3 +287,51 @@ def test_missing_analysis_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetError, match="not an analysis folder: no stats.json"):
         preprocess(PreprocessConfig(str(tmp_path / "none"), str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()
+
+
+def test_many_small_images_make_many_balanced_shards():
+    """Fashion-MNIST's shape: 60,000 training images of 28x28 (about 1.3 KB each), which by
+    size alone would fit one shard."""
+    from components.bit import hyperrule
+
+    rows = [
+        {"key": f"train/{i}.png", "uri": f"/d/train/{i}.png", "label": str(i % 10),
+         "split": "train", "code": None, "reason": None, "height": 28, "width": 28,
+         "size_bytes": 1300}
+        for i in range(60_000)
+    ]  # fmt: skip
+    stats = {"classes": [str(d) for d in range(10)], "source": {"kind": "folder"}}
+    rule = hyperrule.derive(60_000, 28 * 28)
+    plan = pp.make_plan(rows, stats, rule)
+    counts = [len(plan.shard_items("train", i)) for i in range(plan.shard_counts["train"])]
+    assert len(counts) >= 16 and sum(counts) == 60_000
+    assert max(counts) - min(counts) <= 1  # balanced
+    assert max(counts) <= pp.DEFAULT_SHARD_EXAMPLES
+    again = pp.make_plan(rows[::-1], stats, rule)  # listing order does not matter
+    assert [p.shard for p in sorted(again.items, key=lambda p: p.row["key"])] == [
+        p.shard for p in sorted(plan.items, key=lambda p: p.row["key"])
+    ]
+    config = pp.PreprocessConfig("", "", shard_examples=4000)
+    assert pp.shard_count(60_000, 78e6, config.shard_bytes, config.shard_examples) == 15
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_shards_are_byte_identical_for_any_number_of_workers(digits_dataset, workers, tmp_path):
+    config, _ = digits_dataset
+    small = dict(shard_examples=300, processes=1, progress=False)
+    reference = tmp_path / "reference"
+    pp.preprocess(PreprocessConfig(config.analysis_dir, str(reference), **small))
+    out = tmp_path / f"w{workers}"
+    for index in range(workers):  # each worker as the pipeline runs it: its own share
+        pp.write_shards(PreprocessConfig(config.analysis_dir, str(out), **small), index, workers)
+    assert len(file_digests(reference)) >= 6
+    assert file_digests(out) == file_digests(reference)
+
+
+def test_more_workers_than_shards_is_said(digits_dataset):
+    config, _ = digits_dataset
+    used, line = pp.worker_plan(config, 16)
+    assert (
+        used == 3
+        and line == "3 shard(s) for 16 worker(s): starting 3, since 13 would have no shard to write"
+    )

@@ -219,6 +219,8 @@ def test_mixup_with_accumulation_equals_one_large_batch_with_mixup(digits_data, 
 def test_train_export_and_predict(digits_data, small_npz, tmp_path, digits_folder):
     summary = training.train(config_for(digits_data, tmp_path / "run", small_npz))
     assert summary["finished"] and summary["steps"] == 6
+    again = training.train(config_for(digits_data, tmp_path / "run", small_npz))
+    assert again["already_finished"] and again["steps"] == 6  # not trained twice
     assert [h["step"] for h in summary["validation"]] == [3, 6]
     assert {p.name for p in (tmp_path / "run").iterdir()} >= {
         "checkpoints",

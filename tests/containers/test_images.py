@@ -42,22 +42,39 @@ def test_shell_scripts_parse():
         assert _run("bash", "-n", str(ROOT / "docker" / script)).returncode == 0
 
 
-@pytest.mark.parametrize(
-    ("accelerator", "extra"),
-    [("cpu", None), ("gpu", "tensorflow[and-cuda]"), ("tpu", "libtpu")],
-)
-def test_image_requirements_come_from_pyproject(accelerator, extra):
-    result = _run(sys.executable, "docker/requirements.py", accelerator, cwd=ROOT)
-    lines = result.stdout.splitlines()
-    assert result.returncode == 0
-    assert "tensorflow==2.21.*" in lines and "kfp==2.17.*" in lines
-    assert (extra in lines) if extra else len(lines) == len(set(lines))
-    if accelerator == "cpu":
-        assert not any("cuda" in line or "libtpu" in line for line in lines)
+def _lists(accelerator, tmp_path):
+    for name in ("pyproject.toml", "constraints.txt"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    result = _run(sys.executable, str(ROOT / "docker" / "requirements.py"), accelerator,
+                  cwd=tmp_path)  # fmt: skip
+    names = ("requirements.txt", "build-constraints.txt", "no-deps.txt")
+    lists = [(tmp_path / n).read_text().splitlines() if result.returncode == 0 else []
+             for n in names]  # fmt: skip
+    return result, *lists
 
 
-def test_unknown_accelerator_is_refused():
-    result = _run(sys.executable, "docker/requirements.py", "fpga", cwd=ROOT)
+@pytest.mark.parametrize("accelerator", ["cpu", "gpu"])
+def test_image_requirements_come_from_pyproject(accelerator, tmp_path):
+    result, requirements, constraints, no_deps = _lists(accelerator, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "tensorflow==2.21.*" in requirements and "kfp==2.17.*" in requirements
+    assert constraints == (ROOT / "constraints.txt").read_text().split() and no_deps == []
+    assert ("tensorflow[and-cuda]" in requirements) == (accelerator == "gpu")
+    assert not any("libtpu" in line for line in requirements)
+
+
+def test_the_tpu_image_pairs_tensorflow_tpu_with_its_libtpu(tmp_path):
+    result, requirements, constraints, no_deps = _lists("tpu", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert {"tensorflow-tpu==2.20.0", "libtpu==0.0.14"} <= set(requirements)
+    assert not [r for r in requirements if r.startswith(("tensorflow==", "tf-keras"))]
+    assert not [c for c in constraints if c.startswith(("tensorflow==", "tensorboard=="))]
+    assert "kfp==2.17.3" in constraints  # everything else keeps its version
+    assert no_deps == ["tf-keras==2.20.1", "tensorflow-hub==0.16.1"]
+
+
+def test_unknown_accelerator_is_refused(tmp_path):
+    result = _lists("fpga", tmp_path)[0]
     assert result.returncode != 0 and "must be one of cpu, gpu, tpu" in result.stderr
 
 
