@@ -19,10 +19,12 @@ from kfp.dsl.types import type_annotations
 from components.analyze import analyze_dataset
 from components.bit import params
 from components.evaluate import evaluate_model
+from components.image import BITTUNE_GPU_IMAGE
 from components.preprocess import gather_dataset, plan_workers, write_shards
 from components.push import push_model
 from components.route import choose_trainer
 from components.train import train_model, train_model_tpu
+from components.vertex_job import custom_job, worker_pools
 
 PIPELINE_NAME = "bit-finetune"
 DESCRIPTION = "Fine-tune BiT on an image dataset with the BiT-HyperRule."
@@ -78,16 +80,17 @@ _TRAINING_INPUTS = {
 }
 
 
-def _graph(name: str, summary: str, body, target: str, with_accelerator: bool):
+def _graph(name: str, summary: str, body, target: str, with_accelerator: bool, extra=()):
     """A sub-pipeline taking the training component's inputs (``accelerator`` too, or not)
-    plus training's machine settings, returning its model and logs."""
+    plus training's machine settings (and ``extra`` table parameters), returning its model
+    and logs."""
     inputs = [
         parameter
         for parameter in inspect.signature(train_model.python_func).parameters.values()
         if not type_annotations.is_artifact_wrapped_in_Output(parameter.annotation)
         and (with_accelerator or parameter.name != "accelerator")
     ]
-    settings = ["accelerator_type", "accelerator_count"]
+    settings = ["accelerator_type", "accelerator_count", *extra]
     settings += list(params.KUBEFLOW_ONLY) if target == "kubeflow" else []
     inputs += [
         inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD,
@@ -111,27 +114,54 @@ def _on_machine(component, target: str, name: str):
     return _graph(f"{component.name}-on-machine", name, body, target, with_accelerator=True)
 
 
+def _on_machines(target: str):
+    """Training on ``training_replicas`` Vertex AI machines: a CustomJob whose worker pools
+    run the training component (components/vertex_job.py), as a sub-pipeline."""
+    job, command = custom_job(train_model)
+
+    def body(**x: Any) -> Trained:
+        pools = worker_pools(**_args(worker_pools, x, command=command, image=BITTUNE_GPU_IMAGE))
+        _resources(pools.set_display_name("worker pools"), "1", "2G", target)
+        task = job(**_args(job, x, worker_pool_specs=pools.output))
+        _resources(task.set_display_name("fine-tune BiT on several machines"), "1", "2G", target)
+        task.set_caching_options(False).set_retry(num_retries=2, backoff_duration="60s")
+        return Trained(task.outputs["trained_model"], task.outputs["logs"])
+
+    summary = "Fine-tune BiT on several machines (a Vertex AI CustomJob)."
+    return _graph("train-on-machines", summary, body, target, True, ["training_machine_type"])
+
+
 def _training_graph(target: str):
     """Training as a sub-pipeline taking the training component's inputs: it chooses the TPU
-    or the GPU image and merges the branch that ran (dsl.OneOf). (A sub-pipeline, because KFP
-    cannot pass a loop's dsl.Collected outputs into a condition branch directly.)"""
+    or the GPU image (on Vertex AI also several machines) and merges the branch that ran
+    (dsl.OneOf). (A sub-pipeline, because KFP cannot pass a loop's dsl.Collected outputs into
+    a condition branch directly.)"""
     on_tpu = _on_machine(train_model_tpu, target, "fine-tune BiT on TPU")
     on_gpu = _on_machine(train_model, target, "fine-tune BiT")
+    on_many = _on_machines(target) if target == "vertex" else None
 
     def train_on_accelerator(**x: Any) -> Trained:
         route = choose_trainer(**_args(choose_trainer, x)).set_display_name("choose trainer")
         _resources(route, "1", "2G", target)
-        with dsl.If(route.output == "tpu", name="on-tpu"):
-            tpu = on_tpu(**_args(on_tpu, x, accelerator=route.output))
+        branches = []
+        if on_many is not None:
+            with dsl.If(x["training_replicas"] > 1, name="on-several-machines"):
+                branches.append(on_many(**_args(on_many, x, accelerator=route.output)))
+            first = dsl.Elif(route.output == "tpu", name="on-tpu")
+        else:
+            first = dsl.If(route.output == "tpu", name="on-tpu")
+        with first:
+            branches.append(on_tpu(**_args(on_tpu, x, accelerator=route.output)))
         with dsl.Else(name="on-gpu-or-cpu"):
-            gpu = on_gpu(**_args(on_gpu, x, accelerator=route.output))
+            branches.append(on_gpu(**_args(on_gpu, x, accelerator=route.output)))
         return Trained(
-            dsl.OneOf(tpu.outputs["trained_model"], gpu.outputs["trained_model"]),
-            dsl.OneOf(tpu.outputs["logs"], gpu.outputs["logs"]),
+            dsl.OneOf(*(b.outputs["trained_model"] for b in branches)),
+            dsl.OneOf(*(b.outputs["logs"] for b in branches)),
         )
 
     summary = "Fine-tune BiT on the accelerator asked for (TPU image or GPU image)."
-    return _graph("train-on-accelerator", summary, train_on_accelerator, target, False)
+    extra = ["training_machine_type"] if target == "vertex" else []
+    return _graph("train-on-accelerator", summary, train_on_accelerator, target, False, extra)
 
 
 def build(target: str = "kubeflow"):

@@ -28,7 +28,7 @@ import yaml
 
 from components.bit import params, storage
 from components.bit.errors import BittuneError
-from components.image import IMAGE_REGISTRY, IMAGE_TAG, registry_host, retarget_images
+from components.image import ACCELERATORS, IMAGE_REGISTRY, IMAGE_TAG, image_for, registry_host
 
 PIPELINE_FILES = {
     "kubeflow": os.path.join(os.path.dirname(__file__), "bit_finetune.yaml"),
@@ -68,9 +68,9 @@ def compile_pipeline(
         compiler.Compiler().compile(build(target), path)
         with open(path, encoding="utf-8") as f:
             documents = list(yaml.safe_load_all(f))
-    executors = documents[0]["deploymentSpec"]["executors"].values()
-    retarget_images([e["container"] for e in executors if "container" in e], registry, tag)
     text = yaml.safe_dump_all(documents, sort_keys=True)
+    for kind in ACCELERATORS:  # executors, and the image a CustomJob's worker pools run
+        text = text.replace(image_for(kind), image_for(kind, registry, tag))
     storage.write_text(output, text)
     return output
 

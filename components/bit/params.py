@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -51,6 +52,7 @@ class Param:
     minimum: float | None = None
     maximum: float | None = None
     parse: Callable[[Any], Any] | None = None  # raises BittuneError on a bad value
+    pattern: str | None = None  # text parameters: what the value must look like
     target_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def default_for(self, target: str = "kubeflow") -> Any:
@@ -69,6 +71,8 @@ class Param:
                 return f"{name} must be a number, got {value!r}"
         elif not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
             return f"{name} must be {_TYPE_WORDS[self.type]}, got {value!r}"
+        if self.pattern and not re.fullmatch(self.pattern, value):
+            return f"{name} {value!r} does not look right (expected e.g. {self.default})"
         if self.choices and value not in self.choices:
             return f"{name} must be one of {', '.join(self.choices)}, got {value!r}"
         low, high = self.minimum, self.maximum
@@ -215,6 +219,9 @@ PARAMETERS: dict[str, Param] = {
         Param("training_replicas", int, 1,
               "Training machines (Vertex AI: a multi-worker CustomJob; Kubeflow: 1).",
               minimum=1, maximum=64),
+        Param("training_machine_type", str, "g2-standard-8",
+              "Machine of each training replica when training_replicas > 1 (Vertex AI).",
+              pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)+$"),
         Param("training_node_selector", dict, {},
               'Node selector for training, e.g. {"cloud.google.com/gke-accelerator": '
               '"nvidia-l4"}.'),
@@ -235,6 +242,7 @@ PARAMETERS: dict[str, Param] = {
 }  # fmt: skip
 
 KUBEFLOW_ONLY = ("training_node_selector", "training_tolerations")
+VERTEX_ONLY = ("training_machine_type",)
 
 
 def cpu_count(quantity: str) -> int:
@@ -258,7 +266,8 @@ ACCELERATOR_CHOICES = ("", "cpu", "gpu", "tpu")
 
 def names(target: str = "kubeflow") -> list[str]:
     """The pipeline's parameters for a target, required first."""
-    chosen = [n for n in PARAMETERS if target == "kubeflow" or n not in KUBEFLOW_ONLY]
+    other = VERTEX_ONLY if target == "kubeflow" else KUBEFLOW_ONLY
+    chosen = [n for n in PARAMETERS if n not in other]
     return sorted(chosen, key=lambda n: PARAMETERS[n].default is not REQUIRED)
 
 

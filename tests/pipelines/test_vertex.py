@@ -172,3 +172,44 @@ def test_cli_compile_for_vertex_needs_no_tensorflow(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "HEAVY []" in done.stdout
+
+
+def test_several_machines_train_as_a_custom_job(vertex_yaml):
+    from components.train import train_model
+    from components.vertex_job import LAUNCHER_IMAGE, custom_job, worker_pools
+
+    spec = yaml.safe_load(pathlib.Path(vertex_yaml).read_text())
+    executors = spec["deploymentSpec"]["executors"]
+    (job,) = [e for e in executors.values() if e["container"]["image"] == LAUNCHER_IMAGE]
+    payload = json.loads(
+        job["container"]["args"][3].replace("{{$.inputs.parameters['worker_pool_specs']}}", "[]")
+    )
+    assert payload["job_spec"]["scheduling"]["restart_job_on_worker_restart"] is True
+    _, command = custom_job(train_model)
+    pools = worker_pools.python_func(
+        command=command, image=f"{REGISTRY}/bittune-gpu:1.0", training_replicas=3,
+        training_machine_type="g2-standard-8", accelerator_type="NVIDIA_L4", accelerator_count=1,
+    )  # fmt: skip
+    assert [p["replica_count"] for p in pools] == [1, 2]  # one chief, two workers
+    machine = pools[0]["machine_spec"]
+    assert machine == {"machine_type": "g2-standard-8", "accelerator_type": "NVIDIA_L4",
+                       "accelerator_count": 1}  # fmt: skip
+    container = pools[0]["container_spec"]
+    assert container["image_uri"] == f"{REGISTRY}/bittune-gpu:1.0"
+    assert "{{$.json_escape[1]}}" in container["args"]  # the training component's own input
+    assert "train_model" in container["args"]
+    with pytest.raises(Exception, match="a TPU slice trains on one machine"):
+        worker_pools.python_func(
+            command=command, image="x", training_replicas=2, training_machine_type="ct5lp-4t",
+            accelerator_type="TPU_V5_LITEPOD", accelerator_count=4,
+        )  # fmt: skip
+
+
+def test_submit_vertex_with_several_machines(vertex, vertex_yaml, gcs):
+    bucket = gcs.new_bucket()
+    values = {"data_source": f"gs://{bucket}/d", "data_fingerprint": "abc",
+              "training_replicas": 3, "training_machine_type": "a2-highgpu-1g",
+              "accelerator_type": "NVIDIA_TESLA_A100"}  # fmt: skip
+    run = submit.submit_vertex(values, PROJECT, REGION, f"gs://{bucket}/r", vertex_yaml,
+                               api_endpoint=vertex.url)  # fmt: skip
+    assert run["name"] in vertex.jobs
