@@ -220,6 +220,22 @@ def _scale_step(step: int, batch_size: int) -> int:
     return max(1, math.floor(step * RULE_BATCH_SIZE / batch_size + 0.5))
 
 
+def _scaled(examples: int, variant: str, batch_size: int):
+    """The schedule and base learning rate at ``batch_size`` (the linear rule when it is not
+    512): (warm-up, decays, end, schedule reason, base lr, lr reason)."""
+    warmup, decays, end, reason = schedule(examples, variant)
+    if batch_size == RULE_BATCH_SIZE:
+        return warmup, decays, end, reason, BASE_LR, "BiT base learning rate at batch 512"
+    return (
+        _scale_step(warmup, batch_size),
+        tuple(_scale_step(s, batch_size) for s in decays),
+        _scale_step(end, batch_size),
+        reason + f", steps x 512/{batch_size} (linear rule)",
+        BASE_LR * batch_size / RULE_BATCH_SIZE,
+        f"0.003 x {batch_size}/512 (linear rule)",
+    )
+
+
 def derive(
     examples: int,
     image_area: float,
@@ -263,27 +279,12 @@ def derive(
         default_micro,
         f"default micro-batch; the batch of {batch_size} is reached by gradient accumulation",
     )
-    if micro > batch_size or batch_size % micro:
-        raise HyperRuleError(
-            f"micro_batch_size {micro} must divide batch_size {batch_size} "
-            f"(try {_divisor_below(batch_size, micro)})"
-        )
-    accumulation = batch_size // micro
-    sources["accumulation_steps"] = {
-        "source": "rule",
-        "reason": f"batch {batch_size} / micro-batch {micro}",
-    }
+    accumulation = _accumulation(batch_size, micro)
+    reason = f"batch {batch_size} / micro-batch {micro}"
+    sources["accumulation_steps"] = {"source": "rule", "reason": reason}
 
-    warmup, decays, end, sched_reason = schedule(examples, variant)
-    scale = batch_size / RULE_BATCH_SIZE
-    lr_reason = "BiT base learning rate at batch 512"
-    if batch_size != RULE_BATCH_SIZE:
-        warmup = _scale_step(warmup, batch_size)
-        decays = tuple(_scale_step(s, batch_size) for s in decays)
-        end = _scale_step(end, batch_size)
-        sched_reason += f", steps x 512/{batch_size} (linear rule)"
-        lr_reason = f"0.003 x {batch_size}/512 (linear rule)"
-    base_lr = rule("base_lr", BASE_LR * scale, lr_reason)
+    warmup, decays, end, sched_reason, lr, lr_reason = _scaled(examples, variant, batch_size)
+    base_lr = rule("base_lr", lr, lr_reason)
     warmup = rule("warmup_steps", warmup, sched_reason)
     decays = rule("decay_steps", decays, sched_reason)
     end = rule("total_steps", end, sched_reason)
@@ -422,12 +423,8 @@ def with_overrides(hyper: HyperRule, overrides: Mapping[str, Any]) -> HyperRule:
     for name in values:
         sources[name] = {"source": "override", "reason": "set by user"}
     changed = dataclasses.replace(hyper, **values, sources=sources)
-    micro = changed.micro_batch_size
-    if changed.batch_size % micro:
-        raise HyperRuleError(
-            f"micro_batch_size {micro} must divide batch_size {changed.batch_size}"
-        )
-    changed = dataclasses.replace(changed, accumulation_steps=changed.batch_size // micro)
+    accumulation = _accumulation(changed.batch_size, changed.micro_batch_size)
+    changed = dataclasses.replace(changed, accumulation_steps=accumulation)
     validate(changed)
     return changed
 
@@ -483,6 +480,16 @@ def _require_int(name: str, value: Any, minimum: int) -> None:
         raise HyperRuleError(f"{name} must be a whole number, got {value!r}")
     if value < minimum:
         raise HyperRuleError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _accumulation(batch_size: int, micro: int) -> int:
+    """Micro-batches per optimizer step; the micro-batch must divide the batch."""
+    if micro > batch_size or batch_size % micro:
+        raise HyperRuleError(
+            f"micro_batch_size {micro} must divide batch_size {batch_size} "
+            f"(try {_divisor_below(batch_size, micro)})"
+        )
+    return batch_size // micro
 
 
 def _divisor_below(total: int, wanted: int) -> int:
