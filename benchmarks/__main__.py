@@ -79,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
             for key, value in result["figures"].items():
                 print(f"  {key}: {value:,.2f}")
     text = render(results)
+    if args.output != "-" and os.path.exists(args.output):
+        with open(args.output, encoding="utf-8") as f:
+            previous = f.read()
+        if "\n## GPU\n" in previous:  # written on a GPU machine by benchmarks.gpu_benchmark
+            text += "\n## GPU\n" + previous.split("\n## GPU\n", 1)[1]
     if args.output != "-":
         with open(args.output, "w", encoding="utf-8") as f:
             f.write(text)
