@@ -180,10 +180,13 @@ def run_locally(
     ``runner="docker"`` runs every step in the CPU image ``{image_registry}/bittune-cpu:{tag}``
     (training included: local Docker has no GPU), with the local paths it reads mounted."""
     storage.check_writable(pipeline_root)
+    note = None
     if not data_source:
-        data_source, parameters = _embedded_default(pipeline_root, runner, parameters)
+        data_source, parameters, note = _embedded_default(pipeline_root, runner, parameters)
     parameters = {"accelerator_count": 0, **parameters}  # train on whatever this machine has
     params.check_pipeline({"data_source": data_source, **parameters}, on_cluster=False)
+    if note:
+        print(note)
     from kfp import local
 
     from pipelines.bit_finetune import build
@@ -224,7 +227,7 @@ def run_locally(
 
 
 def _embedded_default(pipeline_root: str, runner: str, parameters: dict[str, Any]):
-    """The digits (written once) and the demo schedule as HyperRule overrides."""
+    """The digits (written once), the demo schedule as HyperRule overrides, and a note."""
     from components.bit.datasets import DIGITS_DEMO_OVERRIDES, materialize_digits
 
     # Docker runs read it from inside the pipeline root, which the containers can reach.
@@ -233,12 +236,12 @@ def _embedded_default(pipeline_root: str, runner: str, parameters: dict[str, Any
     given = parameters.get("hyperrule_overrides") or "{}"
     with contextlib.suppress(params.ParameterError):  # checked, with every other problem, next
         given = json.dumps({**DIGITS_DEMO_OVERRIDES, **params.parse_overrides(given)})
-    print(
+    note = (
         f"no --data given: the embedded default dataset (scikit-learn digits) at {source};\n"
         f"model {parameters.get('model', 'bittune-tiny')}; demo schedule "
         f"{json.dumps(DIGITS_DEMO_OVERRIDES)}"
     )
-    return source, {**parameters, "hyperrule_overrides": given}
+    return source, {**parameters, "hyperrule_overrides": given}, note
 
 
 # The image's own non-root user (docker/Dockerfile).
