@@ -142,5 +142,5 @@ def test_permission_denied_is_one_line_without_retries(tmp_path):
 
 def test_a_missing_bucket_is_named_before_the_work(gcs, tiny_folder, tmp_path):
     done = bittune("analyze", str(tiny_folder), "--output", "gs://no-such-bucket/analysis",
-                   env={"STORAGE_EMULATOR_HOST": os.environ["STORAGE_EMULATOR_HOST"]})  # fmt: skip
+                   env={"STORAGE_EMULATOR_HOST": gcs.server.url})  # fmt: skip
     one_error_line(done, "bucket no-such-bucket does not exist")

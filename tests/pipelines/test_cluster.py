@@ -43,9 +43,9 @@ def digits_in_gcs(gcs, digits_folder):
     return gcs.upload_tree(digits_folder, f"gs://{bucket}/digits"), bucket
 
 
-def _runner(stores, tmp_path, **env):
+def _runner(stores, tmp_path, gcs, **env):
     base = {"LANG": "C.UTF-8", "HOME": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    base["STORAGE_EMULATOR_HOST"] = os.environ["STORAGE_EMULATOR_HOST"]
+    base["STORAGE_EMULATOR_HOST"] = gcs.server.url
     return BackendRunner(
         stores, workdir=tmp_path / "cluster", backoff_scale=0.0, base_env={**base, **env}
     )
@@ -64,7 +64,7 @@ def _json(runner, uri):
 def test_the_whole_pipeline_runs_as_on_a_cluster(store, moto, gcs, digits_in_gcs, compiled,
                                                 tmp_path):  # fmt: skip
     data, bucket = digits_in_gcs
-    runner = _runner([moto.store(), GcsStore.from_fake_server(gcs.server)], tmp_path)
+    runner = _runner([moto.store(), GcsStore.from_fake_server(gcs.server)], tmp_path, gcs)
     root = "minio://mlpipeline/v2/artifacts" if store == "minio" else f"gs://{bucket}/pipelines"
     values = _parameters(data, preprocess_workers=3,
                          hyperrule_overrides=json.dumps(DIGITS_DEMO_OVERRIDES))  # fmt: skip
@@ -91,7 +91,7 @@ def test_new_data_is_analysed_again_and_unchanged_data_is_cached(moto, gcs, comp
     data = gcs.upload_tree(digits / "3", f"gs://{bucket}/flowers/3")
     gcs.upload_tree(digits / "8", f"gs://{bucket}/flowers/8")
     state = f"gs://{bucket}/trigger.json"
-    runner = _runner([moto.store()], tmp_path)
+    runner = _runner([moto.store()], tmp_path, gcs)
     data = f"gs://{bucket}/flowers"
     values = {"data_source": data, "accelerator_count": 0,
               "hyperrule_overrides": json.dumps(SHORT)}  # fmt: skip
@@ -158,7 +158,7 @@ def test_killed_training_is_retried_to_the_uninterrupted_weights(
     extra = {} if store == "gcs" else {"checkpoint_root": str(volume)}
     values = _parameters(data, hyperrule_overrides=json.dumps(SHORT), checkpoint_every=2,
                          preprocess_workers=1, **extra)  # fmt: skip
-    runner = _runner(stores, tmp_path, TF_DETERMINISTIC_OPS="1")
+    runner = _runner(stores, tmp_path, gcs, TF_DETERMINISTIC_OPS="1")
 
     def root(run_id):
         return f"gs://{bucket}/{run_id}" if store == "gcs" else "minio://mlpipeline/v2/kill"
