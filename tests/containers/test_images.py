@@ -192,11 +192,14 @@ def test_whole_pipeline_runs_in_docker(cpu_image):
         )
         log = result.stdout + result.stderr
         assert result.returncode == 0, log[-6000:]
-        assert f"Found image '{CPU_IMAGE}'" in log  # steps ran in the image, not in-process
+        logs = pathlib.Path(re.search(r"step logs: +(\S+)", result.stdout)[1])
+        step_logs = "".join(p.read_text() for p in logs.glob("*.log"))
+        assert f"Found image '{CPU_IMAGE}'" in step_logs  # steps ran in the image, not in-process
+        assert len(log.splitlines()) <= 60
         assert "pipeline finished: 1,797 inputs = 1,797 written + 0 rejected" in result.stdout
         accuracy = float(re.search(r"test accuracy ([0-9.]+)", result.stdout).group(1))
         assert accuracy >= 0.9 and "— BLESSED" in result.stdout
-        model = next((output / "runs").glob("bit-finetune-*/train-model/model/saved_model"))
+        model = next((output / "runs").glob("bit-finetune-*/train-model/trained_model/saved_model"))
         if os.geteuid() == 0:  # the steps ran as the image's non-root user
             assert model.stat().st_uid == 1000
         else:
