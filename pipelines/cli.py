@@ -296,9 +296,7 @@ def _submitter(args: argparse.Namespace) -> Callable[[dict[str, Any]], dict[str,
     """A function that submits a run with the given parameters, to KFP or Vertex AI."""
     from pipelines import submit
 
-    pipeline = args.pipeline or submit.default_pipeline_file(
-        "vertex" if args.vertex else "kubeflow"
-    )
+    pipeline = _pipeline_file(args)
     if args.vertex:
         missing = [
             f"--{n.replace('_', '-')}"
@@ -329,13 +327,19 @@ def _submitter(args: argparse.Namespace) -> Callable[[dict[str, Any]], dict[str,
     )
 
 
-def _params(args: argparse.Namespace, extra: Sequence[str] = ()) -> dict[str, Any]:
+def _pipeline_file(args: argparse.Namespace) -> str:
     from pipelines import submit
 
-    pipeline = args.pipeline or submit.default_pipeline_file(
-        "vertex" if args.vertex else "kubeflow"
-    )
-    return submit.parse_params([*args.param, *extra], submit.load_pipeline(pipeline)[1])
+    return args.pipeline or submit.default_pipeline_file("vertex" if args.vertex else "kubeflow")
+
+
+def _params(args: argparse.Namespace, **given: str) -> dict[str, Any]:
+    """The --param values typed by the pipeline's parameters; ``given`` ones win."""
+    from pipelines import submit
+
+    pairs = [p for p in args.param if p.partition("=")[0] not in given]
+    pairs += [f"{name}={value}" for name, value in given.items()]
+    return submit.parse_params(pairs, submit.load_pipeline(_pipeline_file(args))[1])
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
@@ -347,10 +351,7 @@ def cmd_trigger(args: argparse.Namespace) -> None:
     from pipelines.submit import trigger
 
     submit_run = _submitter(args)
-    given = [p for p in args.param if not p.startswith("data_source=")]
-    values = _params(
-        argparse.Namespace(**{**vars(args), "param": given}), [f"data_source={args.data}"]
-    )
+    values = _params(args, data_source=args.data)
     result = trigger(
         args.data,
         args.state,

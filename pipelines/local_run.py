@@ -36,7 +36,6 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([^']+)'")
 _END = re.compile(r"Task '([^']+)' finished with status (\w+)")
 _PROGRESS = re.compile(r"^\s*step (\d+)/(\d+) ")
-_NOISE = NOISE  # TensorFlow's start-up chatter, on machines with or without a GPU
 
 
 @dataclasses.dataclass
@@ -100,7 +99,7 @@ class StepConsole(io.TextIOBase):
             self._open(started[1], thread)
         step = self.steps.get(thread)
         (step.log if step else self.run_log).write(line + "\n")
-        if self.verbose and not _NOISE.match(line):
+        if self.verbose and not NOISE.match(line):
             self._say(line)
         if ended:
             self._end(ended[2], thread)
