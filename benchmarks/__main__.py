@@ -17,6 +17,12 @@ def _training():
     return training_speed.run()
 
 
+def _cpu_step():
+    from benchmarks import cpu_step  # each model in a process of its own
+
+    return cpu_step.run()
+
+
 def _end_to_end():
     from benchmarks import end_to_end
 
@@ -28,6 +34,7 @@ BENCHMARKS = {
     "preprocess": preprocess_speed.run,
     "scale": fashion_mnist.run,
     "training": _training,
+    "cpu-step": _cpu_step,
     "end-to-end": _end_to_end,
 }
 

@@ -1,0 +1,200 @@
+"""bittune's CPU training step against the reference PyTorch BiT R50x1, side by side.
+
+One optimizer step (forward, backward, SGD with momentum 0.9) of R50x1 on 8 float32 images of
+128 x 128 px and 10 classes, with 2 intra-op and 2 inter-op threads on each side. The
+reference is timm's ``resnetv2_50x1_bit``: the BiT ResNet-v2 (GroupNorm + Weight
+Standardization, stride on the 3x3 conv) that loads the official weights, installed from PyPI
+by the ``bench`` extra (big_transfer's own ``bit_pytorch`` is not packaged). With
+``BIT_PYTORCH_DIR`` naming a checkout's ``bit_pytorch`` folder, its ``ResNetV2`` is measured as
+well. Each model runs in its own process (torchvision's extension crashes once TensorFlow is
+loaded); warm-up steps are excluded, repeats alternate between the processes, and a ratio is the
+median of the per-repeat ratios. Target: bittune >= 1.2x the official implementation's
+images/s (timm's, about 1.3x faster than the official here, is shown without a target).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+BATCH, SIZE, CLASSES, THREADS = 8, 128, 10, 2
+WARMUP, REPEATS, STEPS = 3, 9, 2
+TARGET = 1.2
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+REFERENCES = {"timm": "timm resnetv2_50x1_bit", "official": "big_transfer bit_pytorch ResNetV2"}
+
+
+def bittune_step() -> Callable[[], None]:
+    """bittune's training step (``training._make_train_step``, as ``train`` runs it on CPU)."""
+    from components.bit.tf_env import import_tensorflow
+
+    tf = import_tensorflow()
+    tf.config.threading.set_intra_op_parallelism_threads(THREADS)
+    tf.config.threading.set_inter_op_parallelism_threads(THREADS)
+    from components.bit import hyperrule, models, training
+
+    backbone = models.build_resnet(models.Architecture((3, 4, 6, 3), 1.0))
+    model = models.build_classifier(backbone, CLASSES)
+    rule = hyperrule.derive(
+        1000, SIZE**2, overrides={"batch_size": BATCH, "micro_batch_size": BATCH}
+    )
+    optimizer = training.MomentumSGD(0.001, momentum=0.9)
+    strategy = tf.distribute.get_strategy()
+    train_step = training._make_train_step(strategy, model, optimizer, [], rule, xla=False)
+    images = tf.random.uniform((BATCH, SIZE, SIZE, 3))
+    labels = tf.one_hot(tf.random.uniform((BATCH,), 0, CLASSES, tf.int32), CLASSES)
+    iterator = iter(tf.data.Dataset.from_tensors(({"images": images}, labels)).repeat())
+
+    def step() -> None:
+        loss, _ = train_step(iterator)
+        float(loss)
+
+    return step
+
+
+def torch_step(kind: str) -> Callable[[], None]:
+    """The reference PyTorch model's step: NCHW float32, cross-entropy, SGD momentum 0.9."""
+    import torch
+
+    torch.set_num_threads(THREADS)
+    torch.set_num_interop_threads(THREADS)
+    if kind == "timm":
+        import timm
+
+        model = timm.create_model("resnetv2_50x1_bit", pretrained=False, num_classes=CLASSES)
+    else:
+        sys.path.insert(0, os.environ["BIT_PYTORCH_DIR"])
+        import models as bit_models  # big_transfer's bit_pytorch/models.py
+
+        model = bit_models.KNOWN_MODELS["BiT-M-R50x1"](head_size=CLASSES, zero_head=True)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+    images = torch.rand(BATCH, 3, SIZE, SIZE)
+    labels = torch.randint(0, CLASSES, (BATCH,))
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        float(loss.detach())
+
+    return step
+
+
+def worker(kind: str) -> None:
+    """Build ``kind``'s step, warm it up, then run the number of steps each stdin line asks
+    for and answer with the wall and CPU seconds per step."""
+    step = bittune_step() if kind == "bittune" else torch_step(kind)
+    for _ in range(WARMUP):
+        step()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        count = int(line)
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(count):
+            step()
+        seconds = time.perf_counter() - wall, time.process_time() - cpu
+        print(seconds[0] / count, seconds[1] / count, flush=True)
+
+
+class _Worker:
+    """One model's process, driven over its stdin and stdout."""
+
+    def __init__(self, kind: str, log):
+        self.kind = kind
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.cpu_step", "--worker", kind],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+        self.seconds: list[float] = []
+        self._read("ready")
+
+    def _read(self, expect: str | None = None) -> str:
+        line = self.process.stdout.readline().strip()
+        if not line or (expect and line != expect):
+            code = self.process.poll()
+            raise RuntimeError(f"the {self.kind} worker stopped (exit {code}): its log is above")
+        return line
+
+    def run(self, steps: int) -> None:
+        self.process.stdin.write(f"{steps}\n")
+        self.process.stdin.flush()
+        self.seconds.append(float(self._read().split()[0]))
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=120)
+
+
+def measure(kinds: list[str]) -> dict[str, list[float]]:
+    """Seconds per step for each kind, repeats alternating (and reversing order) between them."""
+    with tempfile.TemporaryFile("w+") as log:
+        workers: list[_Worker] = []
+        try:
+            for kind in kinds:  # one at a time: set-up and warm-up are not measured
+                workers.append(_Worker(kind, log))
+            for repeat in range(REPEATS):
+                for w in workers if repeat % 2 == 0 else workers[::-1]:
+                    w.run(STEPS)
+        except RuntimeError:
+            log.seek(0)
+            print(log.read()[-4000:], file=sys.stderr)
+            raise
+        finally:
+            for w in workers:
+                w.close()
+    return {w.kind: w.seconds for w in workers}
+
+
+def run() -> list[dict]:
+    missing = [name for name in ("torch", "timm") if importlib.util.find_spec(name) is None]
+    if missing:
+        names = " and ".join(missing)
+        print(f"cpu-step: skipped: {names} not installed (pip install -e '.[bench]')")
+        return []
+    references = ["timm"] + (["official"] if os.environ.get("BIT_PYTORCH_DIR") else [])
+    seconds = measure(["bittune", *references])
+    ours = seconds["bittune"]
+    rows = []
+    for ref in references:
+        ratio = statistics.median(r / b for r, b in zip(seconds[ref], ours, strict=True))
+        figures = {
+            "bittune images/s": BATCH / statistics.median(ours),
+            f"{REFERENCES[ref]} images/s": BATCH / statistics.median(seconds[ref]),
+            "load average (1 min)": os.getloadavg()[0],
+        }
+        rows.append(
+            {
+                "name": f"CPU training step vs {REFERENCES[ref]}",
+                "setup": f"R50x1, float32, {BATCH} x {SIZE} px, {CLASSES} classes, SGD momentum; "
+                f"{THREADS} threads each; median of {REPEATS} alternated repeats",
+                "figures": figures,
+                "ratio": ratio,
+                "ratio_label": "bittune over the reference images/s",
+                "target": TARGET if ref == "official" else None,
+                "passed": ratio >= TARGET if ref == "official" else True,
+            }
+        )
+    return rows
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:
+        worker(sys.argv[2])
+    else:
+        for row in run():
+            print(f"{row['name']}: {row['ratio']:.2f}x (target {row['target']:g}x)")
+            for key, value in row["figures"].items():
+                print(f"  {key}: {value:,.2f}")
