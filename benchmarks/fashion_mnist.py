@@ -15,6 +15,7 @@ import time
 import numpy as np
 from PIL import Image
 
+from benchmarks.preprocess_speed import SCRATCH
 from components.bit.analysis import AnalysisConfig, analyze
 from components.bit.datasets import default_cache_dir
 from components.bit.preprocess import PreprocessConfig, preprocess
@@ -65,7 +66,7 @@ def run() -> list[dict]:
         print("fashion-mnist: skipped: Debian's dataset-fashion-mnist is not installed")
         return []
     source = materialize()
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory(dir=SCRATCH) as work:
         analysis = os.path.join(work, "analysis")
         started = time.perf_counter()
         result = analyze(AnalysisConfig(source, progress=False), analysis)

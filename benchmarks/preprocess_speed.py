@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import tempfile
 import time
 
@@ -52,13 +53,26 @@ def _timed(root: str, source: str, processes: int) -> tuple[float, dict]:
     return time.perf_counter() - start, manifest
 
 
+REPEATS = 3
+
+
+# In memory when the machine has a tmpfs: the ratio then measures how the work scales, not
+# how one shared disk takes twice the writes (on a cluster every worker has its own).
+SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
 def _case(name: str, setup: str, make) -> dict:
-    with tempfile.TemporaryDirectory() as root:
+    """1 and 2 workers alternately, ``REPEATS`` times each (the page cache warm after a first,
+    unmeasured run); each side's median counts."""
+    with tempfile.TemporaryDirectory(dir=SCRATCH) as root:
         source = os.path.join(root, "src")
         make(source)
-        one_s, manifest = _timed(root, source, 1)
-        two_s, _ = _timed(root, source, 2)
-        one_s = min(one_s, _timed(root, source, 1)[0])  # A B A: a busy moment counts once
+        _, manifest = _timed(root, source, 1)  # warm-up: the page cache, the plan
+        runs: dict[int, list[float]] = {1: [], 2: []}
+        for _ in range(REPEATS):
+            for workers in (1, 2):
+                runs[workers].append(_timed(root, source, workers)[0])
+    one_s, two_s = statistics.median(runs[1]), statistics.median(runs[2])
     saved = manifest.preresize
     count = manifest.totals["written"]
     ratio = one_s / two_s
@@ -79,7 +93,7 @@ def _case(name: str, setup: str, make) -> dict:
     }
 
 
-def run(small: int = 5000, large: int = 24) -> list[dict]:
+def run(small: int = 12_000, large: int = 24) -> list[dict]:
     return [
         _case(
             "preprocess: JPEG pass-through",

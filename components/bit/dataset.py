@@ -78,9 +78,9 @@ def read_analysis(folder: str) -> Analysis:
     """Read an analysis folder; a clear error names what is missing."""
     what, hint = "an analysis folder", "run `bittune analyze` first"
     stats = _json(_read(folder, STATS_FILE, what, hint))
-    lines = _read(folder, ITEMS_FILE, what, hint).splitlines()
+    lines = [line for line in _read(folder, ITEMS_FILE, what, hint).splitlines() if line]
     rule = hyperrule.from_dict(_json(_read(folder, HYPERRULE_FILE, what, hint)))
-    return Analysis(stats, [_json(line) for line in lines if line], rule)
+    return Analysis(stats, _json("[" + ",".join(lines) + "]"), rule)  # one parse: fast
 
 
 def write_analysis(folder: str, stats: Mapping[str, Any], rows, rule: hyperrule.HyperRule):

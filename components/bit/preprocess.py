@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from components.bit import dataset as ds
 from components.bit import hyperrule, images, params, sources, storage, tfrecords
@@ -79,8 +79,9 @@ class PreprocessConfig:
             raise PreprocessError(f"processes must be >= 0, got {self.processes}")
 
 
-@dataclasses.dataclass(frozen=True)
-class PlannedItem:
+class PlannedItem(NamedTuple):  # a tuple: a plan holds one per item, millions of them
+    """One analysed item: whether and where it is written."""
+
     row: Mapping[str, Any]
     split: str
     shard: int
@@ -136,13 +137,17 @@ def make_plan(
 ) -> Plan:
     """Decide, for every analysed item, whether and where it is written."""
     labels = list(stats["classes"])
+    known = set(labels)
     kept = _few_shot_choice(rows, few_shot, seed) if few_shot else None
-    decided = [(row, _reject_reason(row, set(labels), kept, few_shot)) for row in rows]
+    decided = [
+        (row, _reject_reason(row, known, kept, few_shot), _hash(f"{seed}:{row['key']}"))
+        for row in rows
+    ]
     valid: dict[str, list[tuple[str, Mapping[str, Any]]]] = collections.defaultdict(list)
     estimates: dict[str, float] = collections.defaultdict(float)
-    for row, reason in decided:
+    for row, reason, digest in decided:
         if reason is None:
-            valid[row["split"]].append((_hash(f"{seed}:{row['key']}"), row))
+            valid[row["split"]].append((digest, row))
             estimates[row["split"]] += _estimated_bytes(row, rule.resize)
     shard_counts = {
         split: shard_count(len(valid[split]), estimates[split], shard_bytes, shard_examples)
@@ -152,14 +157,19 @@ def make_plan(
     position: dict[str, int] = {}
     for split, members in valid.items():
         count, total = shard_counts[split], len(members)
-        for rank, (_, row) in enumerate(sorted(members, key=lambda m: m[0])):
+        members.sort(key=lambda m: m[0])
+        for rank, (_, row) in enumerate(members):
             position[row["key"]] = rank * count // total  # equal runs of the hash order
-    items = []
-    for row, reason in decided:
-        digest = _hash(f"{seed}:{row['key']}")
-        count = shard_counts.get(row["split"], 1)
-        shard = position.get(row["key"], int(digest[:12], 16) % count)
-        items.append(PlannedItem(row, row["split"], shard, digest, reason))
+    items = [
+        PlannedItem(
+            row,
+            row["split"],
+            position.get(row["key"], int(digest[:12], 16) % shard_counts.get(row["split"], 1)),
+            digest,
+            reason,
+        )
+        for row, reason, digest in decided
+    ]
     return Plan(labels, rule, shard_counts, items, few_shot, dict(stats["source"]))
 
 
@@ -464,7 +474,7 @@ class _AtomicFile:
             self._fd, self._tmp = tempfile.mkstemp(prefix="bittune-shard-")
         else:
             self._fd, self._tmp = storage.local_temp(uri)
-        self._file = os.fdopen(self._fd, "wb")
+        self._file = os.fdopen(self._fd, "wb", buffering=4 << 20)  # few, large writes
 
     def write(self, data: bytes) -> None:
         self._file.write(data)
@@ -682,9 +692,10 @@ def _fan_out(config: PreprocessConfig, workers: int, bar) -> None:
     counter = multiprocessing.get_context("fork").Value("q", 0)
     with _processes(workers, counter) as pool:
         results = [pool.apply_async(_run_worker, (config, i, workers)) for i in range(workers)]
-        while not all(result.ready() for result in results):
-            time.sleep(0.2)
-            bar.update(counter.value - bar.n)
+        for result in results:  # the progress bar moves while the workers write
+            while not result.ready():
+                result.wait(0.05)
+                bar.update(counter.value - bar.n)
         for result in results:
             result.get()  # re-raise a worker's error here
     bar.update(counter.value - bar.n)
