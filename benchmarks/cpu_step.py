@@ -2,18 +2,19 @@
 
 One optimizer step (forward, backward, SGD with momentum 0.9) of R50x1 on 8 float32 images of
 128 x 128 px and 10 classes, with 2 intra-op and 2 inter-op threads on each side. The
-reference is timm's ``resnetv2_50x1_bit``: the BiT ResNet-v2 (GroupNorm + Weight
-Standardization, stride on the 3x3 conv) that loads the official weights, installed from PyPI
-by the ``bench`` extra (big_transfer's own ``bit_pytorch`` is not packaged). With
-``BIT_PYTORCH_DIR`` naming a checkout's ``bit_pytorch`` folder, its ``ResNetV2`` is measured as
-well. Each model runs in its own process (torchvision's extension crashes once TensorFlow is
-loaded); warm-up steps are excluded, repeats alternate between the processes, and a ratio is the
-median of the per-repeat ratios. Target: bittune >= 1.2x the official implementation's
-images/s (timm's, about 1.3x faster than the official here, is shown without a target).
+reference is the official implementation, big_transfer's ``bit_pytorch/models.py``: it is not
+packaged, so it is fetched once from its public source (GitHub, a pinned commit, checked by
+SHA-256) into ``~/.cache/bittune/reference/``, or read from ``BIT_PYTORCH_DIR`` (a checkout's
+``bit_pytorch`` folder). timm's ``resnetv2_50x1_bit`` (the same architecture, installed from
+PyPI by the ``bench`` extra) is measured alongside. Each model runs in its own process
+(torchvision's extension crashes once TensorFlow is loaded); warm-up steps are excluded, repeats
+alternate between the processes, and a ratio is the median of the per-repeat ratios.
+Target: bittune >= 1.2x the official implementation's images/s.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import pathlib
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 
 BATCH, SIZE, CLASSES, THREADS = 8, 128, 10, 2
@@ -29,6 +31,35 @@ WARMUP, REPEATS, STEPS = 3, 9, 2
 TARGET = 1.2
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REFERENCES = {"timm": "timm resnetv2_50x1_bit", "official": "big_transfer bit_pytorch ResNetV2"}
+OFFICIAL_COMMIT = "140de6e704fd8d61f3e5ea20ffde130b7d5fd065"  # google-research/big_transfer
+OFFICIAL_URL = (
+    f"https://raw.githubusercontent.com/google-research/big_transfer/{OFFICIAL_COMMIT}"
+    "/bit_pytorch/models.py"
+)
+OFFICIAL_SHA256 = "209e5af7d3e58f9efcaccc63163ac0659b80c08430c74f9ea4f2c0e3f1e62972"
+OFFICIAL_CACHE = pathlib.Path.home() / ".cache" / "bittune" / "reference" / OFFICIAL_COMMIT
+
+
+def official_folder() -> tuple[str | None, str]:
+    """The folder holding big_transfer's ``models.py`` and where it came from, or ``None`` and
+    why it is unavailable: ``BIT_PYTORCH_DIR``, else the cached (or now fetched) pinned file."""
+    given = os.environ.get("BIT_PYTORCH_DIR")
+    if given:
+        if not os.path.isfile(os.path.join(given, "models.py")):
+            return None, f"BIT_PYTORCH_DIR={given} has no models.py"
+        return given, f"BIT_PYTORCH_DIR={given}"
+    cached = OFFICIAL_CACHE / "models.py"
+    if not cached.exists():
+        try:
+            with urllib.request.urlopen(OFFICIAL_URL, timeout=30) as response:
+                body = response.read()
+        except OSError as exc:
+            return None, f"cannot fetch {OFFICIAL_URL} ({exc}); set BIT_PYTORCH_DIR instead"
+        if hashlib.sha256(body).hexdigest() != OFFICIAL_SHA256:
+            return None, f"{OFFICIAL_URL} is not the pinned file (SHA-256 differs)"
+        OFFICIAL_CACHE.mkdir(parents=True, exist_ok=True)
+        cached.write_bytes(body)
+    return str(OFFICIAL_CACHE), OFFICIAL_URL
 
 
 def bittune_step() -> Callable[[], None]:
@@ -70,7 +101,7 @@ def torch_step(kind: str) -> Callable[[], None]:
 
         model = timm.create_model("resnetv2_50x1_bit", pretrained=False, num_classes=CLASSES)
     else:
-        sys.path.insert(0, os.environ["BIT_PYTORCH_DIR"])
+        sys.path.insert(0, official_folder()[0])
         import models as bit_models  # big_transfer's bit_pytorch/models.py
 
         model = bit_models.KNOWN_MODELS["BiT-M-R50x1"](head_size=CLASSES, zero_head=True)
@@ -164,7 +195,10 @@ def run() -> list[dict]:
         names = " and ".join(missing)
         print(f"cpu-step: skipped: {names} not installed (pip install -e '.[bench]')")
         return []
-    references = ["timm"] + (["official"] if os.environ.get("BIT_PYTORCH_DIR") else [])
+    folder, origin = official_folder()
+    if folder is None:
+        print(f"cpu-step: the official reference is unavailable: {origin}")
+    references = (["official"] if folder else []) + ["timm"]
     seconds = measure(["bittune", *references])
     ours = seconds["bittune"]
     rows = []
@@ -175,11 +209,12 @@ def run() -> list[dict]:
             f"{REFERENCES[ref]} images/s": BATCH / statistics.median(seconds[ref]),
             "load average (1 min)": os.getloadavg()[0],
         }
+        source = f"; reference from {origin}" if ref == "official" else ""
         rows.append(
             {
                 "name": f"CPU training step vs {REFERENCES[ref]}",
                 "setup": f"R50x1, float32, {BATCH} x {SIZE} px, {CLASSES} classes, SGD momentum; "
-                f"{THREADS} threads each; median of {REPEATS} alternated repeats",
+                f"{THREADS} threads each; median of {REPEATS} alternated repeats{source}",
                 "figures": figures,
                 "ratio": ratio,
                 "ratio_label": "bittune over the reference images/s",
@@ -195,6 +230,7 @@ if __name__ == "__main__":
         worker(sys.argv[2])
     else:
         for row in run():
-            print(f"{row['name']}: {row['ratio']:.2f}x (target {row['target']:g}x)")
+            target = f"{row['target']:g}x" if row["target"] else "none"
+            print(f"{row['name']}: {row['ratio']:.2f}x (target {target})")
             for key, value in row["figures"].items():
                 print(f"  {key}: {value:,.2f}")

@@ -93,7 +93,7 @@ def _case(name: str, setup: str, make) -> dict:
     }
 
 
-def run(small: int = 12_000, large: int = 24) -> list[dict]:
+def run(small: int = 12_000, large: int = 48) -> list[dict]:
     return [
         _case(
             "preprocess: JPEG pass-through",

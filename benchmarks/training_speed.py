@@ -10,13 +10,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
 
 from benchmarks.synthetic import write_large_jpegs
-from components.bit import hyperrule, models, training
+from components.bit import dataset, hyperrule, inputs, models, training
 from components.bit.analysis import AnalysisConfig, analyze
 from components.bit.models import tf
 from components.bit.preprocess import PreprocessConfig, preprocess
@@ -44,13 +43,14 @@ def train_images_per_second(source_or_arch, size: int, batch: int, steps: int = 
     rule = hyperrule.derive(
         1000, size * size, overrides={"batch_size": batch, "micro_batch_size": batch}
     )
-    optimizer = tf.keras.optimizers.SGD(0.001, momentum=0.9)
+    optimizer = training.MomentumSGD(0.001, momentum=0.9)  # what training uses
     step = training._make_train_step(
         tf.distribute.get_strategy(), model, optimizer, [], rule, xla=False
     )
-    images = tf.random.uniform((batch, size, size, 3))
+    images = tf.random.uniform((batch, size, size, 3), maxval=256, dtype=tf.int32)
+    features = {"images": tf.cast(images, tf.uint8)}  # what the input pipeline yields
     labels = tf.one_hot(tf.random.uniform((batch,), 0, 10, tf.int32), 10)
-    iterator = iter(tf.data.Dataset.from_tensors((images, labels)).repeat())
+    iterator = iter(tf.data.Dataset.from_tensors((features, labels)).repeat())
     step(iterator)  # trace and warm up
     start = time.perf_counter()
     for _ in range(steps):
@@ -66,6 +66,7 @@ def _rate(dataset, count: int) -> float:
     seen = 0
     while seen < count:
         images = next(iterator)[0]
+        images = images["images"] if isinstance(images, dict) else images  # training's features
         seen += int(images.shape[0])
     return seen / (time.perf_counter() - start)
 
@@ -86,13 +87,10 @@ def input_pipelines(count: int = 48) -> dict[str, float]:
         preprocess(
             PreprocessConfig(os.path.join(root, "a"), os.path.join(root, "d"), progress=False)
         )
-        with open(os.path.join(root, "d", "manifest.json"), encoding="utf-8") as f:
-            manifest = json.load(f)
-        with open(os.path.join(root, "a", "hyperrule.json"), encoding="utf-8") as f:
-            rule = hyperrule.from_dict(json.load(f))
-        shards = training.shard_paths(manifest, "train")
-        config = training.TrainConfig("", "", "", "", cache=False, mixup=False)
-        ours = training.train_dataset(shards, rule, 2, config, 32, count)
+        manifest = dataset.read_manifest(os.path.join(root, "d"))
+        shards = manifest.shard_paths("train", [os.path.join(root, "d")])
+        config = training.TrainConfig("", "", "", cache=False, mixup=False)
+        ours = training.train_dataset(shards, manifest.rule, 2, config, count)
 
         def seed_augment(path):
             image = tf.cast(tf.io.decode_jpeg(tf.io.read_file(path), channels=3), tf.float32)
@@ -111,8 +109,8 @@ def input_pipelines(count: int = 48) -> dict[str, float]:
         decode_only = (
             tf.data.TFRecordDataset(shards)
             .repeat()
-            .map(lambda raw: tf.io.parse_single_example(raw, training._FEATURES)["image/encoded"])
-            .map(lambda b: (tf.io.decode_jpeg(b, channels=3), 0), tf.data.AUTOTUNE)
+            .map(lambda raw: inputs.parse_example(raw)["image/encoded"])
+            .map(lambda b: (inputs.decode(b), 0), tf.data.AUTOTUNE)
             .batch(32)
             .prefetch(tf.data.AUTOTUNE)
         )

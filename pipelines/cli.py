@@ -292,6 +292,21 @@ def cmd_compile(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.exists(os.path.join(root, "benchmarks", "__main__.py")):
+        raise BittuneError(
+            "the benchmarks come with bittune's source, not its package: run `bittune bench` "
+            "in a clone (./dev bench)"
+        )
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from benchmarks.__main__ import main as run_benchmarks
+
+    if run_benchmarks([*args.names, "--output", args.output]) != 0:
+        raise BittuneError("a benchmark missed its target (see the table above)")
+
+
 def _submitter(args: argparse.Namespace) -> Callable[[dict[str, Any]], dict[str, str]]:
     """A function that submits a run with the given parameters, to KFP or Vertex AI."""
     from pipelines import submit
@@ -612,6 +627,20 @@ def _add_trigger(sub) -> None:
     p.set_defaults(func=cmd_trigger)
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="run the benchmarks side by side and write BENCHMARKS.md",
+        description="Run every benchmark (or the named ones: analysis, preprocess, scale, "
+        "training, cpu-step, end-to-end), each against its side-by-side baseline, and write "
+        "the table to BENCHMARKS.md. cpu-step needs the bench extra (pip install -e '.[bench]'). "
+        "On a GPU: python -m benchmarks.gpu_benchmark.",
+    )
+    p.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all)")
+    p.add_argument("--output", default="BENCHMARKS.md", help="report file ('-': print only)")
+    p.set_defaults(func=cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bittune",
@@ -629,6 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_compile,
         _add_submit,
         _add_trigger,
+        _add_bench,
     ):
         add(sub)
     return parser

@@ -13,7 +13,8 @@ of their identity and cut into equal runs, so shards differ by at most one examp
 depends on the data, the seed and the two limits only — never on the number of workers — so
 shards are byte-identical whatever the number of workers.
 
-**Work** fans out by shard: worker ``w`` of ``W`` writes the shards ``i`` with ``i % W == w``
+**Work** fans out by shard: pipeline worker ``w`` of ``W`` writes the shards ``i`` with
+``i % W == w`` (on one machine, each core takes the next unwritten shard)
 (each under a temporary name, renamed when complete, with a small summary beside it in
 ``_shards/``). :func:`gather` then checks that inputs = written + rejected for every split and
 class and writes the dataset files (:func:`components.bit.dataset.write_dataset_files`).
@@ -311,31 +312,38 @@ def write_shards(
     if not 0 <= worker_index < num_workers:
         raise PreprocessError(f"worker index {worker_index} is not in [0, {num_workers})")
     plan = load_plan(config)
-    folders = {split: (out_dirs or {}).get(split, config.output_dir) for split in ds.SPLITS}
     mine = [shard for n, shard in enumerate(plan.shards()) if n % num_workers == worker_index]
     payloads = _tfds_payloads(plan, mine, config.data_dir)
     processes = config.processes or os.cpu_count() or 1
-    progress = progress or (lambda n: None)
+    folders = {split: (out_dirs or {}).get(split, config.output_dir) for split in ds.SPLITS}
     summaries = []
     with _processes(processes) as pool:
-        for split, index in mine:
-            folder = folders[split]
-            summary = _existing_summary(folder, split, index, plan)
-            if summary is None:
-                started = time.monotonic()
-                summary = _write_shard(plan, config, split, index, folder, pool, payloads, progress)
-                rate = summary["inputs"] / max(time.monotonic() - started, 1e-9)
+        for shard in mine:
+            summary, seconds = _shard(plan, config, shard, folders, pool, payloads, progress)
+            summaries.append(summary)
+            if seconds is not None:
                 print(
                     f"worker {worker_index}/{num_workers}: {summary['name']}: "
                     f"{summary['examples']} examples, {summary['bytes'] / 2**20:.1f} MiB, "
-                    f"{rate:.0f} img/s",
+                    f"{summary['inputs'] / max(seconds, 1e-9):.0f} img/s",
                     file=sys.stderr,
                     flush=True,
                 )
-            else:
-                progress(summary["inputs"])
-            summaries.append(summary)
     return summaries
+
+
+def _shard(plan, config, shard, folders, pool, payloads, progress):
+    """One shard's summary, written now (and how many seconds that took) or found complete
+    (``None`` seconds)."""
+    split, index = shard
+    progress = progress or (lambda n: None)
+    summary = _existing_summary(folders[split], split, index, plan)
+    if summary is not None:
+        progress(summary["inputs"])
+        return summary, None
+    started = time.monotonic()
+    summary = _write_shard(plan, config, split, index, folders[split], pool, payloads, progress)
+    return summary, time.monotonic() - started
 
 
 class _Inline:
@@ -346,21 +354,19 @@ class _Inline:
         return map(fn, iterable)
 
 
-def _quiet_worker(*init) -> None:
+def _quiet_worker() -> None:
     """Workers ignore Ctrl-C: the parent decides, and stops them (no traceback per worker)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if init:
-        _init_worker(*init)
 
 
 @contextlib.contextmanager
-def _processes(count: int, *init) -> Iterator[Any]:
-    """``count`` worker processes (or this process alone), stopped at once on an error or
-    Ctrl-C instead of finishing the queued work first."""
-    if count < 2 and not init:
+def _processes(count: int, always: bool = False) -> Iterator[Any]:
+    """``count`` worker processes (or, for fewer than two unless ``always``, this process
+    alone), stopped at once on an error or Ctrl-C instead of finishing the queued work."""
+    if count < 2 and not always:
         yield _Inline()
         return
-    pool = multiprocessing.get_context("fork").Pool(count, _quiet_worker, init)
+    pool = multiprocessing.get_context("fork").Pool(count, _quiet_worker)
     try:
         yield pool
     except BaseException:
@@ -411,8 +417,10 @@ def _write_shard(plan, config, split, index, folder, pool, payloads, progress) -
     digest = hashlib.sha256()
     with _AtomicFile(storage.join(folder, name)) as f:
         chunk = max(1, min(8, len(jobs) // 16))  # small shards: every process gets work
-        for item, result in zip(todo, pool.imap(_process, jobs, chunksize=chunk), strict=True):
-            progress(1)
+        results = pool.imap(_process, jobs, chunksize=chunk)
+        for done, (item, result) in enumerate(zip(todo, results, strict=True), 1):
+            if done % _PROGRESS_EVERY == 0:
+                progress(_PROGRESS_EVERY)  # not per item: a shared counter costs a lock
             if isinstance(result, str):
                 rejects.append(_reject(item, result))
                 continue
@@ -434,6 +442,7 @@ def _write_shard(plan, config, split, index, folder, pool, payloads, progress) -
             actions[result.action] += 1
             bytes_in += row["size_bytes"]
             bytes_out += len(result.data)
+    progress(len(todo) % _PROGRESS_EVERY)
     summary = {
         "name": name,
         "split": split,
@@ -451,6 +460,9 @@ def _write_shard(plan, config, split, index, folder, pool, payloads, progress) -
     }
     storage.write_text(_summary_uri(folder, name), json.dumps(summary, ensure_ascii=False))
     return summary
+
+
+_PROGRESS_EVERY = 64
 
 
 def _reject(item: PlannedItem, reason: str) -> dict[str, Any]:
@@ -652,50 +664,73 @@ def completed_shards(config: PreprocessConfig) -> tuple[int, int]:
 def preprocess(config: PreprocessConfig) -> ds.Manifest:
     """The whole step on this machine, on every core, then :func:`gather`.
 
-    With several shards, the cores split the shards between them exactly as the pipeline's
-    workers do (each process writes whole shards: nothing is shipped between processes);
-    with fewer shards than cores, the cores share the items of each shard instead.
+    When the shards spread evenly over the cores, each core writes whole shards, taking the
+    next unwritten one as it finishes (nothing is shipped between processes, and a slower core
+    never holds the others up); otherwise (say 3 shards on 2 cores) the cores share the items
+    of each shard in turn, and this process writes them.
     """
     plan = load_plan(config)
     processes = config.processes or os.cpu_count() or 1
-    workers = min(processes, len(plan.shards()))
     show = sys.stderr.isatty() if config.progress is None else config.progress
     from tqdm import tqdm
 
     with tqdm(total=len(plan.items), unit="img", desc="preprocessing", disable=not show) as bar:
-        if workers < 2:
-            write_shards(config, progress=bar.update)
+        if not _whole_shards_balance(len(plan.shards()), processes):
+            folders = dict.fromkeys(ds.SPLITS, config.output_dir)
+            payloads = _tfds_payloads(plan, plan.shards(), config.data_dir)
+            with _processes(processes) as pool:
+                for shard in plan.shards():
+                    _shard(plan, config, shard, folders, pool, payloads, bar.update)
         else:
-            _fan_out(dataclasses.replace(config, processes=1), workers, bar)
+            _fan_out(dataclasses.replace(config, processes=1), plan, processes, bar)
     return gather(config)
 
 
-_done_counter = None
+def _whole_shards_balance(shards: int, processes: int) -> bool:
+    """Whether whole shards keep ``processes`` busy nearly to the end: the last round of
+    shards leaves at most a tenth of the processes' time idle."""
+    if processes < 2:
+        return False
+    return shards / (processes * math.ceil(shards / processes)) >= 0.9
+
+
+# What each forked shard writer works from (set in the parent before forking).
+_writer: dict[str, Any] = {}
 
 
 def _count_done(n: int) -> None:
-    with _done_counter.get_lock():
-        _done_counter.value += n
+    counter = _writer["counter"]
+    with counter.get_lock():
+        counter.value += n
 
 
-def _init_worker(counter) -> None:
-    global _done_counter
-    _done_counter = counter
+def _write_one(shard: tuple[str, int]) -> None:
+    w = _writer
+    _shard(w["plan"], w["config"], shard, w["folders"], _Inline(), w["payloads"], _count_done)
 
 
-def _run_worker(config: PreprocessConfig, index: int, workers: int) -> None:
-    write_shards(config, index, workers, progress=_count_done)
-
-
-def _fan_out(config: PreprocessConfig, workers: int, bar) -> None:
-    """Run ``workers`` shard writers in parallel processes, updating ``bar`` as they go."""
+def _fan_out(config: PreprocessConfig, plan: Plan, workers: int, bar) -> None:
+    """``workers`` processes write the shards, each taking the next one as it finishes;
+    ``bar`` moves as they go."""
     counter = multiprocessing.get_context("fork").Value("q", 0)
-    with _processes(workers, counter) as pool:
-        results = [pool.apply_async(_run_worker, (config, i, workers)) for i in range(workers)]
-        for result in results:  # the progress bar moves while the workers write
-            while not result.ready():
-                result.wait(0.05)
+    _writer.update(
+        plan=plan,
+        config=config,
+        folders=dict.fromkeys(ds.SPLITS, config.output_dir),
+        payloads=_tfds_payloads(plan, plan.shards(), config.data_dir),
+        counter=counter,
+    )
+    try:
+        with _processes(workers, True) as pool:
+            done = pool.imap_unordered(_write_one, plan.shards())
+            while True:
+                try:
+                    done.next(timeout=0.05)  # re-raises a writer's error here
+                except multiprocessing.TimeoutError:
+                    pass
+                except StopIteration:
+                    break
                 bar.update(counter.value - bar.n)
-        for result in results:
-            result.get()  # re-raise a worker's error here
+    finally:
+        _writer.clear()
     bar.update(counter.value - bar.n)

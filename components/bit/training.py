@@ -212,13 +212,18 @@ def train_dataset(
         if mix is not None:
             features, one_hot = mix(indices[0], images, one_hot)
 
+        if rule.accumulation_steps == 1:  # the batch is the micro-batch: no copy
+            return features, one_hot
+
         def split(tensor):
             micro = [rule.accumulation_steps, rule.micro_batch_size]
             return tf.reshape(tensor, tf.concat([micro, tf.shape(tensor)[1:]], 0))
 
         return tf.nest.map_structure(split, features), split(one_hot)
 
-    micro = batches.map(step_batch, tf.data.AUTOTUNE, deterministic=True).unbatch()
+    micro = batches.map(step_batch, tf.data.AUTOTUNE, deterministic=True)
+    if rule.accumulation_steps > 1:
+        micro = micro.unbatch()
     options = tf.data.Options()
     # Every worker reads the whole stream and keeps its share of each batch: deterministic
     # whatever the number of shard files.

@@ -328,6 +328,21 @@ def test_shards_are_byte_identical_for_any_number_of_workers(digits_dataset, wor
     assert file_digests(out) == file_digests(reference)
 
 
+@pytest.mark.parametrize("processes", [2, 3])
+def test_one_machine_on_several_cores_writes_the_same_shards(digits_dataset, processes, tmp_path):
+    config, _ = digits_dataset
+    for limit in (150, 1000):  # many shards (whole shards per core); few (shared items)
+        common = dict(shard_examples=limit, progress=False)
+        one = tmp_path / f"one-{limit}"
+        pp.preprocess(PreprocessConfig(config.analysis_dir, str(one), processes=1, **common))
+        many = tmp_path / f"many-{limit}"
+        done = pp.preprocess(
+            PreprocessConfig(config.analysis_dir, str(many), processes=processes, **common)
+        )
+        assert file_digests(many) == file_digests(one)
+        assert done.totals["written"] == 1797
+
+
 def test_more_workers_than_shards_is_said(digits_dataset):
     config, _ = digits_dataset
     used, line = pp.worker_plan(config, 16)
