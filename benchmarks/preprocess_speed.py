@@ -53,7 +53,7 @@ def _timed(root: str, source: str, processes: int) -> tuple[float, dict]:
     return time.perf_counter() - start, manifest
 
 
-REPEATS = 3
+REPEATS = 5
 
 
 # In memory when the machine has a tmpfs: the ratio then measures how the work scales, not
@@ -93,7 +93,7 @@ def _case(name: str, setup: str, make) -> dict:
     }
 
 
-def run(small: int = 12_000, large: int = 48) -> list[dict]:
+def run(small: int = 24_000, large: int = 48) -> list[dict]:
     return [
         _case(
             "preprocess: JPEG pass-through",

@@ -26,6 +26,7 @@ import collections
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import multiprocessing
@@ -316,34 +317,45 @@ def write_shards(
     payloads = _tfds_payloads(plan, mine, config.data_dir)
     processes = config.processes or os.cpu_count() or 1
     folders = {split: (out_dirs or {}).get(split, config.output_dir) for split in ds.SPLITS}
-    summaries = []
-    with _processes(processes) as pool:
-        for shard in mine:
-            summary, seconds = _shard(plan, config, shard, folders, pool, payloads, progress)
-            summaries.append(summary)
-            if seconds is not None:
-                print(
-                    f"worker {worker_index}/{num_workers}: {summary['name']}: "
-                    f"{summary['examples']} examples, {summary['bytes'] / 2**20:.1f} MiB, "
-                    f"{summary['inputs'] / max(seconds, 1e-9):.0f} img/s",
-                    file=sys.stderr,
-                    flush=True,
-                )
-    return summaries
+
+    def log(summary: Mapping[str, Any], seconds: float) -> None:
+        print(
+            f"worker {worker_index}/{num_workers}: {summary['name']}: "
+            f"{summary['examples']} examples, {summary['bytes'] / 2**20:.1f} MiB, "
+            f"{summary['inputs'] / max(seconds, 1e-9):.0f} img/s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return _write_in_turn(plan, config, mine, folders, payloads, processes, progress, log)
 
 
-def _shard(plan, config, shard, folders, pool, payloads, progress):
-    """One shard's summary, written now (and how many seconds that took) or found complete
-    (``None`` seconds)."""
-    split, index = shard
+def _write_in_turn(plan, config, shards, folders, payloads, processes, progress, log=None):
+    """Write ``shards`` one after another (keeping those already complete), their images
+    normalised by ``processes`` processes as one stream, with no pause between shards;
+    ``log(summary, seconds)`` after each shard written."""
     progress = progress or (lambda n: None)
-    summary = _existing_summary(folders[split], split, index, plan)
-    if summary is not None:
-        progress(summary["inputs"])
-        return summary, None
-    started = time.monotonic()
-    summary = _write_shard(plan, config, split, index, folders[split], pool, payloads, progress)
-    return summary, time.monotonic() - started
+    summaries: dict[tuple[str, int], dict[str, Any]] = {}
+    todo = []
+    for split, index in shards:
+        found = _existing_summary(folders[split], split, index, plan)
+        if found is None:
+            todo.append(((split, index), _jobs(plan, config, split, index, payloads)))
+        else:
+            progress(found["inputs"])
+            summaries[split, index] = found
+    stream = [job for _, jobs in todo for job in jobs]
+    with _processes(processes) as pool:
+        chunk = max(1, min(8, len(stream) // 16))  # few images: every process gets work
+        results = pool.imap(_process, stream, chunksize=chunk)
+        for (split, index), jobs in todo:
+            started = time.monotonic()
+            mine = itertools.islice(results, len(jobs))
+            summary = _write_shard(plan, split, index, folders[split], mine, progress)
+            summaries[split, index] = summary
+            if log:
+                log(summary, time.monotonic() - started)
+    return [summaries[shard] for shard in shards]
 
 
 class _Inline:
@@ -391,13 +403,10 @@ def _existing_summary(folder: str, split: str, index: int, plan: Plan) -> dict[s
     return summary if summary.get("input_keys_sha256") == _hash("\n".join(keys)) else None
 
 
-def _write_shard(plan, config, split, index, folder, pool, payloads, progress) -> dict[str, Any]:
-    name = plan.name(split, index)
-    planned = plan.shard_items(split, index)
-    label_index = {label: i for i, label in enumerate(plan.labels)}
+def _jobs(plan: Plan, config: PreprocessConfig, split: str, index: int, payloads) -> list[_Job]:
+    """The work for each image of a shard that is not rejected by the plan, in order."""
     max_pixels = int(plan.source.get("max_pixels") or images.DEFAULT_MAX_PIXELS)
-    todo = [p for p in planned if p.reject is None]
-    jobs = [
+    return [
         _Job(
             p.row["uri"],
             payloads.get(p.row["key"]),
@@ -407,8 +416,18 @@ def _write_shard(plan, config, split, index, folder, pool, payloads, progress) -
             config.background,
             config.jpeg_quality,
         )
-        for p in todo
+        for p in plan.shard_items(split, index)
+        if p.reject is None
     ]
+
+
+def _write_shard(plan: Plan, split: str, index: int, folder: str, results, progress):
+    """Write one shard from ``results`` (one per image the plan keeps, in order) and its
+    summary; return the summary."""
+    name = plan.name(split, index)
+    planned = plan.shard_items(split, index)
+    label_index = {label: i for i, label in enumerate(plan.labels)}
+    todo = [p for p in planned if p.reject is None]
     rejects = [_reject(p, p.reject) for p in planned if p.reject is not None]
     progress(len(rejects))
     per_class: collections.Counter[str] = collections.Counter()
@@ -416,8 +435,6 @@ def _write_shard(plan, config, split, index, folder, pool, payloads, progress) -
     bytes_in = bytes_out = 0
     digest = hashlib.sha256()
     with _AtomicFile(storage.join(folder, name)) as f:
-        chunk = max(1, min(8, len(jobs) // 16))  # small shards: every process gets work
-        results = pool.imap(_process, jobs, chunksize=chunk)
         for done, (item, result) in enumerate(zip(todo, results, strict=True), 1):
             if done % _PROGRESS_EVERY == 0:
                 progress(_PROGRESS_EVERY)  # not per item: a shared counter costs a lock
@@ -676,11 +693,10 @@ def preprocess(config: PreprocessConfig) -> ds.Manifest:
 
     with tqdm(total=len(plan.items), unit="img", desc="preprocessing", disable=not show) as bar:
         if not _whole_shards_balance(len(plan.shards()), processes):
+            shards = plan.shards()
             folders = dict.fromkeys(ds.SPLITS, config.output_dir)
-            payloads = _tfds_payloads(plan, plan.shards(), config.data_dir)
-            with _processes(processes) as pool:
-                for shard in plan.shards():
-                    _shard(plan, config, shard, folders, pool, payloads, bar.update)
+            payloads = _tfds_payloads(plan, shards, config.data_dir)
+            _write_in_turn(plan, config, shards, folders, payloads, processes, bar.update)
         else:
             _fan_out(dataclasses.replace(config, processes=1), plan, processes, bar)
     return gather(config)
@@ -706,7 +722,7 @@ def _count_done(n: int) -> None:
 
 def _write_one(shard: tuple[str, int]) -> None:
     w = _writer
-    _shard(w["plan"], w["config"], shard, w["folders"], _Inline(), w["payloads"], _count_done)
+    _write_in_turn(w["plan"], w["config"], [shard], w["folders"], w["payloads"], 1, _count_done)
 
 
 def _fan_out(config: PreprocessConfig, plan: Plan, workers: int, bar) -> None:
