@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.preprocess_speed import SCRATCH
+from benchmarks.synthetic import core_scaling
 from components.bit.analysis import AnalysisConfig, analyze
 from components.bit.datasets import default_cache_dir
 from components.bit.preprocess import PreprocessConfig, preprocess
@@ -75,6 +76,7 @@ def run() -> list[dict]:
         one_s, manifest = _preprocess(analysis, os.path.join(work, "one"), 1)
         two_s, _ = _preprocess(analysis, os.path.join(work, "two"), 2)
         one_again_s, _ = _preprocess(analysis, os.path.join(work, "one"), 1)  # A B A
+        ceiling = core_scaling()
     one_s = min(one_s, one_again_s)
     train = manifest.splits["train"]
     sizes = [shard.examples for shard in train.shards]
@@ -87,6 +89,7 @@ def run() -> list[dict]:
         "train shards": len(sizes),
         "largest/smallest train shard": max(sizes) / min(sizes),
         "MiB stored (grayscale kept)": manifest.preresize["image_bytes_out"] / 2**20,
+        "machine ceiling (pure-Python loop, 2 over 1 process)": ceiling,
     }
     for images, label in ((1_000_000, "1M"), (14_000_000, "14M")):
         for workers in (16, 32):

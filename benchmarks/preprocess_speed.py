@@ -12,7 +12,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from benchmarks.synthetic import write_large_jpegs
+from benchmarks.synthetic import core_scaling, write_large_jpegs
 from components.bit.analysis import AnalysisConfig, analyze
 from components.bit.preprocess import PreprocessConfig, preprocess
 
@@ -69,9 +69,11 @@ def _case(name: str, setup: str, make) -> dict:
         make(source)
         _, manifest = _timed(root, source, 1)  # warm-up: the page cache, the plan
         runs: dict[int, list[float]] = {1: [], 2: []}
+        ceilings = []
         for _ in range(REPEATS):
             for workers in (1, 2):
                 runs[workers].append(_timed(root, source, workers)[0])
+            ceilings.append(core_scaling())
     one_s, two_s = statistics.median(runs[1]), statistics.median(runs[2])
     saved = manifest.preresize
     count = manifest.totals["written"]
@@ -85,6 +87,7 @@ def _case(name: str, setup: str, make) -> dict:
             "MiB in": saved["image_bytes_in"] / 2**20,
             "MiB stored": saved["image_bytes_out"] / 2**20,
             "MiB saved by pre-resizing": saved["bytes_saved"] / 2**20,
+            "machine ceiling (pure-Python loop, 2 over 1 process)": statistics.median(ceilings),
         },
         "ratio": ratio,
         "ratio_label": "2-worker over 1-worker throughput",

@@ -27,3 +27,27 @@ def write_large_jpegs(
         Image.fromarray(shifted).save(path, format="JPEG", quality=90)
         paths.append(path)
     return paths
+
+
+def _spin(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return total
+
+
+def core_scaling(n: int = 2_000_000) -> float:
+    """How much faster two processes run a pure-Python loop than one, on this machine now:
+    the ceiling any 1 -> 2 worker ratio measured beside it can reach (shared hosts give
+    less than 2x)."""
+    import multiprocessing
+    import time
+
+    seconds = {}
+    for workers in (1, 2):
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            pool.map(_spin, [1] * workers)  # started
+            started = time.perf_counter()
+            pool.map(_spin, [n] * 2, chunksize=1)
+            seconds[workers] = time.perf_counter() - started
+    return seconds[1] / seconds[2]
