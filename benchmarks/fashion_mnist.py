@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.preprocess_speed import SCRATCH
-from benchmarks.synthetic import core_scaling
+from benchmarks.synthetic import CEILING, one_and_two_workers
 from components.bit.analysis import AnalysisConfig, analyze
 from components.bit.datasets import default_cache_dir
 from components.bit.preprocess import PreprocessConfig, preprocess
@@ -26,6 +26,7 @@ CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
            "bag", "ankle-boot")  # fmt: skip
 TARGET_SCALING = 1.8
 MIN_SHARDS = 16
+REPEATS = 3
 
 
 def _idx(name: str) -> np.ndarray:
@@ -73,11 +74,13 @@ def run() -> list[dict]:
         result = analyze(AnalysisConfig(source, progress=False), analysis)
         analysis_s = time.perf_counter() - started
         count = result.stats["totals"]["inputs"]
-        one_s, manifest = _preprocess(analysis, os.path.join(work, "one"), 1)
-        two_s, _ = _preprocess(analysis, os.path.join(work, "two"), 2)
-        one_again_s, _ = _preprocess(analysis, os.path.join(work, "one"), 1)  # A B A
-        ceiling = core_scaling()
-    one_s = min(one_s, one_again_s)
+        _, manifest = _preprocess(analysis, os.path.join(work, "out"), 1)  # warm-up
+
+        def timed(workers: int) -> float:
+            return _preprocess(analysis, os.path.join(work, "out"), workers)[0]
+
+        timing = one_and_two_workers(timed, REPEATS)
+    one_s, two_s = timing["one_s"], timing["two_s"]
     train = manifest.splits["train"]
     sizes = [shard.examples for shard in train.shards]
     per_worker = count / one_s
@@ -89,7 +92,7 @@ def run() -> list[dict]:
         "train shards": len(sizes),
         "largest/smallest train shard": max(sizes) / min(sizes),
         "MiB stored (grayscale kept)": manifest.preresize["image_bytes_out"] / 2**20,
-        "machine ceiling (pure-Python loop, 2 over 1 process)": ceiling,
+        CEILING: timing["ceiling"],
     }
     for images, label in ((1_000_000, "1M"), (14_000_000, "14M")):
         for workers in (16, 32):

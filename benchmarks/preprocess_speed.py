@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import statistics
 import tempfile
 import time
 
 import numpy as np
 from PIL import Image
 
-from benchmarks.synthetic import core_scaling, write_large_jpegs
+from benchmarks.synthetic import CEILING, one_and_two_workers, write_large_jpegs
 from components.bit.analysis import AnalysisConfig, analyze
 from components.bit.preprocess import PreprocessConfig, preprocess
 
@@ -63,31 +62,25 @@ SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W
 
 def _case(name: str, setup: str, make) -> dict:
     """1 and 2 workers alternately, ``REPEATS`` times each (the page cache warm after a first,
-    unmeasured run); each side's median counts."""
+    unmeasured run); each side's best run counts."""
     with tempfile.TemporaryDirectory(dir=SCRATCH) as root:
         source = os.path.join(root, "src")
         make(source)
         _, manifest = _timed(root, source, 1)  # warm-up: the page cache, the plan
-        runs: dict[int, list[float]] = {1: [], 2: []}
-        ceilings = []
-        for _ in range(REPEATS):
-            for workers in (1, 2):
-                runs[workers].append(_timed(root, source, workers)[0])
-            ceilings.append(core_scaling())
-    one_s, two_s = statistics.median(runs[1]), statistics.median(runs[2])
+        timing = one_and_two_workers(lambda workers: _timed(root, source, workers)[0], REPEATS)
     saved = manifest.preresize
     count = manifest.totals["written"]
-    ratio = one_s / two_s
+    ratio = timing["ratio"]
     return {
         "name": name,
         "setup": setup,
         "figures": {
-            "images/s, 1 worker": count / one_s,
-            "images/s, 2 workers": count / two_s,
+            "images/s, 1 worker": count / timing["one_s"],
+            "images/s, 2 workers": count / timing["two_s"],
             "MiB in": saved["image_bytes_in"] / 2**20,
             "MiB stored": saved["image_bytes_out"] / 2**20,
             "MiB saved by pre-resizing": saved["bytes_saved"] / 2**20,
-            "machine ceiling (pure-Python loop, 2 over 1 process)": statistics.median(ceilings),
+            CEILING: timing["ceiling"],
         },
         "ratio": ratio,
         "ratio_label": "2-worker over 1-worker throughput",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
@@ -29,6 +31,10 @@ def write_large_jpegs(
     return paths
 
 
+# The figure that says how well this machine runs two processes at once right now.
+CEILING = "machine ceiling (pure-Python loop, 2 over 1 process)"
+
+
 def _spin(n: int) -> int:
     total = 0
     for i in range(n):
@@ -36,18 +42,30 @@ def _spin(n: int) -> int:
     return total
 
 
-def core_scaling(n: int = 2_000_000) -> float:
-    """How much faster two processes run a pure-Python loop than one, on this machine now:
-    the ceiling any 1 -> 2 worker ratio measured beside it can reach (shared hosts give
-    less than 2x)."""
+def _spin_seconds(workers: int, n: int = 2_000_000) -> float:
     import multiprocessing
-    import time
 
-    seconds = {}
-    for workers in (1, 2):
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            pool.map(_spin, [1] * workers)  # started
-            started = time.perf_counter()
-            pool.map(_spin, [n] * 2, chunksize=1)
-            seconds[workers] = time.perf_counter() - started
-    return seconds[1] / seconds[2]
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        pool.map(_spin, [1] * workers)  # started
+        started = time.perf_counter()
+        pool.map(_spin, [n] * 2, chunksize=1)
+        return time.perf_counter() - started
+
+
+def one_and_two_workers(timed: Callable[[int], float], repeats: int) -> dict[str, float]:
+    """``timed(workers)`` for 1 and 2 workers, alternately ``repeats`` times, each side's best
+    run (the one the shared host disturbed least), and beside each pair the same for a
+    pure-Python loop: the 1 -> 2 ceiling this machine gives any work right now."""
+    runs: dict[str, list[float]] = {"one": [], "two": [], "loop one": [], "loop two": []}
+    for _ in range(repeats):
+        runs["one"].append(timed(1))
+        runs["two"].append(timed(2))
+        runs["loop one"].append(_spin_seconds(1))
+        runs["loop two"].append(_spin_seconds(2))
+    best = {key: min(values) for key, values in runs.items()}
+    return {
+        "one_s": best["one"],
+        "two_s": best["two"],
+        "ratio": best["one"] / best["two"],
+        "ceiling": best["loop one"] / best["loop two"],
+    }
