@@ -65,7 +65,9 @@ def worker_pools(
         raise params.ParameterError(
             "training_replicas > 1 runs on GPU machines; a TPU slice trains on one machine"
         )
-    decoded = json.loads(command.replace("[[bittune:", "{{").replace(":bittune]]", "}}"))
+    from components.vertex_job import CLOSE, OPEN
+
+    decoded = json.loads(command.replace(OPEN, "{{").replace(CLOSE, "}}"))
     machine = {"machine_type": training_machine_type}
     if accelerator_count:
         machine.update(accelerator_type=accelerator_type, accelerator_count=accelerator_count)

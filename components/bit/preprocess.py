@@ -691,14 +691,15 @@ def preprocess(config: PreprocessConfig) -> ds.Manifest:
     show = sys.stderr.isatty() if config.progress is None else config.progress
     from tqdm import tqdm
 
+    shards = plan.shards()
+    folders = dict.fromkeys(ds.SPLITS, config.output_dir)
+    payloads = _tfds_payloads(plan, shards, config.data_dir)
     with tqdm(total=len(plan.items), unit="img", desc="preprocessing", disable=not show) as bar:
-        if not _whole_shards_balance(len(plan.shards()), processes):
-            shards = plan.shards()
-            folders = dict.fromkeys(ds.SPLITS, config.output_dir)
-            payloads = _tfds_payloads(plan, shards, config.data_dir)
+        if not _whole_shards_balance(len(shards), processes):
             _write_in_turn(plan, config, shards, folders, payloads, processes, bar.update)
         else:
-            _fan_out(dataclasses.replace(config, processes=1), plan, processes, bar)
+            one_process = dataclasses.replace(config, processes=1)
+            _fan_out(one_process, plan, shards, folders, payloads, processes, bar)
     return gather(config)
 
 
@@ -725,20 +726,14 @@ def _write_one(shard: tuple[str, int]) -> None:
     _write_in_turn(w["plan"], w["config"], [shard], w["folders"], w["payloads"], 1, _count_done)
 
 
-def _fan_out(config: PreprocessConfig, plan: Plan, workers: int, bar) -> None:
-    """``workers`` processes write the shards, each taking the next one as it finishes;
+def _fan_out(config, plan, shards, folders, payloads, workers: int, bar) -> None:
+    """``workers`` processes write ``shards``, each taking the next one as it finishes;
     ``bar`` moves as they go."""
     counter = multiprocessing.get_context("fork").Value("q", 0)
-    _writer.update(
-        plan=plan,
-        config=config,
-        folders=dict.fromkeys(ds.SPLITS, config.output_dir),
-        payloads=_tfds_payloads(plan, plan.shards(), config.data_dir),
-        counter=counter,
-    )
+    _writer.update(plan=plan, config=config, folders=folders, payloads=payloads, counter=counter)
     try:
         with _processes(workers, True) as pool:
-            done = pool.imap_unordered(_write_one, plan.shards())
+            done = pool.imap_unordered(_write_one, shards)
             while True:
                 try:
                     done.next(timeout=0.05)  # re-raises a writer's error here
