@@ -37,7 +37,13 @@ def train_model(
     from components.bit.model_sources import check_model
 
     check_model(model)
-    from components.bit.training import TrainConfig, durable_folder, train
+    from components.bit.training import (
+        TrainConfig,
+        durable_folder,
+        end_worker_replica,
+        is_chief_replica,
+        train,
+    )
 
     def durable(name, artifact):
         return durable_folder(name, artifact.uri, artifact.path, checkpoint_root, pipeline_run_id)
@@ -63,6 +69,8 @@ def train_model(
             seed=seed,
         )
     )
+    if not is_chief_replica():  # several machines: only the chief reports
+        end_worker_replica()
     trained_model.metadata.update(
         framework="tensorflow", steps=summary["steps"], model_source=model
     )

@@ -7,77 +7,86 @@ training component the way Google Cloud Pipeline Components' ``create_custom_tra
 from_component`` does (same inputs and outputs, plus ``worker_pool_specs`` and
 ``gcp_resources``): its container is the GCPC launcher image, which creates the CustomJob from
 a payload, waits for it and reports it; the pools run the training component's own command and
-arguments, its executor input JSON-escaped into the payload (``{{$.json_escape[1]}}``). The
-pools' sizes are pipeline parameters, so :func:`worker_pools` builds them at run time.
+arguments, its executor input JSON-escaped into the payload (``{{$.json_escape[1]}}``).
+
+The worker pools are fixed when the pipeline is compiled (machine type, accelerators, replica
+count: :class:`components.bit.machines.TrainingMachine`), so the payload is complete in the
+compiled YAML and only Vertex's own placeholders remain in it -- in the compile-time default
+of an input, where GCPC puts them too. The job runs as the pipeline's service account and on
+its network with its encryption key (``service_account``, ``network`` and
+``encryption_spec_key_name`` inputs, defaulting to the run's, as GCPC's ``custom_job``
+component takes them).
 """
 
 # (no `from __future__ import annotations`: KFP reads the component annotations as types)
 
 import copy
+import inspect
 import json
 
 import yaml
 from google.protobuf import json_format
 from kfp import components
 
-from components.component import component
-from components.image import BITTUNE_IMAGE
+from components.bit.machines import TrainingMachine
 
 LAUNCHER_IMAGE = "gcr.io/ml-pipeline/google-cloud-pipeline-components:2.22.0"
-LAUNCHER = [
-    "python3",
-    "-u",
-    "-m",
-    "google_cloud_pipeline_components.container.v1.custom_job.launcher",
-]
-# Placeholders in the pools' command travel through worker_pools encoded, so that its own
-# launcher does not fill them in: they are the CustomJob task's to fill.
-OPEN, CLOSE = "[[bittune:", ":bittune]]"
+# The job's identity: the run's service account, network and encryption key unless a task sets
+# its own (GCPC 2.22.0's placeholders, google_cloud_pipeline_components/_placeholders.py).
+JOB_IDENTITY = {
+    "service_account": "{{$.pipeline_service_account}}",
+    "network": "{{$.pipeline_network}}",
+    "encryption_spec_key_name": "{{$.pipeline_encryption_key_name}}",
+}
+LAUNCHER_MODULE = "google_cloud_pipeline_components.container.v1.custom_job.launcher"
 
 
-@component(
-    BITTUNE_IMAGE,
-    "Build a training CustomJob's worker pools: one chief and the other replicas, all on the "
-    "same machine and accelerators.",
-    {
-        "command": "The training component's command and arguments, placeholders encoded.",
-        "image": "The training image.",
-    },
-    returns="The CustomJob's worker_pool_specs.",
-)
-def worker_pools(
-    command: str,
-    image: str,
-    training_replicas: int,
-    training_machine_type: str,
-    accelerator_type: str,
-    accelerator_count: int,
-) -> list:
-    from components.bit.errors import exit_on_error
-
-    exit_on_error()
+def forget_failed_job(gcp_resources: str, location: str, api_endpoint: str = "") -> str:
+    """Before the GCPC launcher starts: if ``gcp_resources`` (kept from an earlier attempt of
+    this task) names a CustomJob that ended without success, set the file aside, so that the
+    launcher creates a new job (which resumes from the checkpoints) instead of polling the
+    failed one again (GCPC 2.22.0 container/v1/gcp_launcher/job_remote_runner.py
+    ``check_if_job_exists``). A job still running is kept: the launcher polls it, as after its
+    own pod was restarted. Returns what it did. Runs in the GCPC image: standard library and
+    google-cloud-aiplatform only."""
     import json
+    import os
+    import time
 
-    from components.bit import params
+    if not os.path.exists(gcp_resources) or os.path.getsize(gcp_resources) == 0:
+        return "no earlier job"
+    with open(gcp_resources, encoding="utf-8") as f:
+        uri = json.load(f)["resources"][0]["resourceUri"]
+    name = uri.split("/v1/", 1)[1]
+    from google.api_core.client_options import ClientOptions
+    from google.cloud import aiplatform_v1
 
-    params.require_inputs(locals())
-    if params.accelerator_kind(accelerator_type, accelerator_count) == "tpu":
-        raise params.ParameterError(
-            "training_replicas > 1 runs on GPU machines; a TPU slice trains on one machine"
-        )
-    from components.vertex_job import CLOSE, OPEN
+    endpoint = api_endpoint or f"{location}-aiplatform.googleapis.com"
+    options = {"client_options": ClientOptions(api_endpoint=endpoint)}
+    if endpoint.startswith("http://"):  # a local stand-in of the API
+        from google.auth.credentials import AnonymousCredentials
 
-    decoded = json.loads(command.replace(OPEN, "{{").replace(CLOSE, "}}"))
-    machine = {"machine_type": training_machine_type}
-    if accelerator_count:
-        machine.update(accelerator_type=accelerator_type, accelerator_count=accelerator_count)
-    pool = {
-        "machine_spec": machine,
-        "replica_count": 1,
-        "disk_spec": {"boot_disk_type": "pd-ssd", "boot_disk_size_gb": 100},
-        "container_spec": {"image_uri": image, **decoded},
-    }
-    return [pool, {**pool, "replica_count": training_replicas - 1}]
+        options.update(credentials=AnonymousCredentials(), transport="rest")
+    state = aiplatform_v1.JobServiceClient(**options).get_custom_job(name=name).state.name
+    if state in ("JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"):
+        os.replace(gcp_resources, f"{gcp_resources}.{state.lower()}-{int(time.time())}")
+        return f"{name} ended {state}: a new job starts"
+    return f"{name} is {state}: polling it"
+
+
+# The launcher pod's program: forget a failed job of an earlier attempt, then run GCPC's
+# launcher with the same arguments.
+RETRY_AWARE_LAUNCHER = (
+    inspect.getsource(forget_failed_job)
+    + """
+import os, sys
+args = sys.argv[1:]
+print(forget_failed_job(args[args.index("--gcp_resources") + 1],
+                        args[args.index("--location") + 1],
+                        os.environ.get("BITTUNE_VERTEX_API_ENDPOINT", "")), flush=True)
+os.execvp(sys.executable, [sys.executable, "-u", "-m", LAUNCHER_MODULE, *args])
+"""
+)
 
 
 def _encoded(value: list[str]) -> list[str]:
@@ -85,41 +94,67 @@ def _encoded(value: list[str]) -> list[str]:
     return [v.replace("{{$}}", "{{$.json_escape[1]}}") for v in value]
 
 
-def custom_job(training):
-    """``training`` (a lightweight component) as a Vertex AI CustomJob component, and the
-    encoded command its worker pools run (the input of :func:`worker_pools`)."""
+def worker_pool_specs(command: dict, image: str, machine: TrainingMachine) -> list[dict]:
+    """The CustomJob's pools: pool 0 the chief (one replica), pool 1 the other replicas, all
+    on the same machine type and accelerators (CustomJobSpec.worker_pool_specs, v1)."""
+    spec = {"machine_type": machine.training_machine_type}
+    if machine.accelerator in ("gpu", "tpu"):
+        spec.update(accelerator_type=machine.accelerator_type,
+                    accelerator_count=machine.accelerator_count)  # fmt: skip
+    pool = {
+        "machine_spec": spec,
+        "replica_count": 1,
+        "disk_spec": {"boot_disk_type": "pd-ssd", "boot_disk_size_gb": 100},
+        "container_spec": {"image_uri": image, **command},
+    }
+    if machine.training_replicas == 1:
+        return [pool]
+    return [pool, {**pool, "replica_count": machine.training_replicas - 1}]
+
+
+def training_job(training, machine: TrainingMachine, image: str):
+    """``training`` (a lightweight component) as a Vertex AI CustomJob component on
+    ``machine``: the same inputs and outputs plus the job identity (:data:`JOB_IDENTITY`) and
+    ``gcp_resources``; the payload, worker pools included, fixed at compile time."""
     spec = json_format.MessageToDict(training.pipeline_spec)
     (name,) = spec["deploymentSpec"]["executors"]
     container = spec["deploymentSpec"]["executors"][name]["container"]
-    run = {"command": _encoded(container["command"]), "args": _encoded(container["args"])}
-    encoded = json.dumps(run).replace("{{", OPEN).replace("}}", CLOSE)
+    command = {"command": _encoded(container["command"]), "args": _encoded(container["args"])}
     job = copy.deepcopy(spec)
     (component_name,) = job["components"]
     definition = job["components"][component_name]
-    definition["inputDefinitions"]["parameters"]["worker_pool_specs"] = {"parameterType": "LIST"}
+    inputs = definition["inputDefinitions"]["parameters"]
+    for key, default in JOB_IDENTITY.items():
+        inputs[key] = {"parameterType": "STRING", "defaultValue": default, "isOptional": True}
     outputs = definition.setdefault("outputDefinitions", {}).setdefault("parameters", {})
     outputs["gcp_resources"] = {"parameterType": "STRING"}
-    payload = (
-        '{"display_name": "bittune-training-{{$.pipeline_job_uuid}}", "job_spec": '
-        '{"worker_pool_specs": {{$.inputs.parameters[\'worker_pool_specs\']}}, "scheduling": '
-        '{"timeout": "172800s", "restart_job_on_worker_restart": true}}, '
-        '"labels": {"app": "bittune"}}'
-    )
+    payload = {
+        "display_name": "bittune-training-{{$.pipeline_job_uuid}}",
+        "job_spec": {
+            "worker_pool_specs": worker_pool_specs(command, image, machine),
+            "scheduling": {"timeout": "172800s", "restart_job_on_worker_restart": True},
+            "service_account": "{{$.inputs.parameters['service_account']}}",
+            "network": "{{$.inputs.parameters['network']}}",
+        },
+        "labels": {"app": "bittune"},
+        "encryption_spec": {"kms_key_name": "{{$.inputs.parameters['encryption_spec_key_name']}}"},
+    }
     job["deploymentSpec"]["executors"][name]["container"] = {
         "image": LAUNCHER_IMAGE,
-        "command": LAUNCHER,
+        "command": ["python3", "-c", f"LAUNCHER_MODULE = {LAUNCHER_MODULE!r}\n"
+                    + RETRY_AWARE_LAUNCHER],
         "args": [
-            "--type", "CustomJob", "--payload", payload,
+            "--type", "CustomJob", "--payload", json.dumps(payload, sort_keys=True),
             "--project", "{{$.pipeline_google_cloud_project_id}}",
             "--location", "{{$.pipeline_google_cloud_location}}",
             "--gcp_resources", "{{$.outputs.parameters['gcp_resources'].output_file}}",
         ],
     }  # fmt: skip
     (task,) = job["root"]["dag"]["tasks"].values()
-    task["inputs"]["parameters"]["worker_pool_specs"] = {
-        "componentInputParameter": "worker_pool_specs"
-    }
-    job["root"]["inputDefinitions"]["parameters"]["worker_pool_specs"] = {"parameterType": "LIST"}
+    root_inputs = job["root"]["inputDefinitions"]["parameters"]
+    for key, default in JOB_IDENTITY.items():
+        task["inputs"]["parameters"][key] = {"componentInputParameter": key}
+        root_inputs[key] = {"parameterType": "STRING", "defaultValue": default, "isOptional": True}
     wrapped = components.load_component_from_text(yaml.safe_dump(job))
     wrapped.component_spec.name = f"{training.component_spec.name}-as-custom-job"
-    return wrapped, encoded
+    return wrapped

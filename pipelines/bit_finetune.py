@@ -4,32 +4,39 @@ stage is a library call inside a component; every parameter comes from the one t
 
 Targets: ``kubeflow`` (KFP on Kubernetes: resource requests, node selector, tolerations and a
 timeout for training through kfp-kubernetes), ``vertex`` (Vertex AI Pipelines: one YAML
-document, resource limits, Vertex accelerator names) and ``local`` (kfp.local, which cannot
-merge branch outputs: training has no TPU branch there).
+document, resource limits, Vertex accelerator names) and ``local`` (kfp.local).
+
+Only constructs every supported backend (KFP 2.14.0 and newer, Vertex AI) handles: training's
+machine is fixed at compile time (:mod:`components.bit.machines`), so training is one task at
+the root that takes the collected shard lists directly, as evaluation does -- no condition
+branch, no sub-pipeline, no ``dsl.OneOf``; accelerator type and count are constants.
 """
 
 from __future__ import annotations
 
-import inspect
-from typing import Any, NamedTuple
+from typing import Any
 
 from kfp import dsl, kubernetes
-from kfp.dsl.types import type_annotations
 
 from components.analyze import analyze_dataset
 from components.bit import params
+from components.bit.machines import TrainingMachine
 from components.evaluate import evaluate_model
-from components.image import BITTUNE_GPU_IMAGE
+from components.image import BITTUNE_GPU_IMAGE, BITTUNE_TPU_IMAGE
 from components.preprocess import gather_dataset, plan_workers, write_shards
 from components.push import push_model
-from components.route import choose_trainer
 from components.train import train_model, train_model_tpu
-from components.vertex_job import custom_job, worker_pools
+from components.vertex_job import training_job
 
 PIPELINE_NAME = "bit-finetune"
 DESCRIPTION = "Fine-tune BiT on an image dataset with the BiT-HyperRule."
 TARGETS = ("kubeflow", "vertex", "local")
 TRAINING_TIMEOUT_SECONDS = 48 * 3600
+# Argo refuses a retry, and ends a retried attempt, once the first attempt's start plus the
+# retry strategy's backoff.maxDuration has passed (the SDK's default is one hour); a schedule
+# can run for the whole timeout, so a preempted training task must stay retryable that long.
+RETRY_WINDOW_SECONDS = TRAINING_TIMEOUT_SECONDS + 3600
+TRAINING_RETRIES = 2
 
 
 def _args(component, p: dict[str, Any], **wired: Any) -> dict[str, Any]:
@@ -51,14 +58,21 @@ def _storage_bound(task, name: str, cpu: str, memory: str, target: str):
     return task.set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2.0)
 
 
-def _training(task, p: dict[str, Any], target: str, name: str):
-    """Training's accelerator, resources, retries (it resumes from its checkpoints) and, on
-    Kubernetes, its node selector, tolerations and timeout."""
-    task.set_display_name(name).set_caching_options(False)
-    task.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0)
-    if target == "local":  # kfp.local can resolve no runtime resource settings
+def _training(task, p: dict[str, Any], machine: TrainingMachine, target: str):
+    """Training's display name, retries (it resumes from its checkpoints), accelerator and
+    resources and, on Kubernetes, its node selector, tolerations and timeout."""
+    task.set_display_name(f"fine-tune BiT ({machine.describe()})").set_caching_options(False)
+    task.set_retry(
+        num_retries=TRAINING_RETRIES,
+        backoff_duration="60s",
+        backoff_factor=2.0,
+        backoff_max_duration=f"{RETRY_WINDOW_SECONDS}s",
+    )
+    if target == "local":  # kfp.local can resolve no resource settings
         return task
-    task.set_accelerator_type(p["accelerator_type"]).set_accelerator_limit(p["accelerator_count"])
+    if machine.accelerator != "cpu":  # constants: every backend turns them into a pod limit
+        task.set_accelerator_type(machine.accelerator_type)
+        task.set_accelerator_limit(machine.accelerator_count)
     _resources(task, p["training_cpu"], p["training_memory"], target)
     if target == "kubeflow":
         kubernetes.add_node_selector_json(task, p["training_node_selector"])
@@ -67,112 +81,33 @@ def _training(task, p: dict[str, Any], target: str, name: str):
     return task
 
 
-# (The functional form: KFP reads the field types, which must not be postponed strings.)
-Trained = NamedTuple("Trained", [("trained_model", dsl.Model), ("logs", dsl.Artifact)])  # noqa: UP014
+def _train(p: dict[str, Any], inputs: dict[str, Any], machine: TrainingMachine, target: str):
+    """One training task at the root, taking the collected shard lists directly: the TPU or
+    the GPU image; on Vertex AI, a TPU host or several machines train as a CustomJob that names
+    its machine type (components/vertex_job.py)."""
+    component = train_model_tpu if machine.accelerator == "tpu" else train_model
+    inputs = {**inputs, "accelerator": machine.accelerator}
+    if target == "vertex" and (machine.training_replicas > 1 or machine.accelerator == "tpu"):
+        image = BITTUNE_TPU_IMAGE if machine.accelerator == "tpu" else BITTUNE_GPU_IMAGE
+        job = training_job(component, machine, image)
+        task = _resources(job(**_args(job, p, **inputs)), "1", "2G", target)
+        task.set_display_name(f"fine-tune BiT ({machine.describe()})").set_caching_options(False)
+        return task.set_retry(num_retries=TRAINING_RETRIES, backoff_duration="60s",
+                              backoff_max_duration=f"{RETRY_WINDOW_SECONDS}s")  # fmt: skip
+    return _training(component(**_args(component, p, **inputs)), p, machine, target)
 
 
-_TRAINING_INPUTS = {
-    "dataset": "The dataset's manifest (gather step).",
-    "train_shards": "Every worker's training shards.",
-    "holdout_shards": "Every worker's validation and test shards.",
-    "pipeline_run_id": "The pipeline run, which keys checkpoints under checkpoint_root.",
-    "accelerator": "What training was given: gpu, tpu or cpu.",
-}
-
-
-def _graph(name: str, summary: str, body, target: str, with_accelerator: bool, extra=()):
-    """A sub-pipeline taking the training component's inputs (``accelerator`` too, or not)
-    plus training's machine settings (and ``extra`` table parameters), returning its model
-    and logs."""
-    inputs = [
-        parameter
-        for parameter in inspect.signature(train_model.python_func).parameters.values()
-        if not type_annotations.is_artifact_wrapped_in_Output(parameter.annotation)
-        and (with_accelerator or parameter.name != "accelerator")
-    ]
-    settings = ["accelerator_type", "accelerator_count", *extra]
-    settings += list(params.KUBEFLOW_ONLY) if target == "kubeflow" else []
-    inputs += [
-        inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                          annotation=params.PARAMETERS[n].type)
-        for n in settings
-    ]  # fmt: skip
-    documented = params.describe(summary, [p.name for p in inputs], _TRAINING_INPUTS)
-    signature = inspect.Signature(inputs, return_annotation=Trained)
-    return dsl.pipeline(name=name)(params.signed(body, signature, documented))
-
-
-def _on_machine(component, target: str, name: str):
-    """One training task with its accelerator and resources, as a sub-pipeline: KFP passes
-    pipeline values that only resource settings use into a condition branch through the
-    inputs of a sub-pipeline, not directly."""
-
-    def body(**x: Any) -> Trained:
-        task = _training(component(**_args(component, x)), x, target, name)
-        return Trained(task.outputs["trained_model"], task.outputs["logs"])
-
-    return _graph(f"{component.name}-on-machine", name, body, target, with_accelerator=True)
-
-
-def _on_machines(target: str):
-    """Training on ``training_replicas`` Vertex AI machines: a CustomJob whose worker pools
-    run the training component (components/vertex_job.py), as a sub-pipeline."""
-    job, command = custom_job(train_model)
-
-    def body(**x: Any) -> Trained:
-        pools = worker_pools(**_args(worker_pools, x, command=command, image=BITTUNE_GPU_IMAGE))
-        _resources(pools.set_display_name("worker pools"), "1", "2G", target)
-        task = job(**_args(job, x, worker_pool_specs=pools.output))
-        _resources(task.set_display_name("fine-tune BiT on several machines"), "1", "2G", target)
-        task.set_caching_options(False).set_retry(num_retries=2, backoff_duration="60s")
-        return Trained(task.outputs["trained_model"], task.outputs["logs"])
-
-    summary = "Fine-tune BiT on several machines (a Vertex AI CustomJob)."
-    return _graph("train-on-machines", summary, body, target, True, ["training_machine_type"])
-
-
-def _training_graph(target: str):
-    """Training as a sub-pipeline taking the training component's inputs: it chooses the TPU
-    or the GPU image (on Vertex AI also several machines) and merges the branch that ran
-    (dsl.OneOf). (A sub-pipeline, because KFP cannot pass a loop's dsl.Collected outputs into
-    a condition branch directly.)"""
-    on_tpu = _on_machine(train_model_tpu, target, "fine-tune BiT on TPU")
-    on_gpu = _on_machine(train_model, target, "fine-tune BiT")
-    on_many = _on_machines(target) if target == "vertex" else None
-
-    def train_on_accelerator(**x: Any) -> Trained:
-        route = choose_trainer(**_args(choose_trainer, x)).set_display_name("choose trainer")
-        _resources(route, "1", "2G", target)
-        branches = []
-        if on_many is not None:
-            with dsl.If(x["training_replicas"] > 1, name="on-several-machines"):
-                branches.append(on_many(**_args(on_many, x, accelerator=route.output)))
-            first = dsl.Elif(route.output == "tpu", name="on-tpu")
-        else:
-            first = dsl.If(route.output == "tpu", name="on-tpu")
-        with first:
-            branches.append(on_tpu(**_args(on_tpu, x, accelerator=route.output)))
-        with dsl.Else(name="on-gpu-or-cpu"):
-            branches.append(on_gpu(**_args(on_gpu, x, accelerator=route.output)))
-        return Trained(
-            dsl.OneOf(*(b.outputs["trained_model"] for b in branches)),
-            dsl.OneOf(*(b.outputs["logs"] for b in branches)),
-        )
-
-    summary = "Fine-tune BiT on the accelerator asked for (TPU image or GPU image)."
-    extra = ["training_machine_type"] if target == "vertex" else []
-    return _graph("train-on-accelerator", summary, train_on_accelerator, target, False, extra)
-
-
-def build(target: str = "kubeflow"):
-    """The bit-finetune pipeline for ``target`` (kubeflow, vertex or local)."""
+def build(target: str = "kubeflow", machine: TrainingMachine | None = None):
+    """The bit-finetune pipeline for ``target`` (kubeflow, vertex or local), training on
+    ``machine`` (default: one GPU; locally, whatever this machine has)."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r} (use {', '.join(TARGETS)})")
     signature_target = "vertex" if target == "vertex" else "kubeflow"
-    training = None if target == "local" else _training_graph(target)
+    machine = (machine or TrainingMachine("" if target == "local" else "gpu")).resolved(target)
+    description = f"{DESCRIPTION} Training: {machine.describe()}."
 
-    @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
-    @params.pipeline_signature(signature_target, DESCRIPTION)
+    @dsl.pipeline(name=PIPELINE_NAME, description=description)
+    @params.pipeline_signature(signature_target, description)
     def bit_finetune(**p: Any) -> None:
         analyzed = analyze_dataset(**_args(analyze_dataset, p))
         _storage_bound(analyzed, "analyze dataset", "4", "8G", target).set_caching_options(True)
@@ -194,19 +129,14 @@ def build(target: str = "kubeflow"):
         _storage_bound(gathered, "gather dataset", "1", "2G", target).set_caching_options(True)
         dataset = gathered.outputs["dataset"]
 
-        inputs = _args(
-            train_model,
-            p,
-            dataset=dataset,
-            train_shards=collected("train_shards"),
-            holdout_shards=collected("holdout_shards"),
-            pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-        )
-        if target == "local":  # whatever this machine has
-            trained = _training(train_model(**inputs, accelerator=""), p, target, "fine-tune BiT")
-        else:
-            settings = {name: p[name] for name in training.component_spec.inputs if name in p}
-            trained = training(**{**settings, **inputs}).set_display_name("fine-tune BiT")
+        inputs = {
+            "dataset": dataset,
+            "train_shards": collected("train_shards"),
+            "holdout_shards": collected("holdout_shards"),
+            "pipeline_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            "training_replicas": machine.training_replicas,
+        }
+        trained = _train(p, inputs, machine, target)
         model, logs = trained.outputs["trained_model"], trained.outputs["logs"]
 
         wired = {"dataset": dataset, "holdout_shards": collected("holdout_shards")}

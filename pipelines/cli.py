@@ -255,11 +255,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
 _CLUSTER_ONLY = (
     "data_fingerprint",
     "checkpoint_root",
-    "accelerator_type",
-    "accelerator_count",
     "training_cpu",
     "training_memory",
-    "training_replicas",
     *params.KUBEFLOW_ONLY,
 )
 RUN_PARAMETERS = [n for n in params.names() if n not in (*_CLUSTER_ONLY, "data_source")]
@@ -280,17 +277,27 @@ def cmd_run(args: argparse.Namespace) -> None:
         image_registry=args.image_registry,
         image_tag=args.image_tag,
         verbose=args.verbose,
+        accelerator=args.accelerator,
         **values,
     )
     print("\n".join(summary_lines(outputs)))
 
 
+def _machine(args: argparse.Namespace):
+    """The training machine the compile-time options name (None: none was given)."""
+    from components.bit.machines import TrainingMachine
+
+    given = {n: getattr(args, n) for n in params.COMPILE_TIME if getattr(args, n) is not None}
+    return TrainingMachine.from_values(given) if given else None
+
+
 def cmd_compile(args: argparse.Namespace) -> None:
     from pipelines.submit import compile_pipeline
 
-    print(
-        f"wrote {compile_pipeline(args.output, args.image_registry, args.image_tag, args.target)}"
+    path = compile_pipeline(
+        args.output, args.image_registry, args.image_tag, args.target, _machine(args)
     )
+    print(f"wrote {path}")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -330,6 +337,7 @@ def _submitter(args: argparse.Namespace) -> Callable[[dict[str, Any]], dict[str,
             args.pipeline_root,
             pipeline,
             service_account=args.service_account,
+            experiment=args.experiment,
             api_endpoint=args.api_endpoint,
         )
     if not args.host:
@@ -337,7 +345,7 @@ def _submitter(args: argparse.Namespace) -> Callable[[dict[str, Any]], dict[str,
     return lambda values: submit.submit(
         args.host,
         values,
-        args.experiment,
+        args.experiment or "bittune",
         pipeline,
         token=args.token,
         namespace=args.namespace,
@@ -346,9 +354,29 @@ def _submitter(args: argparse.Namespace) -> Callable[[dict[str, Any]], dict[str,
 
 
 def _pipeline_file(args: argparse.Namespace) -> str:
+    """--pipeline, or the pipeline compiled for the machine and image options given, or the
+    shipped one."""
     from pipelines import submit
 
-    return args.pipeline or submit.default_pipeline_file("vertex" if args.vertex else "kubeflow")
+    target = "vertex" if args.vertex else "kubeflow"
+    machine = _machine(args)
+    compiled = machine is not None or args.image_registry is not None
+    if args.pipeline and compiled:
+        raise BittuneError(
+            "--pipeline is compiled already (its training machine and images are fixed): give "
+            "the machine and image options to bittune compile, or leave out --pipeline"
+        )
+    if not compiled:
+        return args.pipeline or submit.default_pipeline_file(target)
+    if getattr(args, "compiled_file", None) is None:
+        import tempfile
+
+        folder = tempfile.mkdtemp(prefix="bittune-compiled-")
+        registry = args.image_registry or submit.IMAGE_REGISTRY
+        args.compiled_file = submit.compile_pipeline(
+            os.path.join(folder, "bit_finetune.yaml"), registry, args.image_tag, target, machine
+        )
+    return args.compiled_file
 
 
 def _params(args: argparse.Namespace, **given: str) -> dict[str, Any]:
@@ -545,6 +573,9 @@ def _add_run(sub) -> None:
         "--output", default="bittune-runs", help="local pipeline root (default ./bittune-runs)"
     )
     p.set_defaults(serving_root="")
+    params.add_option(p, "accelerator", default="",
+                      help="training accelerator: gpu, tpu or cpu (default: whatever this "
+                      "machine has)")  # fmt: skip
     p.add_argument(
         "--runner",
         choices=("subprocess", "docker"),
@@ -576,10 +607,20 @@ def _add_compile(sub) -> None:
         help="kubeflow (KFP on Kubernetes) or vertex (Vertex AI Pipelines); default kubeflow",
     )
     _add_image_options(p)
+    _add_machine_options(p)
     p.set_defaults(func=cmd_compile)
 
 
+def _add_machine_options(p: argparse.ArgumentParser) -> None:
+    """The compile-time parameters (training's machine), None when not given."""
+    group = p.add_argument_group("training machine (fixed when the pipeline is compiled)")
+    for name in params.COMPILE_TIME:
+        params.add_option(group, name, default=None)
+
+
 def _add_submit_options(p: argparse.ArgumentParser) -> None:
+    from components.image import IMAGE_TAG
+
     p.add_argument(
         "--param",
         action="append",
@@ -587,8 +628,20 @@ def _add_submit_options(p: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         help="pipeline parameter (repeatable), e.g. --param model=bit-m-r50x1",
     )
-    p.add_argument("--pipeline", help="compiled pipeline YAML (default: the one bittune ships)")
-    p.add_argument("--experiment", default="bittune", help="KFP experiment name (default bittune)")
+    p.add_argument(
+        "--pipeline",
+        help="compiled pipeline YAML (default: the one bittune ships, or one compiled here for "
+        "the machine and image options given)",
+    )
+    images = p.add_argument_group("images (compile the pipeline for them)")
+    images.add_argument("--image-registry", help="registry of the component images")
+    images.add_argument("--image-tag", default=IMAGE_TAG, help=f"image tag (default {IMAGE_TAG})")
+    _add_machine_options(p)
+    p.add_argument(
+        "--experiment",
+        help="experiment the run joins (KFP: default bittune; Vertex AI: a Vertex AI "
+        "Experiment, created when missing; default none)",
+    )
     kfp = p.add_argument_group("Kubeflow Pipelines")
     kfp.add_argument("--host", help="KFP API endpoint, e.g. https://…/pipeline")
     kfp.add_argument("--token", help="bearer token for the KFP API (kfp.Client existing_token)")

@@ -29,6 +29,7 @@ from typing import Any
 from components.bit import dataset as ds
 from components.bit import params, storage
 from components.bit.errors import ERROR_PREFIX, RESULT_PREFIX, BittuneError
+from components.bit.machines import TrainingMachine
 from components.bit.tf_env import NOISE
 from components.image import IMAGE_REGISTRY, IMAGE_TAG, retarget_images
 
@@ -171,18 +172,20 @@ def run_locally(
     image_registry: str = IMAGE_REGISTRY,
     image_tag: str = IMAGE_TAG,
     verbose: bool = False,
+    accelerator: str = "",
     **parameters: Any,
 ) -> dict[str, Any]:
     """Run the whole pipeline under ``pipeline_root``; return where its outputs are.
 
     Without ``data_source``, the embedded default: scikit-learn's digits with the demo schedule.
     ``runner="docker"`` runs every step in the CPU image ``{image_registry}/bittune-cpu:{tag}``
-    (training included: local Docker has no GPU), with the local paths it reads mounted."""
+    (training included: local Docker has no GPU), with the local paths it reads mounted.
+    ``accelerator`` (gpu, tpu or cpu) makes training insist on one; '' takes what there is."""
     storage.check_writable(pipeline_root)
     note = None
     if not data_source:
         data_source, parameters, note = _embedded_default(pipeline_root, runner, parameters)
-    parameters = {"accelerator_count": 0, **parameters}  # train on whatever this machine has
+    machine = TrainingMachine(accelerator)
     params.check_pipeline({"data_source": data_source, **parameters}, on_cluster=False)
     if note:
         print(note)
@@ -190,7 +193,7 @@ def run_locally(
 
     from pipelines.bit_finetune import build
 
-    pipeline = build("local")
+    pipeline = build("local", machine)
     os.makedirs(pipeline_root, exist_ok=True)
     images: contextlib.AbstractContextManager = contextlib.nullcontext()
     if runner == "docker":

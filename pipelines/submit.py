@@ -28,6 +28,7 @@ import yaml
 
 from components.bit import params, storage
 from components.bit.errors import BittuneError
+from components.bit.machines import TrainingMachine
 from components.image import ACCELERATORS, IMAGE_REGISTRY, IMAGE_TAG, image_for, registry_host
 
 PIPELINE_FILES = {
@@ -36,6 +37,9 @@ PIPELINE_FILES = {
 }
 DEFAULT_PIPELINE_FILE = PIPELINE_FILES["kubeflow"]
 STALE_CLAIM = datetime.timedelta(minutes=15)
+# The oldest KFP backend the compiled pipeline runs on: the oldest release the backend-faithful
+# runner (tests/backend) passes it with.
+MINIMUM_BACKEND = (2, 14)
 
 
 def default_pipeline_file(target: str = "kubeflow") -> str:
@@ -55,17 +59,23 @@ def compile_pipeline(
     registry: str = IMAGE_REGISTRY,
     tag: str = IMAGE_TAG,
     target: str = "kubeflow",
+    machine: TrainingMachine | None = None,
 ) -> str:
     """Write the pipeline's IR YAML for ``target`` (kubeflow: the pipeline spec plus the
-    Kubernetes platform spec; vertex: one document), images pointed at ``registry``/``tag``."""
+    Kubernetes platform spec; vertex: one document), training on ``machine`` (default: one
+    GPU), images pointed at ``registry``/``tag``. A bad machine raises a one-line error."""
     from kfp import compiler
 
     from pipelines.bit_finetune import build
 
     output = output or default_pipeline_file(target)
+    try:
+        pipeline = build(target, machine)
+    except params.ParameterError as exc:
+        raise SubmitError(str(exc)) from None
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "pipeline.yaml")
-        compiler.Compiler().compile(build(target), path)
+        compiler.Compiler().compile(pipeline, path)
         with open(path, encoding="utf-8") as f:
             documents = list(yaml.safe_load_all(f))
     text = yaml.safe_dump_all(documents, sort_keys=True)
@@ -150,22 +160,24 @@ def pipeline_parameters(spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 def parse_params(pairs: Sequence[str], spec: Mapping[str, Any]) -> dict[str, Any]:
     """``k=v`` strings typed by the pipeline's parameter types; unknown names are refused."""
     declared = pipeline_parameters(spec)
-    params: dict[str, Any] = {}
+    values: dict[str, Any] = {}
     for pair in pairs:
         name, sep, text = pair.partition("=")
         if not sep:
             raise SubmitError(f"--param {pair!r}: expected NAME=VALUE")
+        if name in params.COMPILE_TIME and name not in declared:
+            raise SubmitError(params.not_a_run_parameter(name))
         if name not in declared:
             raise SubmitError(f"unknown parameter {name!r}; valid: {', '.join(sorted(declared))}")
-        params[name] = _typed(name, text, declared[name]["parameterType"])
+        values[name] = _typed(name, text, declared[name]["parameterType"])
     missing = [
         n
         for n, d in declared.items()
-        if "defaultValue" not in d and n not in params and not d.get("isOptional")
+        if "defaultValue" not in d and n not in values and not d.get("isOptional")
     ]
     if missing:
         raise SubmitError(f"missing required parameter(s): {', '.join(missing)} (--param NAME=…)")
-    return params
+    return values
 
 
 def _typed(name: str, text: str, kind: str) -> Any:
@@ -231,6 +243,7 @@ def submit(
     client = _client(host, token, namespace, ssl_ca_cert)
     from kfp_server_api.exceptions import ApiException
 
+    check_backend_version(client, host)
     try:
         pipeline_id = client.get_pipeline_id(name)
         if pipeline_id is None:
@@ -265,6 +278,35 @@ def submit(
         "experiment_id": experiment_id,
         "url": f"{host.rstrip('/')}/#/runs/details/{run.run_id}",
     }
+
+
+def backend_version(client) -> str | None:
+    """The KFP server's release (``tag_name`` of ``/apis/v2beta1/healthz``, which the API server
+    fills from its TAG_NAME setting: backend/src/apiserver/main.go ``newHealthzResponse``), or
+    None when it does not say. Read raw: kfp_server_api's response model drops the field."""
+    from kfp_server_api.exceptions import ApiException
+
+    try:
+        raw = client._healthz_api.healthz_service_get_healthz(_preload_content=False)
+        tag = json.loads(raw.data or b"{}").get("tag_name", "")
+    except (ApiException, ValueError, AttributeError):
+        return None
+    return tag if re.fullmatch(r"v?\d+\.\d+(\.\d+)?([-+.].*)?", str(tag)) else None
+
+
+def check_backend_version(client, host: str) -> None:
+    """Refuse a KFP server older than :data:`MINIMUM_BACKEND` in one line (one that does not
+    say its version, e.g. a development build, is let through)."""
+    version = backend_version(client)
+    if version is None:
+        return
+    numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
+    if numbers < MINIMUM_BACKEND:
+        minimum = ".".join(map(str, MINIMUM_BACKEND))
+        raise SubmitError(
+            f"the KFP server at {host} runs Kubeflow Pipelines {version}; bittune's pipeline "
+            f"needs {minimum} or newer (README: Supported backends)"
+        )
 
 
 def _version_id(client, pipeline_id: str, display_name: str) -> str | None:
@@ -336,7 +378,9 @@ def submit_vertex(
 
         reason = exc.message if isinstance(exc, exceptions.GoogleAPICallError) else str(exc)
         raise SubmitError(f"Vertex AI refused the pipeline job: {reason.splitlines()[0]}") from None
-    return {"run_id": job.job_id, "name": job.resource_name, "url": job._dashboard_uri()}
+    url = (f"https://console.cloud.google.com/vertex-ai/locations/{region}/pipelines/runs/"
+           f"{job.job_id}?project={project}")  # fmt: skip
+    return {"run_id": job.job_id, "name": job.resource_name, "url": url}
 
 
 # ---------------------------------------------------------------------------------------------

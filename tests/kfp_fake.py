@@ -181,7 +181,8 @@ class FakeKfpServer:
     """Threaded HTTP server on 127.0.0.1 (free port) implementing the KFP v2beta1 endpoints
     kfp.Client uses. State lives in plain dicts keyed by id, holding the JSON the API returns."""
 
-    def __init__(self) -> None:
+    def __init__(self, tag_name: str = "2.17.0") -> None:
+        self.tag_name = tag_name  # the release the server reports (healthz)
         self.pipelines: dict[str, dict] = {}
         self.versions: dict[str, dict] = {}
         self.experiments: dict[str, dict] = {}
@@ -267,7 +268,9 @@ class FakeKfpServer:
     # --- pipelines -------------------------------------------------------------------------
 
     def _healthz(self, req: _Request) -> dict[str, Any]:
-        return {"multi_user": False, "pipeline_store": "database"}
+        """backend/src/apiserver/main.go ``newHealthzResponse``: the release from TAG_NAME."""
+        return {"commit_sha": "unknown", "tag_name": self.tag_name, "multi_user": False,
+                "pipeline_store": "database"}  # fmt: skip
 
     def _read_upload(self, req: _Request) -> tuple[str, dict[str, Any]]:
         """Returns (file name, stored spec) from the multipart form field `uploadfile`."""

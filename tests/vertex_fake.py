@@ -115,11 +115,35 @@ GCS_DIR = re.compile(r"^gs://[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9](/.*)?$")
 LABEL_KEY, LABEL_VALUE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$"), re.compile(r"^[a-z0-9_-]{0,63}$")
 PLACEHOLDER = re.compile(r"^\{\{\$\.inputs\.parameters\['([^']+)'\]\}\}$")
 PARENT = r"/v1/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/pipelineJobs"
+CUSTOM_JOBS = PARENT.removesuffix("pipelineJobs") + "customJobs"
+# Vertex AI Experiments live in the default metadata store as system.Experiment contexts; a
+# pipeline run joins one as a child context (aiplatform_v1 MetadataService: GetMetadataStore,
+# GetContext, CreateContext, AddContextChildren).
+STORE = PARENT.removesuffix("pipelineJobs") + "metadataStores/default"
+# aiplatform_v1 CustomJob / CustomJobSpec / WorkerPoolSpec / MachineSpec fields a create may set
+# (google/cloud/aiplatform/v1/custom_job.proto, machine_resources.proto), as JSON names.
+CUSTOM_JOB_FIELDS = {"displayName", "jobSpec", "labels", "encryptionSpec"}
+JOB_SPEC_FIELDS = {
+    "workerPoolSpecs", "scheduling", "serviceAccount", "network", "reservedIpRanges",
+    "baseOutputDirectory", "tensorboard", "enableWebAccess", "enableDashboardAccess",
+    "persistentResourceId", "protectedArtifactLocationId", "experiment", "experimentRun",
+    "models", "pscInterfaceConfig",
+}  # fmt: skip
+POOL_FIELDS = {"containerSpec", "pythonPackageSpec", "machineSpec", "replicaCount", "nfsMounts",
+               "diskSpec"}  # fmt: skip
+MACHINE_FIELDS = {"machineType", "acceleratorType", "acceleratorCount", "tpuTopology",
+                  "reservationAffinity"}  # fmt: skip
 ROUTES = [
     ("POST", re.compile(PARENT + r"$"), "create"),
     ("GET", re.compile(PARENT + r"$"), "list"),
     ("GET", re.compile(PARENT + r"/(?P<id>[^/:]+)$"), "get"),
     ("POST", re.compile(PARENT + r"/(?P<id>[^/:]+):cancel$"), "cancel"),
+    ("POST", re.compile(CUSTOM_JOBS + r"$"), "create_custom_job"),
+    ("GET", re.compile(STORE + r"$"), "get_store"),
+    ("GET", re.compile(STORE + r"/contexts/(?P<id>[^/:]+)$"), "get_context"),
+    ("POST", re.compile(STORE + r"/contexts$"), "create_context"),
+    ("POST", re.compile(STORE + r"/contexts/(?P<id>[^/:]+):addContextChildren$"), "add_children"),
+    ("GET", re.compile(CUSTOM_JOBS + r"/(?P<id>[^/:]+)$"), "get_custom_job"),
 ]
 TYPE_CHECKS: dict[str, tuple[str, Any]] = {
     "STRING": ("a string", lambda v: isinstance(v, str)),
@@ -325,12 +349,70 @@ def check_job(job: Any) -> dict[str, Any]:
     return job
 
 
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _unknown(given: dict[str, Any], allowed: set[str], where: str) -> None:
+    extra = sorted(set(given) - allowed)
+    _require(not extra, f"Invalid JSON payload received. Unknown name(s) {extra} in {where}")
+
+
+def check_custom_job(job: Any) -> dict[str, Any]:
+    """Validate a create request's CustomJob (v1): the fields, the pools (pool 0 is the chief:
+    one replica), machines with valid accelerators, a service account that is an e-mail, and
+    no placeholder left for the service to resolve (Vertex resolves none inside a CustomJob)."""
+    _require(isinstance(job, dict), "the request body must be a CustomJob object")
+    _unknown(job, CUSTOM_JOB_FIELDS, "CustomJob")
+    _require(bool(job.get("displayName")), "display_name is required")
+    leftover = [v for v in _strings(job) if "{{$" in v]
+    if leftover:
+        raise ApiError(400, f"unresolved placeholder in the CustomJob: {leftover[0][:120]}")
+    spec = job.get("jobSpec")
+    _require(isinstance(spec, dict), "job_spec is required")
+    _unknown(spec, JOB_SPEC_FIELDS, "CustomJobSpec")
+    pools = spec.get("workerPoolSpecs") or []
+    _require(bool(pools), "job_spec.worker_pool_specs must not be empty")
+    for index, pool in enumerate(pools):
+        _unknown(pool, POOL_FIELDS, f"worker_pool_specs[{index}]")
+        machine = pool.get("machineSpec") or {}
+        _unknown(machine, MACHINE_FIELDS, f"worker_pool_specs[{index}].machine_spec")
+        _require(bool(machine.get("machineType")), f"worker_pool_specs[{index}]: machine_type "
+                 "is required")  # fmt: skip
+        kind = machine.get("acceleratorType", "ACCELERATOR_TYPE_UNSPECIFIED")
+        if isinstance(kind, int):  # $alt=json;enum-encoding=int: the enum's number
+            from google.cloud.aiplatform_v1 import types
+
+            kind = machine["acceleratorType"] = types.AcceleratorType(kind).name
+        _require(kind == "ACCELERATOR_TYPE_UNSPECIFIED" or kind in ACCELERATORS,
+                 f"{kind!r} is not an AcceleratorType")  # fmt: skip
+        if kind in ACCELERATORS:
+            _require(int(machine.get("acceleratorCount", 0)) >= 1, "accelerator count must be >= 1")
+        replicas = int(pool.get("replicaCount", 0))
+        _require(replicas >= 1, f"worker_pool_specs[{index}].replica_count must be >= 1")
+        _require(index != 0 or replicas == 1, "the first worker pool (the chief) takes 1 replica")
+        _require(bool((pool.get("containerSpec") or {}).get("imageUri")),
+                 f"worker_pool_specs[{index}]: container_spec.image_uri is required")  # fmt: skip
+    account = spec.get("serviceAccount", "")
+    _require(not account or "@" in account, f"service_account {account!r} is not an e-mail")
+    return job
+
+
 @dataclass
 class FakeVertex:
     """The server and its state: jobs by resource name, and every request received."""
 
     final_state: str = "PIPELINE_STATE_SUCCEEDED"
+    custom_job_state: str = "JOB_STATE_SUCCEEDED"
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    custom_jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    contexts: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: itertools.count = field(default_factory=itertools.count)
@@ -414,7 +496,9 @@ class FakeVertex:
         """Enums as numbers when the client asked ``$alt=json;enum-encoding=int``."""
 
         def one(job: dict[str, Any]) -> dict[str, Any]:
-            return {**job, "state": STATES.index(job["state"])} if ints and "state" in job else job
+            if ints and job.get("state") in STATES:
+                return {**job, "state": STATES.index(job["state"])}
+            return job
 
         if "pipelineJobs" in result:
             return {**result, "pipelineJobs": [one(j) for j in result["pipelineJobs"]]}
@@ -431,11 +515,65 @@ class FakeVertex:
         name = f"projects/{where['project']}/locations/{where['location']}/pipelineJobs/{job_id}"
         now = _now()
         job.update(name=name, state="PIPELINE_STATE_PENDING", createTime=now, updateTime=now)
+        store = f"projects/{where['project']}/locations/{where['location']}/metadataStores/default"
+        job["jobDetail"] = {
+            "pipelineRunContext": {
+                "name": f"{store}/contexts/{job_id}",
+                "schemaTitle": "system.PipelineRun",
+            }
+        }
         with self._lock:
             if name in self.jobs:
                 raise ApiError(409, f"PipelineJob {name} already exists")
             self.jobs[name] = job
         return job
+
+    @staticmethod
+    def _store(where: dict[str, str]) -> str:
+        return f"projects/{where['project']}/locations/{where['location']}/metadataStores/default"
+
+    def _get_store(self, where: dict[str, str], query: Any, body: Any) -> dict[str, Any]:
+        return {"name": self._store(where), "createTime": _now()}
+
+    def _get_context(self, where: dict[str, str], query: Any, body: Any) -> dict[str, Any]:
+        name = f"{self._store(where)}/contexts/{where['id']}"
+        if name not in self.contexts:
+            raise ApiError(404, f"Context {name} not found")
+        return dict(self.contexts[name])
+
+    def _create_context(self, where: dict[str, str], query: Any, body: Any) -> dict[str, Any]:
+        context_id = query.get("contextId", [""])[0]
+        _require(bool(JOB_ID.match(context_id)), f"context_id {context_id!r} is not valid")
+        _require(bool(body.get("schemaTitle")), "context.schema_title is required")
+        name = f"{self._store(where)}/contexts/{context_id}"
+        with self._lock:
+            if name in self.contexts:
+                raise ApiError(409, f"Context {name} already exists")
+            self.contexts[name] = {**body, "name": name, "createTime": _now(), "etag": "1"}
+            return dict(self.contexts[name])
+
+    def _add_children(self, where: dict[str, str], query: Any, body: Any) -> dict[str, Any]:
+        context = self._get_context(where, query, body)
+        children = body.get("childContexts") or []
+        _require(bool(children), "child_contexts must not be empty")
+        with self._lock:
+            self.contexts[context["name"]].setdefault("children", []).extend(children)
+        return {}
+
+    def _create_custom_job(self, where: dict[str, str], query: Any, body: Any) -> dict[str, Any]:
+        job = check_custom_job(body)
+        name = f"projects/{where['project']}/locations/{where['location']}/customJobs/"
+        name += str(1000 + next(self._ids))
+        job.update(name=name, state=self.custom_job_state, createTime=_now())
+        with self._lock:
+            self.custom_jobs[name] = job
+        return job
+
+    def _get_custom_job(self, where: dict[str, str], query: Any, body: Any) -> dict[str, Any]:
+        name = f"projects/{where['project']}/locations/{where['location']}/customJobs/{where['id']}"
+        if name not in self.custom_jobs:
+            raise ApiError(404, f"CustomJob {name} not found")
+        return dict(self.custom_jobs[name])
 
     def _lookup(self, where: dict[str, str]) -> dict[str, Any]:
         parent = f"projects/{where['project']}/locations/{where['location']}"

@@ -26,6 +26,7 @@ TARGETS = ("kubeflow", "vertex")
 # Where a step running on a cluster can read from: Cloud Storage (or its /gcs/ FUSE mount),
 # TFDS names, and web URLs for checkpoints. A path on the submitting machine is not.
 CLUSTER_READABLE = ("gs://", "/gcs/", "tfds:", "https://", "http://")
+ACCELERATOR_CHOICES = ("", "cpu", "gpu", "tpu")
 
 
 class ParameterError(BittuneError):
@@ -54,6 +55,7 @@ class Param:
     parse: Callable[[Any], Any] | None = None  # raises BittuneError on a bad value
     pattern: str | None = None  # text parameters: what the value must look like
     target_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    compile_time: bool = False  # fixed in the compiled pipeline (bittune compile options)
 
     def default_for(self, target: str = "kubeflow") -> Any:
         return self.target_defaults.get(target, self.default)
@@ -206,22 +208,28 @@ PARAMETERS: dict[str, Param] = {
         Param("checkpoint_root", str, "",
               "gs:// folder (or a mounted volume) for checkpoints, keyed by run; '' uses the "
               "checkpoints artifact."),
-        Param("accelerator_type", str, "nvidia.com/gpu",
-              "Training accelerator: nvidia.com/gpu on Kubernetes; NVIDIA_L4, NVIDIA_TESLA_T4 "
-              "or TPU_V5_LITEPOD on Vertex AI.",
-              target_defaults={"vertex": "NVIDIA_L4"}),
-        Param("accelerator_count", int, 1, "Accelerators for training (0: CPU only).",
-              minimum=0, maximum=64),
+        Param("accelerator", str, "gpu",
+              "Training accelerator family, fixed when the pipeline is compiled: gpu, tpu or "
+              "cpu ('' in bittune run: whatever this machine has).",
+              choices=ACCELERATOR_CHOICES, compile_time=True),
+        Param("accelerator_type", str, "",
+              "Accelerator type, fixed at compile time: a Kubernetes resource name (default "
+              "nvidia.com/gpu or google.com/tpu) or a Vertex AI type (default NVIDIA_L4 or "
+              "TPU_V5_LITEPOD).", compile_time=True),
+        Param("accelerator_count", int, 1,
+              "Accelerators per training machine, fixed at compile time (ignored on cpu).",
+              minimum=1, maximum=64, compile_time=True),
         Param("training_cpu", str, "6",
               "CPUs for training (fits an n1-standard-8 or g2-standard-8 node).",
               parse=_check_quantity),
         Param("training_memory", str, "24G", "Memory for training.", parse=_check_quantity),
         Param("training_replicas", int, 1,
-              "Training machines (Vertex AI: a multi-worker CustomJob; Kubeflow: 1).",
-              minimum=1, maximum=64),
-        Param("training_machine_type", str, "g2-standard-8",
-              "Machine of each training replica when training_replicas > 1 (Vertex AI).",
-              pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)+$"),
+              "Training machines, fixed at compile time (Vertex AI: a multi-worker CustomJob; "
+              "Kubeflow: 1).", minimum=1, maximum=64, compile_time=True),
+        Param("training_machine_type", str, "",
+              "Vertex AI machine of each training replica, fixed at compile time ('' picks "
+              "one that carries the accelerators, e.g. g2-standard-8).",
+              pattern=r"^([a-z][a-z0-9]*(-[a-z0-9]+)+)?$", compile_time=True),
         Param("training_node_selector", dict, {},
               'Node selector for training, e.g. {"cloud.google.com/gke-accelerator": '
               '"nvidia-l4"}.'),
@@ -242,7 +250,7 @@ PARAMETERS: dict[str, Param] = {
 }  # fmt: skip
 
 KUBEFLOW_ONLY = ("training_node_selector", "training_tolerations")
-VERTEX_ONLY = ("training_machine_type",)
+COMPILE_TIME = tuple(n for n, p in PARAMETERS.items() if p.compile_time)
 
 
 def cpu_count(quantity: str) -> int:
@@ -253,21 +261,10 @@ def cpu_count(quantity: str) -> int:
     return max(1, round(value))
 
 
-def accelerator_kind(accelerator_type: str, accelerator_count: int) -> str:
-    """What training runs on: "tpu", "gpu", or "" (CPU only, no accelerator asked for)."""
-    if not accelerator_count:
-        return ""
-    kind = accelerator_type.strip().lower()
-    return "tpu" if kind.startswith("tpu") or kind == "google.com/tpu" else "gpu"
-
-
-ACCELERATOR_CHOICES = ("", "cpu", "gpu", "tpu")
-
-
 def names(target: str = "kubeflow") -> list[str]:
     """The pipeline's parameters for a target, required first."""
-    other = VERTEX_ONLY if target == "kubeflow" else KUBEFLOW_ONLY
-    chosen = [n for n in PARAMETERS if n not in other]
+    other = () if target == "kubeflow" else KUBEFLOW_ONLY
+    chosen = [n for n in PARAMETERS if n not in other and n not in COMPILE_TIME]
     return sorted(chosen, key=lambda n: PARAMETERS[n].default is not REQUIRED)
 
 
@@ -326,15 +323,10 @@ def pipeline_problems(
 
     ``on_cluster``: the run executes on a cluster, which cannot read the submitting machine's
     files; otherwise local paths must exist."""
-    found = [f"unknown parameter {n!r}" for n in values if n not in PARAMETERS]
-    given = {n: v for n, v in values.items() if n in PARAMETERS}
+    found = [not_a_run_parameter(n) for n in values if n not in names(target)]
+    given = {n: v for n, v in values.items() if n in names(target)}
     merged = {**defaults(target), **given}
     found += problems({n: v for n, v in merged.items() if n != "data_source"})
-    if target == "kubeflow" and merged["training_replicas"] != 1:
-        found.append(
-            "training_replicas > 1 needs Vertex AI Pipelines (bittune compile --target vertex); "
-            "on Kubeflow Pipelines train on one machine (see README: Kubeflow Trainer)"
-        )
     data, data_dir = merged.get("data_source"), merged["data_dir"] or None
     paths = {
         "data_source": data,
@@ -360,6 +352,17 @@ def pipeline_problems(
 
         found.append(_parsed(lambda: model_sources.check_model(model)))
     return list(dict.fromkeys(p for p in found if p))  # a problem found twice is named once
+
+
+def not_a_run_parameter(name: str) -> str:
+    """Why ``name`` cannot be given to a run."""
+    if name in COMPILE_TIME:
+        flag = "--" + name.replace("_", "-")
+        return (
+            f"{name} is fixed when the pipeline is compiled: give {flag} to bittune compile "
+            "(or to bittune submit)"
+        )
+    return f"unknown parameter {name!r}"
 
 
 def _parsed(check: Callable[[], Any]) -> str | None:

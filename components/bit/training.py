@@ -745,6 +745,29 @@ def _finish(run: _Run, setup: _Setup, t: _Trainable, history, step: int, rate: f
     return summary
 
 
+def is_chief_replica() -> bool:
+    """Whether this process writes a multi-machine job's results: it runs alone, or TF_CONFIG
+    (Vertex AI's CLUSTER_SPEC turned into one) names it the chief, or worker 0 of a cluster
+    without a chief."""
+    vertex_tf_config()
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = config.get("task") or {}
+    kind = task.get("type")
+    if not kind:
+        return True
+    alone = "chief" not in config.get("cluster", {})
+    return kind == "chief" or (kind == "worker" and int(task.get("index", 0)) == 0 and alone)
+
+
+def end_worker_replica() -> None:
+    """End a non-chief replica with success before KFP's executor writes the task's outputs:
+    every replica of a CustomJob runs the same executor input, so only the chief may write
+    ``executor_output.json`` and the model's metadata (else the last writer wins)."""
+    _say("worker replica done: the chief writes the task's outputs")
+    sys.stdout.flush()
+    os._exit(0)
+
+
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 

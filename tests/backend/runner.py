@@ -29,11 +29,17 @@ Scheduling (Argo, compiler/argocompiler/dag.go, container.go)
     condition SKIPS the task (``when: condition != false``); a cache hit counts as Succeeded.
   * ``retryPolicy`` applies to the executor pod only (``addContainerExecutorTemplate``,
     ``getTaskRetryParametersWithValues``): the driver runs once, so every attempt gets the SAME
-    executor input. Backoff ``duration * factor**(n-1)`` with durations passed as whole seconds;
-    retries stop once the next start would pass ``backoffMaxDuration`` after the first attempt
-    (Argo's ``retryStrategy.backoff.maxDuration`` as documented; Argo's own source is not in the
-    KFP repository and was not followed line by line). ``backoff_scale`` shrinks the waits for
-    tests; the configured delays are recorded. A driver failure is never retried.
+    executor input. A driver failure is never retried. Argo's retry rules (argo-workflows
+    v3.6.19 workflow/controller/operator.go ``processNodeRetries``) run on a simulated clock: an
+    attempt counts as its real run time plus the ``ran_for_s`` of the kill hook that stopped
+    it, a backoff as its configured ``duration * factor**(n-1)`` (whole seconds; the real wait
+    is shrunk by ``backoff_scale``). No retry once the clock passes first start +
+    ``backoffMaxDuration`` ("Max duration limit exceeded") or when the backoff would end past
+    it ("Backoff would exceed max duration limit"); a RETRIED attempt still running at that
+    point is stopped (``workflowpod.go getDeadline`` -> ``ARGO_DEADLINE``). The KFP compiler
+    sets no ``retryPolicy`` (argocompiler/container.go ``getTaskRetryStrategyFromInput``), so
+    Argo's default OnFailure applies (``RetryPolicyActual``): a Failed attempt is retried, an
+    Error one (pod deleted) is not -- ``kill_on(..., phase="Error")``.
   * Tasks run one at a time, ready tasks in name order (Argo runs siblings in parallel; a
     loop's ``parallelismLimit`` is recorded). So a later iteration can hit the cache entry of
     an earlier one, and after a failure the iterations not yet started never start.
@@ -52,6 +58,16 @@ Driver (driver/driver.go, container.go, dag.go, resolve.go, util.go)
     ``{{$.pipeline_job_create_time_utc}}``, ``{{$.pipeline_job_schedule_time_utc}}`` (empty for
     a one-off run) are substituted only when they are the whole constant
     (``resolveInputParameter``); ``taskFinalStatus`` for exit tasks; ``literals`` are enforced.
+  * A DAG's artifact inputs, read back by its sub-tasks' drivers and by ParallelFor iteration
+    drivers, keep ONE artifact per name (metadata/client.go ``GetInputArtifactsByExecutionID``
+    builds a map name -> artifact), so a ``dsl.Collected`` list passed into a sub-pipeline
+    arrives there with a single artifact (kubeflow/pipelines issue 13900, open). A list taken
+    at the root from the loop (``CollectInputs``) keeps every artifact.
+  * Pod resources (driver.go ``initPodSpecPatch``, run after the cache check): CPU/memory
+    limits and requests and the accelerator limit, with pod-spec placeholders resolved as
+    STRINGS (resolve.go ``resolvePodSpecInputRuntimeParameter`` returns ``GetStringValue()``):
+    a number parameter resolves to "" and the ``nvidia.com/gpu`` (or TPU) limit is silently
+    left out. Recorded in ``TaskResult.pod_spec["resources"]``.
   * Types (``resolveInputs`` -> ``handleParamTypeValidationAndConversion``): a STRING input takes
     any value, converted with ``PbValueToText`` (2.0 -> "2", lists/structs -> JSON); any other
     type must match the value's kind, else "input parameter %q type mismatch: expect %s, got %s".
@@ -71,8 +87,8 @@ Driver (driver/driver.go, container.go, dag.go, resolve.go, util.go)
     records a CANCELED execution and runs nothing below it.
   * Outputs: artifact URIs ``<run root>/<task name>/<uuid>/<output name>``, output parameters in
     ``/tmp/kfp/outputs/<name>``, the executor output file ``<local task root>/
-    output_metadata.json`` (``provisionOutputs``; before 2.17 it was
-    ``/tmp/kfp_outputs/output_metadata.json``).
+    output_metadata.json`` (2.15.0 driver.go ``provisionOutputs``; 2.14 writes
+    ``/tmp/kfp_outputs/output_metadata.json`` for every task).
   * ``{{$.inputs.parameters['x']}}`` in command/args is resolved by the driver from the executor
     input WITHOUT defaults (``pbValueToString``; missing -> "parameter %q not found in executor
     input"); ``{"IfPresent": …}`` args are resolved; ``{"Concat": …}`` is not (left literal).
@@ -146,8 +162,17 @@ Local execution (the runner's own choices)
     or a DAG input the enclosing DAG does not declare).
 
 Not reproduced: importer tasks, PVC create/delete tasks, workspaces, OCI/modelcar artifacts,
-``parameterExpressionSelector``, TaskConfig inputs, log artifacts (``executor-logs``), resource
-limits and accelerators, secrets/config maps/volumes from the platform spec, parallel execution.
+``parameterExpressionSelector``, TaskConfig inputs, log artifacts (``executor-logs``), Kubernetes
+scheduling itself (the recorded limits are not enforced), secrets/config maps/volumes from the
+platform spec, parallel execution, Argo's workflow-level ``activeDeadlineSeconds``.
+
+Backend versions (``backend_version``, default 2.17): the rules that differ between 2.14, 2.15,
+2.16 and 2.17, each checked against the tag's source --
+  * artifact ``dsl.OneOf``: before 2.17.0 the LAST selector, whichever branch ran (2.16.0
+    driver/resolve.go ``GetProducerTask``; PR 13437);
+  * DAG state: before 2.17.0 a launcher updates its parent DAG only, not the DAGs above it
+    (2.16.0 metadata/client.go ``UpdateDAGExecutionsState``; PR 13322);
+  * the executor output file: 2.14 uses ``/tmp/kfp_outputs/output_metadata.json``.
 """
 
 from __future__ import annotations
@@ -206,11 +231,17 @@ __all__ = [
 ]
 
 BACKEND_REFERENCE = "kubeflow/pipelines 2.17.0 (4a3592cb2dd0)"
+# The releases whose rules differ where this runner says so (``backend_version``).
+BACKEND_VERSIONS = ("2.14", "2.15", "2.16", "2.17")
+LATEST_VERSION = BACKEND_VERSIONS[-1]
 DEFAULT_PIPELINE_ROOT = "minio://mlpipeline/v2/artifacts"
 _SHIM_DIR = pathlib.Path(__file__).resolve().parent / "_shim"
 _LOCAL_PREFIXES = {"gs://": "/gcs/", "minio://": "/minio/", "s3://": "/s3/"}
 _SUPPORTED_ROOTS = ("gs://", "s3://", "minio://", "mem://")
 _OUTPUT_PARAMETER_DIR = "/tmp/kfp/outputs"
+_LEGACY_OUTPUT_FILE = "/tmp/kfp_outputs/output_metadata.json"
+_POD_CHANNEL_RE = re.compile(r"\$.inputs.parameters\['(.+?)'\]")
+_QUANTITY_RE = re.compile(r"[+-]?[0-9.]+([eEinumkKMGTP]*[-+]?[0-9]*)")
 _RUNTIME_PLACEHOLDERS = (
     "{{$.pipeline_job_name}}",
     "{{$.pipeline_job_resource_name}}",
@@ -460,6 +491,8 @@ class AttemptResult:
     started_at: float
     duration_s: float
     warnings: list[str] = field(default_factory=list)
+    phase: str = "Succeeded"  # Argo node phase: Succeeded, Failed or Error
+    simulated_s: float = 0.0  # time this attempt took on Argo's simulated clock
     downloaded: dict[str, list[str]] = field(default_factory=dict)  # input -> local files
 
     @property
@@ -628,12 +661,44 @@ class _KillHook:
     task: str
     when: Callable[[TaskDirs, int], bool]
     attempts: tuple[int, ...]
+    ran_for_s: float = 0.0  # simulated run time of the killed attempt (Argo's clock)
+    phase: str = "Failed"  # the Argo node phase the kill leaves: "Failed" or "Error"
     fired: list[str] = field(default_factory=list)
 
 
 class _ArtInput(NamedTuple):
     records: list[ArtifactRecord]
     typed: bool  # a producer output (type instanceSchema "") or a DAG input (no type)
+
+
+def _retry_refusal(
+    attempt: AttemptResult,
+    number: int,
+    max_retries: int,
+    base: float,
+    factor: float,
+    max_duration: float,
+    clock: float,
+) -> str | None:
+    """Why Argo does not retry a failed attempt ("" when retries are simply used up), or None
+    to retry. argo-workflows v3.6 workflow/controller/operator.go ``processNodeRetries``: past
+    first start + ``maxDuration`` -> "Max duration limit exceeded"; the next start (this
+    attempt's end + ``duration * factor**(n-1)``) past it -> "Backoff would exceed max duration
+    limit"; then the retry policy: the KFP compiler sets none (argocompiler/container.go
+    ``getTaskRetryStrategyFromInput``), so ``RetryPolicyActual`` (pkg/apis/workflow/v1alpha1/
+    workflow_types.go) is OnFailure, which retries Failed nodes and not Error ones."""
+    if not max_retries:
+        return ""
+    if max_duration and clock > max_duration:
+        return "Max duration limit exceeded"
+    delay = base * (factor ** (number - 1)) if base else 0.0
+    if max_duration and clock + delay > max_duration:
+        return "Backoff would exceed max duration limit"
+    if attempt.phase == "Error":
+        return "Node not set to be retried after status: Error (retry policy OnFailure)"
+    if number > max_retries:
+        return ""
+    return None
 
 
 class _NullParameter(Exception):
@@ -777,7 +842,11 @@ class BackendRunner:
         task_timeout_s: float | None = None,
         keep_pods: bool = False,
         poll_interval_s: float = 0.05,
+        backend_version: str = LATEST_VERSION,
     ) -> None:
+        if backend_version not in BACKEND_VERSIONS:
+            raise ValueError(f"backend_version must be one of {', '.join(BACKEND_VERSIONS)}")
+        self.backend_version = backend_version
         self.stores = list(stores)
         self.workdir = pathlib.Path(
             workdir if workdir is not None else tempfile.mkdtemp(prefix="kfp-backend-runner-")
@@ -811,11 +880,21 @@ class BackendRunner:
         when: Callable[[TaskDirs, int], bool],
         *,
         attempts: Iterable[int] = (1,),
+        ran_for_s: float = 0.0,
+        phase: str = "Failed",
     ) -> _KillHook:
         """SIGKILLs an attempt of ``task`` (path, key or display name) once ``when(dirs,
         attempt)`` is true while it runs; only the given attempt numbers (default: the first).
-        Returns the hook; its ``fired`` lists the task paths killed."""
-        hook = _KillHook(task=task, when=when, attempts=tuple(attempts))
+        ``ran_for_s`` is how long the attempt counts as having run on Argo's clock (a
+        preemption hours into training); ``phase`` is the node phase the kill leaves: "Failed"
+        (the container was killed: OOM, eviction with the pod kept) or "Error" (the pod was
+        deleted, e.g. its node was preempted -- operator.go ``podReconciliation``: "pod
+        deleted"). Returns the hook; its ``fired`` lists the task paths killed."""
+        if phase not in ("Failed", "Error"):
+            raise ValueError(f"phase must be 'Failed' or 'Error', not {phase!r}")
+        hook = _KillHook(
+            task=task, when=when, attempts=tuple(attempts), ran_for_s=ran_for_s, phase=phase
+        )
         self._hooks.append(hook)
         return hook
 
@@ -924,6 +1003,10 @@ class BackendRunner:
             if raise_on_failure:
                 raise RunFailed(result)
         return result
+
+    def at_least(self, version: str) -> bool:
+        """Whether the emulated backend is ``version`` or newer."""
+        return BACKEND_VERSIONS.index(self.backend_version) >= BACKEND_VERSIONS.index(version)
 
     def store_for(self, uri: str) -> ObjectStore:
         """The store serving ``uri``'s scheme."""
@@ -1288,7 +1371,7 @@ class BackendRunner:
         iterator = task.get("parameterIterator")
         if iteration_index is not None:
             params = copy.deepcopy(dag.params)
-            arts = {n: _ArtInput(list(r), False) for n, r in dag.artifacts.items()}
+            arts = {n: _ArtInput(_read_back(dag, n), False) for n in dag.artifacts}
             if task.get("artifactIterator") is not None:
                 raise DriverError("artifact iterator not implemented yet")
             if iterator is None:
@@ -1491,7 +1574,7 @@ class BackendRunner:
                 raise DriverError(wrap + "component input artifact key is empty")
             if source not in dag.artifacts:
                 raise DriverError(wrap + f"parent DAG does not have input artifact {source}")
-            return _ArtInput(list(dag.artifacts[source]), False)
+            return _ArtInput(_read_back(dag, source), False)
         if "taskOutputArtifact" in binding:
             ref = binding["taskOutputArtifact"]
             producer_key = ref.get("producerTask", "")
@@ -1561,8 +1644,10 @@ class BackendRunner:
                     f"{json.dumps(dag.name)} (dag ID {dag.id})"
                 )
             selectors = spec.get("artifactSelectors", [])
-            if len(selectors) == 1:
-                return selectors[0]["producerSubtask"], selectors[0]["outputArtifactKey"]
+            if len(selectors) == 1 or (selectors and not self.at_least("2.17")):
+                # Before 2.17.0 an artifact OneOf takes the LAST selector, whichever branch ran
+                # (2.16.0 resolve.go GetProducerTask; fixed by PR 13437).
+                return selectors[-1]["producerSubtask"], selectors[-1]["outputArtifactKey"]
             keyname = "outputArtifactKey"
         else:
             spec = outputs.get("parameters", {}).get(key)
@@ -1685,9 +1770,10 @@ class BackendRunner:
             result.mlmd_state = node.state
             dag.argo[key] = "Succeeded"
             return
-        try:
-            if k8s is not None:  # extendPodSpecPatch runs only when the pod will be created
-                result.pod_spec = self._k8s_pod_spec(run, dag, key, task, k8s)
+        try:  # initPodSpecPatch and extendPodSpecPatch run only when the pod will be created
+            result.pod_spec = {"resources": _pod_resources(container, executor_input)}
+            if k8s is not None:
+                result.pod_spec.update(self._k8s_pod_spec(run, dag, key, task, k8s))
             user_command = _resolve_container_args(
                 [*container.get("command", []), *container.get("args", [])], executor_input
             )
@@ -1715,10 +1801,12 @@ class BackendRunner:
             name: {"outputFile": f"{_OUTPUT_PARAMETER_DIR}/{name}"}
             for name in outputs_spec.get("parameters", {})
         }
-        try:
-            output_file = local_path_for_uri(task_root) + "/output_metadata.json"
-        except ValueError:
-            output_file = "/tmp/kfp_outputs/output_metadata.json"
+        # 2.15.0 driver.go provisionOutputs moved it under the local task root; 2.14.0 has
+        # component.OutputMetadataFilepath for every task.
+        output_file = _LEGACY_OUTPUT_FILE
+        if self.at_least("2.15"):
+            with contextlib.suppress(ValueError):
+                output_file = local_path_for_uri(task_root) + "/output_metadata.json"
         out: dict[str, Any] = {}
         if artifacts:
             out["artifacts"] = artifacts
@@ -1879,32 +1967,38 @@ class BackendRunner:
         )
         command = _compile_cmd_and_args(user_command, local_input, pod_root)
         result.command = command
-        first_start = time.monotonic()
-        slept, configured = 0.0, 0.0  # real and unscaled backoff so far
+        clock = 0.0  # Argo's clock, seconds since the first attempt started (simulated)
         attempt_number = 0
         while True:
             attempt_number += 1
             attempt = self._attempt(
                 run, node, result, local_input, command, container, pod_root, attempt_number
             )
+            if attempt_number > 1 and max_duration and clock + attempt.simulated_s > max_duration:
+                # workflowpod.go getDeadline: a retried pod's ARGO_DEADLINE is the first start
+                # + maxDuration; argoexec stops the container there.
+                attempt.error = attempt.error or "step exceeded its deadline"
+                attempt.error = f"{attempt.error} (ARGO_DEADLINE: first start + {max_duration:g}s)"
+                attempt.phase = "Failed"
+                attempt.simulated_s = max_duration - clock
+            clock += attempt.simulated_s
             result.attempts.append(attempt)
             node.state = "COMPLETE" if attempt.succeeded else "FAILED"
             result.mlmd_state = node.state
-            _update_dag_states(node)
+            _update_dag_states(node, recursive=self.at_least("2.17"))
             if attempt.succeeded:
                 break
-            if attempt_number > max_retries:
+            stop = _retry_refusal(
+                attempt, attempt_number, max_retries, base, factor, max_duration, clock
+            )
+            if stop is not None:
+                if stop:
+                    result.warnings.append(stop)
                 break
             delay = base * (factor ** (attempt_number - 1)) if base else 0.0
             result.retry_delays_s.append(delay)
-            # Argo: stop when the next start would fall after first start + maxDuration
-            elapsed = time.monotonic() - first_start - slept + configured
-            if max_duration and elapsed + delay > max_duration:
-                result.warnings.append("Max duration limit exceeded: no further retries")
-                break
             time.sleep(delay * self.backoff_scale)
-            slept += delay * self.backoff_scale
-            configured += delay
+            clock += delay
         if not self.keep_pods:
             shutil.rmtree(pod_root, ignore_errors=True)
         final = result.attempts[-1]
@@ -2014,8 +2108,11 @@ class BackendRunner:
             self._collect_outputs(run, node, local_input, pod_root, attempt)
         except (LauncherError, StoreError) as err:
             attempt.error = str(err)
+            if not attempt.killed_by_hook:
+                attempt.phase = "Failed"
         finally:
             attempt.duration_s = time.monotonic() - started
+            attempt.simulated_s += attempt.duration_s
             if not attempt.log and log_path.exists():
                 attempt.log = log_path.read_text(encoding="utf-8", errors="replace")
         return attempt
@@ -2041,6 +2138,8 @@ class BackendRunner:
                 if fire:
                     hook.fired.append(dirs.task)
                     attempt.killed_by_hook = True
+                    attempt.phase = hook.phase
+                    attempt.simulated_s += hook.ran_for_s
                     _kill_group(proc)
                     return proc.wait()
             if deadline is not None and time.monotonic() > deadline:
@@ -2525,14 +2624,88 @@ def _k8s_toleration(value: Any, shape: str) -> dict[str, Any]:
     return out
 
 
-def _update_dag_states(node: _Exec) -> None:
-    """UpdateDAGExecutionsState after a launcher: parent DAGs up to the root."""
+def _pod_placeholder(value: str, executor_input: Mapping[str, Any]) -> str:
+    """resolve.go ``resolvePodSpecInputRuntimeParameter``: a ``{{$.inputs.parameters['x']}}``
+    channel (util.go ``inputPipelineChannelPattern``, unanchored) becomes x's value read with
+    ``GetStringValue()`` -- "" for a number, a bool or a struct, however it was declared; a
+    name missing from the executor input fails; anything else is a constant."""
+    match = _POD_CHANNEL_RE.search(value)
+    if match is None:
+        return value
+    values = executor_input.get("inputs", {}).get("parameterValues", {})
+    if match.group(1) not in values:
+        raise DriverError(
+            "failed to init podSpecPatch: executorInput did not contain container Image input "
+            "parameter"
+        )
+    found = values[match.group(1)]
+    return found if isinstance(found, str) else ""
+
+
+def _pod_resources(container: Mapping[str, Any], executor_input: Mapping[str, Any]) -> dict:
+    """driver.go ``initPodSpecPatch``: the main container's limits and requests. CPU and memory
+    from the new string fields (``resourceCpuLimit``…, placeholders resolved) or the old
+    numbers (``cpuLimit``…; memory as ``%vG``), each parsed as a Kubernetes quantity, so an
+    empty value fails (``getPodResource``); the accelerator limit only when both its type and
+    count resolve to non-empty text -- a count that came out "" drops the limit silently."""
+    spec = container.get("resources", {})
+    out: dict[str, dict[str, str]] = {"limits": {}, "requests": {}}
+    for kind, field_ in (("limits", "Limit"), ("requests", "Request")):
+        for resource, unit in (("memory", "G"), ("cpu", "")):
+            new = spec.get(f"resource{resource.capitalize()}{field_}", "")
+            old = spec.get(f"{resource}{field_}", 0)
+            if new:
+                text = _pod_placeholder(str(new), executor_input)
+            elif old:
+                text = f"{pb_value_to_text(old)}{unit}"
+            else:
+                continue
+            out[kind][resource] = _quantity(text)
+    accelerator = spec.get("accelerator")
+    if accelerator:
+        kind = accelerator.get("resourceType", "")
+        kind = _pod_placeholder(kind, executor_input) if kind else accelerator.get("type", "")
+        count = accelerator.get("resourceCount", "")
+        if count:
+            count = _pod_placeholder(str(count), executor_input)
+        elif int(accelerator.get("count", 0) or 0) > 0:
+            count = str(accelerator["count"])
+        if kind and count:
+            out["limits"][kind] = _quantity(count)
+    return out
+
+
+def _quantity(text: str) -> str:
+    """k8s ``resource.ParseQuantity`` (the forms bittune and the SDK write)."""
+    if not _QUANTITY_RE.fullmatch(text):
+        raise DriverError(
+            f"failed to init podSpecPatch: quantities must match the regular expression "
+            f"'^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$': {text!r}"
+        )
+    return text
+
+
+def _update_dag_states(node: _Exec, *, recursive: bool) -> None:
+    """UpdateDAGExecutionsState after a launcher: the parent DAG, and from 2.17.0 (PR 13322,
+    recursive DAG state propagation) its parents up to the root as each completes."""
     dag = node.parent
     while dag is not None and dag.kind != "root":
         dag.launched = True
-        if not _recount(dag):
+        if not _recount(dag) or not recursive:
             return
         dag = dag.parent
+
+
+def _read_back(dag: _Exec, name: str) -> list[ArtifactRecord]:
+    """A DAG's input artifact as its children's drivers read it back from ML Metadata: ONE
+    artifact per input name, however many the DAG's driver recorded (metadata/client.go
+    ``GetInputArtifactsByExecutionID`` builds ``inputs[name] = {Artifacts: [one]}`` per input
+    event, the last one winning; resolve.go ``resolveInputs`` uses it for every task inside a
+    DAG and for iterations). So a ``dsl.Collected`` list passed into a sub-pipeline or a
+    condition branch arrives as one artifact: kubeflow/pipelines issue 13900 (PR 13901, not
+    merged as of 2.17.0 and master)."""
+    records = dag.artifacts.get(name, [])
+    return list(records[-1:])
 
 
 def _recount(dag: _Exec) -> bool:

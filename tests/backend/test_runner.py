@@ -145,6 +145,19 @@ def job_info(job: str, job_id: str, task: str) -> str:
     return f"{job}|{job_id}|{task}"
 
 
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def sleepy(seconds: float) -> str:
+    import time
+
+    time.sleep(seconds)
+    return "done"
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def on_accelerator() -> str:
+    return "trained"
+
+
 # --- toy pipelines -------------------------------------------------------------------------------
 
 
@@ -201,6 +214,39 @@ def branches(n: int = 1):
 @dsl.pipeline(name="retried")
 def retried(steps: int = 3):
     checkpointed(steps=steps).set_retry(num_retries=2, backoff_duration="7s", backoff_factor=2)
+
+
+@dsl.pipeline(name="one-hour-window")
+def one_hour_window():
+    sleepy(seconds=2.0).set_retry(
+        num_retries=2, backoff_duration="1s", backoff_factor=2
+    ).set_caching_options(False)
+
+
+@dsl.pipeline(name="two-day-window")
+def two_day_window():
+    sleepy(seconds=2.0).set_retry(
+        num_retries=2, backoff_duration="1s", backoff_factor=2, backoff_max_duration="176400s"
+    ).set_caching_options(False)
+
+
+@dsl.pipeline(name="join-in-sub-pipeline")
+def join_in_sub_pipeline(parts: Input[list[Artifact]]) -> str:
+    return join_numbers(parts=parts).output
+
+
+@dsl.pipeline(name="list-into-sub-pipeline")
+def list_into_sub_pipeline():
+    with dsl.ParallelFor([1, 2, 3]) as n:
+        files = write_number(n=n)
+    join_numbers(parts=dsl.Collected(files.outputs["out"])).set_display_name("join at root")
+    join_in_sub_pipeline(parts=dsl.Collected(files.outputs["out"]))
+
+
+@dsl.pipeline(name="gpu-count")
+def gpu_count(count: int = 2):
+    on_accelerator().set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(count)
+    on_accelerator().set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(2)
 
 
 @dsl.pipeline(name="cached")
@@ -425,6 +471,99 @@ def test_retry_after_sigkill_reuses_the_executor_input_and_starts_empty(runner, 
     assert task.outputs == {"Output": "1"}  # KFP_RETRY_INDEX of the attempt that succeeded
     model = task.output_artifacts["model"]
     assert sorted(pathlib.PurePosixPath(u).name for u in model.uploaded) == ["ckpt-1", "ckpt-2"]
+
+
+def _kill_at_start(dirs: TaskDirs, attempt: int) -> bool:
+    return True
+
+
+def test_a_retry_is_refused_after_the_default_one_hour_window(runner, tmp_path):
+    """set_retry's default backoff_max_duration is 3600 s: once the first attempt has run past
+    it on Argo's clock, processNodeRetries gives up ("Max duration limit exceeded")."""
+    runner.kill_on("sleepy", _kill_at_start, ran_for_s=3700)
+    result = runner.run(_compile(one_hour_window, tmp_path), raise_on_failure=False)
+    task = result.task("sleepy")
+    assert result.state == "FAILED" and len(task.attempts) == 1
+    assert "Max duration limit exceeded" in task.warnings
+
+
+def test_a_retry_within_a_long_window_runs_and_a_late_one_is_cut_at_argo_deadline(runner, tmp_path):
+    path = _compile(two_day_window, tmp_path)
+    runner.kill_on("sleepy", _kill_at_start, ran_for_s=3700)
+    result = runner.run(path)
+    assert [a.succeeded for a in result.task("sleepy").attempts] == [False, True]
+
+    runner.clear_hooks()  # a retried attempt still running at first start + 49 h is stopped
+    runner.kill_on("sleepy", _kill_at_start, ran_for_s=170000)
+    runner.kill_on("sleepy", _kill_at_start, attempts=(2,), ran_for_s=20000)
+    late = runner.run(path, raise_on_failure=False).task("sleepy")
+    assert len(late.attempts) == 2 and "ARGO_DEADLINE" in late.attempts[1].error
+    assert "max duration limit" in " ".join(late.warnings).lower()
+
+
+def test_a_deleted_pod_ends_in_error_and_is_not_retried(runner, tmp_path):
+    """The KFP compiler sets no retryPolicy, so Argo's default OnFailure skips Error nodes."""
+    runner.kill_on("sleepy", _kill_at_start, phase="Error")
+    result = runner.run(_compile(two_day_window, tmp_path), raise_on_failure=False)
+    task = result.task("sleepy")
+    assert result.state == "FAILED" and [a.phase for a in task.attempts] == ["Error"]
+    assert any("retry policy OnFailure" in w for w in task.warnings)
+
+
+# --- rules that changed between backend releases, and ML Metadata read-backs ---------------------
+
+
+def test_a_collected_list_keeps_one_artifact_inside_a_sub_pipeline(runner, tmp_path):
+    """GetInputArtifactsByExecutionID keeps one artifact per name (kubeflow/pipelines 13900)."""
+    result = runner.run(_compile(list_into_sub_pipeline, tmp_path))
+    assert sorted(result.task("join at root").outputs["Output"].split(",")) == ["1", "2", "3"]
+    inside = result.task("join-in-sub-pipeline/join-numbers")
+    assert len(inside.outputs["Output"].split(",")) == 1
+
+
+@pytest.mark.parametrize("version", ["2.16", "2.17"])
+def test_artifact_one_of_took_the_last_selector_before_2_17(moto, tmp_path, version):
+    runner = BackendRunner(
+        [moto.store()],
+        workdir=tmp_path / "runner",
+        python_bin=pathlib.Path(sys.executable).parent,
+        backoff_scale=0.0,
+        task_timeout_s=60,
+        backend_version=version,
+    )
+    result = runner.run(_compile(branches, tmp_path), {"n": 1}, raise_on_failure=False)
+    if version == "2.17":
+        assert result.task("show").outputs == {"Output": "H/H"}
+    else:  # the heads branch ran, the else branch's artifact is taken
+        assert result.state == "FAILED" and result.failed_task == "show"
+
+
+def test_the_executor_output_file_moved_in_2_15(moto, tmp_path):
+    paths = {}
+    for version in ("2.14", "2.15"):
+        runner = BackendRunner(
+            [moto.store()],
+            workdir=tmp_path / version,
+            python_bin=pathlib.Path(sys.executable).parent,
+            task_timeout_s=60,
+            backend_version=version,
+        )
+        result = runner.run(_compile(artifact_roundtrip, tmp_path), {"text": version})
+        read = json.loads(result.task("read-text").outputs["Output"])
+        assert read["text"] == version
+        paths[version] = result.task("write-text").executor_input["outputs"]["outputFile"]
+    assert paths["2.14"] == "/tmp/kfp_outputs/output_metadata.json"
+    assert paths["2.15"].startswith("/minio/mlpipeline/v2/artifacts/artifact-roundtrip/")
+    assert paths["2.15"].endswith("/output_metadata.json")
+
+
+def test_an_accelerator_count_from_a_number_parameter_drops_the_gpu_limit(runner, tmp_path):
+    """resolvePodSpecInputRuntimeParameter reads GetStringValue(): "" for a number."""
+    result = runner.run(_compile(gpu_count, tmp_path), {"count": 2})
+    from_parameter = result.task("on-accelerator").pod_spec["resources"]["limits"]
+    constant = result.task("on-accelerator-2").pod_spec["resources"]["limits"]
+    assert "nvidia.com/gpu" not in from_parameter
+    assert constant["nvidia.com/gpu"] == "2"
 
 
 # --- caching ---------------------------------------------------------------------------------

@@ -14,13 +14,18 @@ import pytest
 
 from components.bit import storage
 from components.bit.datasets import DIGITS_DEMO_OVERRIDES, materialize_digits
+from components.bit.machines import TrainingMachine
 from pipelines import submit
-from tests.backend.runner import BackendRunner
+from tests.backend.runner import BACKEND_VERSIONS, BackendRunner
 from tests.backend.stores import GcsStore, MotoS3Server
 from tests.kfp_fake import FakeKfpServer
 
 REGISTRY = "us-docker.pkg.dev/my-project/bittune"
 SHORT = {**DIGITS_DEMO_OVERRIDES, "total_steps": 12, "warmup_steps": 2, "decay_steps": [6, 8, 10]}
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+OLD_YAML = REPO / "tests/backend/fixtures/bit_finetune_before_issue19.yaml"
+OLD_COMMIT = "96792bd"  # the code that YAML was compiled from
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +38,9 @@ def moto():
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
+    """The pipeline compiled to train on the CPU (this machine has no GPU)."""
     path = tmp_path_factory.mktemp("cluster") / "bit_finetune.yaml"
-    return submit.compile_pipeline(str(path), REGISTRY)
+    return submit.compile_pipeline(str(path), REGISTRY, machine=TrainingMachine("cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -43,28 +49,37 @@ def digits_in_gcs(gcs, digits_folder):
     return gcs.upload_tree(digits_folder, f"gs://{bucket}/digits"), bucket
 
 
-def _runner(stores, tmp_path, gcs, **env):
+def _runner(stores, tmp_path, gcs, version=BACKEND_VERSIONS[-1], **env):
     base = {"LANG": "C.UTF-8", "HOME": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "2"}
     base["STORAGE_EMULATOR_HOST"] = gcs.server.url
-    return BackendRunner(
-        stores, workdir=tmp_path / "cluster", backoff_scale=0.0, base_env={**base, **env}
-    )
+    return BackendRunner(stores, workdir=tmp_path / "cluster", backoff_scale=0.0,
+                         base_env={**base, **env}, backend_version=version)  # fmt: skip
 
 
 def _parameters(data, **extra):
-    values = {"data_source": data, "accelerator_count": 0, "data_fingerprint": "f1", **extra}
-    return values
+    return {"data_source": data, "data_fingerprint": "f1", **extra}
 
 
 def _json(runner, uri):
     return json.loads(runner.store_for(uri).read_bytes(uri))
 
 
-@pytest.mark.parametrize("store", ["minio", "gcs"])
-def test_the_whole_pipeline_runs_as_on_a_cluster(store, moto, gcs, digits_in_gcs, compiled,
-                                                tmp_path):  # fmt: skip
+# Every backend release the README claims, each object store twice.
+VERSIONS_AND_STORES = [("2.14", "minio"), ("2.15", "gcs"), ("2.16", "minio"), ("2.17", "gcs")]
+
+
+def test_every_claimed_backend_version_is_run():
+    assert sorted(v for v, _ in VERSIONS_AND_STORES) == list(BACKEND_VERSIONS)
+    oldest = tuple(int(n) for n in BACKEND_VERSIONS[0].split("."))
+    assert oldest == submit.MINIMUM_BACKEND
+
+
+@pytest.mark.parametrize(("version", "store"), VERSIONS_AND_STORES)
+def test_the_whole_pipeline_runs_as_on_a_cluster(version, store, moto, gcs, digits_in_gcs,
+                                                compiled, tmp_path):  # fmt: skip
     data, bucket = digits_in_gcs
-    runner = _runner([moto.store(), GcsStore.from_fake_server(gcs.server)], tmp_path, gcs)
+    stores = [moto.store(), GcsStore.from_fake_server(gcs.server)]
+    runner = _runner(stores, tmp_path, gcs, version)
     root = "minio://mlpipeline/v2/artifacts" if store == "minio" else f"gs://{bucket}/pipelines"
     # The demo schedule, so the accuracy is the one `bittune run` reaches.
     values = _parameters(data, preprocess_workers=3,
@@ -94,8 +109,7 @@ def test_new_data_is_analysed_again_and_unchanged_data_is_cached(moto, gcs, comp
     state = f"gs://{bucket}/trigger.json"
     runner = _runner([moto.store()], tmp_path, gcs)
     data = f"gs://{bucket}/flowers"
-    values = {"data_source": data, "accelerator_count": 0,
-              "hyperrule_overrides": json.dumps(SHORT)}  # fmt: skip
+    values = {"data_source": data, "hyperrule_overrides": json.dumps(SHORT)}
     with FakeKfpServer() as kfp:
 
         def run(fingerprint):
@@ -170,13 +184,13 @@ def test_killed_training_is_retried_to_the_uninterrupted_weights(
         task = runner.runs[-1 if run_id == "killed" else 0].task("train-model")
         return _download(task.output_artifacts["checkpoints"].uri, tmp_path / run_id)
 
-    def fourth_checkpoint_saved(dirs, attempt):
+    def fourth_checkpoint_saved(dirs, attempt):  # hours into training on Argo's clock
         if store == "minio":
             return (volume / "killed" / "checkpoints" / "ckpt-4.index").exists()
         return any("/checkpoints/ckpt-4" in n for n in gcs.names(bucket, "killed/"))
 
     runner.run(compiled, values, pipeline_root=root("whole"), run_id="whole")
-    hook = runner.kill_on("train-model", fourth_checkpoint_saved)
+    hook = runner.kill_on("train-model", fourth_checkpoint_saved, ran_for_s=5 * 3600)
     killed = runner.run(compiled, values, pipeline_root=root("killed"), run_id="killed")
     task = killed.task("train-model")
     assert hook.fired and [a.number for a in task.attempts] == [1, 2]
@@ -185,6 +199,51 @@ def test_killed_training_is_retried_to_the_uninterrupted_weights(
     assert a.keys() == b.keys() and len(a) > 10
     for name in a:
         np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def _checkout(commit, folder):
+    """The project's components as they were at ``commit`` (the old YAML runs the old code)."""
+    folder.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "components"],
+                             capture_output=True, check=False)  # fmt: skip
+    if archive.returncode != 0:
+        pytest.skip(f"commit {commit} is not in this clone: {archive.stderr.decode()[:200]}")
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    return folder
+
+
+def test_the_old_pipeline_fails_where_a_real_backend_fails_it(moto, gcs, digits_in_gcs,
+                                                             tmp_path):  # fmt: skip
+    """The pipeline before issue 19: a numeric accelerator count reaches the driver as "" (no
+    GPU limit), and the collected shards lose all but one inside its sub-pipelines."""
+    data, _ = digits_in_gcs
+    old_code = _checkout(OLD_COMMIT, tmp_path / "old")
+    runner = _runner([moto.store()], tmp_path, gcs, PYTHONPATH=str(old_code))
+    values = _parameters(data, preprocess_workers=3, hyperrule_overrides=json.dumps(SHORT))
+    result = runner.run(OLD_YAML, values, raise_on_failure=False)
+    training = result.tasks[result.failed_task]
+    assert training.name == "train-model" and "train-model-on-machine" in training.path
+    assert training.executor_input["inputs"]["parameterValues"]["accelerator"] == "gpu"
+    assert "nvidia.com/gpu" not in training.pod_spec["resources"]["limits"]  # item 1
+    assert "of the dataset is not in" in training.log  # item 2: one shard of three arrived
+    assert len(result.tasks_named("write-shards")) == 3
+    evaluate = [t for t in result.tasks.values() if t.name == "evaluate-model"]
+    assert all(t.state != "SUCCEEDED" for t in evaluate)
+
+
+def test_a_gpu_training_pod_asks_for_the_gpus_it_was_compiled_for(moto, gcs, digits_in_gcs,
+                                                                 tmp_path):  # fmt: skip
+    data, _ = digits_in_gcs
+    gpus = TrainingMachine("gpu", accelerator_count=2)
+    path = submit.compile_pipeline(str(tmp_path / "gpu.yaml"), REGISTRY, machine=gpus)
+    runner = _runner([moto.store()], tmp_path, gcs)
+    hook = runner.kill_on("train-model", lambda dirs, attempt: True, phase="Error")
+    values = _parameters(data, hyperrule_overrides=json.dumps(SHORT), preprocess_workers=1)
+    result = runner.run(path, values, raise_on_failure=False)
+    training = result.task("train-model")
+    assert hook.fired and len(training.attempts) == 1  # a deleted pod: no retry (OnFailure)
+    assert training.pod_spec["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert training.executor_input["inputs"]["parameterValues"]["accelerator"] == "gpu"
 
 
 def test_a_moved_dataset_trains_and_evaluates_from_elsewhere(digits_folder, tmp_path):

@@ -15,7 +15,8 @@ import threading
 import pytest
 import yaml
 
-from components.bit import storage
+from components.bit import params, storage
+from components.bit.machines import TrainingMachine
 from pipelines import submit
 from pipelines.submit import SubmitError
 from tests.kfp_fake import FakeKfpServer
@@ -65,12 +66,11 @@ def test_no_credentials_in_compiled_yaml(compiled):
 def test_cluster_settings(compiled):
     pipeline, platform = yaml.safe_load_all(compiled.read_text())
     executors = pipeline["deploymentSpec"]["executors"]
-    training = {e["container"]["image"]: e["container"] for n, e in executors.items()
-                if n.startswith("exec-train-model")}  # fmt: skip
-    assert set(training) == {f"{REGISTRY}/bittune-{kind}:0.1.0" for kind in ("gpu", "tpu")}
-    train = training[f"{REGISTRY}/bittune-gpu:0.1.0"]
-    resources = train["resources"]
-    assert resources["accelerator"]["resourceType"].endswith("accelerator_type']}}")
+    train = executors["exec-train-model"]["container"]
+    assert train["image"] == f"{REGISTRY}/bittune-gpu:0.1.0"  # the default: one GPU
+    resources = train["resources"]  # constants: the driver reads them as they are
+    assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert resources["accelerator"]["resourceCount"] == "1"
     assert resources["resourceCpuRequest"].endswith("training_cpu']}}")
     others = {e["container"]["image"] for n, e in executors.items() if "train-model" not in n}
     assert others == {f"{REGISTRY}/bittune-cpu:0.1.0"}
@@ -80,17 +80,26 @@ def test_cluster_settings(compiled):
     assert tasks["analyze-dataset"]["retryPolicy"]["backoffFactor"] == 2.0
     assert tasks["gather-dataset"]["retryPolicy"]["maxRetryCount"] == 3
     assert "data_fingerprint" in tasks["analyze-dataset"]["inputs"]["parameters"]
-    for name, component in pipeline["components"].items():
-        if name.startswith("comp-train-model-on-machine"):
-            (machine,) = component["dag"]["tasks"].values()
-            assert machine["cachingOptions"].get("enableCache") in (None, False)
-            assert machine["retryPolicy"]["maxRetryCount"] == 2
+    training_task = tasks["train-model"]  # at the root, taking the collected shards directly
+    assert training_task["cachingOptions"].get("enableCache") in (None, False)
+    assert training_task["retryPolicy"]["maxRetryCount"] == 2
+    window = int(training_task["retryPolicy"]["backoffMaxDuration"].rstrip("s"))
+    assert window > 48 * 3600  # retries stay possible for the whole training timeout
+    assert (
+        tasks["train-model"]["inputs"]["artifacts"]["train_shards"]["taskOutputArtifact"][
+            "producerTask"
+        ]
+        == "for-loop-1"
+    )
+    assert not [c for c in pipeline["components"] if "condition-branches" in c]
+    names = [t["taskInfo"]["name"] for t in tasks.values()]
+    assert len(names) == len(set(names))  # every task has a display name of its own
     condition = tasks["condition-2"]  # push runs only when evaluate-model says blessed
     assert "evaluate-model" in json.dumps(condition["triggerPolicy"])
     platforms = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for name in ("exec-train-model", "exec-train-model-2"):
-        assert int(platforms[name]["activeDeadlineSeconds"]) == 48 * 3600
-        assert "nodeSelector" in platforms[name] and "tolerations" in platforms[name]
+    assert int(platforms["exec-train-model"]["activeDeadlineSeconds"]) == 48 * 3600
+    assert "nodeSelector" in platforms["exec-train-model"]
+    assert "tolerations" in platforms["exec-train-model"]
     parameters = pipeline["root"]["inputDefinitions"]["parameters"]
     from components.bit import params
 
@@ -119,12 +128,53 @@ def test_training_defaults_fit_a_common_single_gpu_node(compiled):
     assert cpus <= 7 and memory.endswith("G") and int(memory[:-1]) * 1e9 <= 26 * 2**30
 
 
-def test_images_follow_the_one_setting(tmp_path):
-    path = submit.compile_pipeline(str(tmp_path / "p.yaml"), "europe-docker.pkg.dev/p/r", "1.2")
+@pytest.mark.parametrize("accelerator", ["gpu", "tpu", "cpu"])
+def test_images_follow_the_one_setting(tmp_path, accelerator):
+    machine = TrainingMachine(accelerator)
+    path = submit.compile_pipeline(str(tmp_path / "p.yaml"), "europe-docker.pkg.dev/p/r", "1.2",
+                                   machine=machine)  # fmt: skip
     images = re.findall(r"image: (\S+)", pathlib.Path(path).read_text())
-    assert set(images) == {
-        f"europe-docker.pkg.dev/p/r/bittune-{k}:1.2" for k in ("cpu", "gpu", "tpu")
-    }
+    training = {"cpu": "gpu"}.get(accelerator, accelerator)  # CPU training: the GPU image
+    assert set(images) == {f"europe-docker.pkg.dev/p/r/bittune-{k}:1.2" for k in ("cpu", training)}
+
+
+@pytest.mark.parametrize(
+    ("machine", "limits"),
+    [
+        (TrainingMachine("gpu", accelerator_count=2), {"nvidia.com/gpu": "2"}),
+        (TrainingMachine("tpu", accelerator_count=4), {"google.com/tpu": "4"}),
+        (TrainingMachine("gpu", "amd.com/gpu"), {"amd.com/gpu": "1"}),
+        (TrainingMachine("cpu"), {}),
+    ],
+)
+def test_the_machine_is_fixed_at_compile_time(tmp_path, machine, limits):
+    path = submit.compile_pipeline(str(tmp_path / "p.yaml"), REGISTRY, machine=machine)
+    pipeline, _ = yaml.safe_load_all(pathlib.Path(path).read_text())
+    container = pipeline["deploymentSpec"]["executors"]["exec-train-model"]["container"]
+    accelerator = container["resources"].get("accelerator")
+    found = {accelerator["resourceType"]: accelerator["resourceCount"]} if accelerator else {}
+    assert found == limits
+    task = pipeline["root"]["dag"]["tasks"]["train-model"]
+    asked = task["inputs"]["parameters"]["accelerator"]["runtimeValue"]["constant"]
+    assert asked == machine.accelerator  # training insists on what the pod was given
+    declared = pipeline["root"]["inputDefinitions"]["parameters"]
+    assert not set(declared) & set(params.COMPILE_TIME)
+
+
+@pytest.mark.parametrize(
+    ("machine", "message"),
+    [
+        (TrainingMachine("gpu", "NVIDIA_L4"), "'NVIDIA_L4' is not a Kubernetes resource name"),
+        (TrainingMachine("gpu", training_replicas=2), "training_replicas > 1 needs Vertex AI"),
+        (TrainingMachine("gpu", accelerator_count=0), "accelerator_count must be between 1"),
+        (TrainingMachine(""), "accelerator must be gpu, tpu or cpu on a cluster"),
+    ],
+)
+def test_a_bad_machine_is_refused_in_one_line(tmp_path, machine, message):
+    with pytest.raises(SubmitError, match=message) as caught:
+        submit.compile_pipeline(str(tmp_path / "p.yaml"), REGISTRY, machine=machine)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "p.yaml").exists()
 
 
 def test_images_without_a_registry_are_refused(kfp_server, tmp_path):
@@ -136,8 +186,27 @@ def test_images_without_a_registry_are_refused(kfp_server, tmp_path):
     assert kfp_server.requests == []
 
 
+@pytest.mark.parametrize(("tag", "accepted"), [("2.13.0", False), ("2.14.0", True),
+                                               ("2.17.1", True), ("", True)])  # fmt: skip
+def test_submit_checks_the_server_release(compiled, tag, accepted):
+    """The oldest release the backend runner passes is the minimum (tests/pipelines/
+    test_cluster.py runs every one from it); an older server is refused before any upload."""
+    params = {"data_source": "gs://b/flowers", **GIVEN}
+    with FakeKfpServer(tag_name=tag) as server:
+        if accepted:
+            assert submit.submit(server.url, params, "flowers", str(compiled))["run_id"]
+            return
+        with pytest.raises(SubmitError) as refused:
+            submit.submit(server.url, params, "flowers", str(compiled))
+        assert str(refused.value) == (
+            f"the KFP server at {server.url} runs Kubeflow Pipelines 2.13.0; bittune's pipeline "
+            "needs 2.14 or newer (README: Supported backends)"
+        )
+        assert server.pipelines == {} and server.runs == {}
+
+
 def test_submit_uploads_versions_and_runs(kfp_server, compiled, tmp_path):
-    params = {"data_source": "gs://b/flowers", "model": "bit-m-r50x1", "accelerator_count": 2,
+    params = {"data_source": "gs://b/flowers", "model": "bit-m-r50x1", "training_cpu": "4",
               **GIVEN}  # fmt: skip
     first = submit.submit(kfp_server.url, params, "flowers", str(compiled))
     assert first["url"] == f"{kfp_server.url}/#/runs/details/{first['run_id']}"
@@ -161,7 +230,7 @@ def test_params_are_typed_and_checked(compiled):
     params = submit.parse_params(
         [
             "data_source=gs://b/d",
-            "accelerator_count=4",
+            "checkpoint_every=4",
             "mixup=false",
             "blessing_threshold=0.9",
             'training_node_selector={"pool": "gpu"}',
@@ -170,7 +239,7 @@ def test_params_are_typed_and_checked(compiled):
     )
     assert params == {
         "data_source": "gs://b/d",
-        "accelerator_count": 4,
+        "checkpoint_every": 4,
         "mixup": False,
         "blessing_threshold": 0.9,
         "training_node_selector": {"pool": "gpu"},
@@ -179,8 +248,10 @@ def test_params_are_typed_and_checked(compiled):
         submit.parse_params(["data_source=x", "modle=y"], spec)
     with pytest.raises(SubmitError, match="missing required parameter\\(s\\): data_source"):
         submit.parse_params([], spec)
-    with pytest.raises(SubmitError, match="accelerator_count: 'two' is not a valid number_integer"):
-        submit.parse_params(["data_source=x", "accelerator_count=two"], spec)
+    with pytest.raises(SubmitError, match="checkpoint_every: 'two' is not a valid number_integer"):
+        submit.parse_params(["data_source=x", "checkpoint_every=two"], spec)
+    with pytest.raises(SubmitError, match="accelerator_count is fixed when the pipeline is compi"):
+        submit.parse_params(["data_source=x", "accelerator_count=2"], spec)
 
 
 def _data(gcs, bucket, names):

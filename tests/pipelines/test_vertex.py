@@ -45,20 +45,29 @@ def test_the_tables_follow_the_vertex_api():
     assert names == ACCELERATORS
 
 
-def test_vertex_yaml_is_one_document_with_limits_and_a_tpu_branch(vertex_yaml):
+def test_vertex_yaml_is_one_document_with_limits_and_no_runtime_machine(vertex_yaml):
     documents = list(yaml.safe_load_all(pathlib.Path(vertex_yaml).read_text()))
     assert len(documents) == 1 and "platforms" not in documents[0]
     spec = documents[0]
     declared = spec["root"]["inputDefinitions"]["parameters"]
-    assert declared["accelerator_type"]["defaultValue"] == "NVIDIA_L4"
+    assert not set(declared) & set(params.COMPILE_TIME)  # the machine is fixed at compile time
     assert "training_node_selector" not in declared  # Kubernetes only
     executors = spec["deploymentSpec"]["executors"]
     for name, executor in executors.items():  # Vertex sizes machines from limits
         resources = executor["container"].get("resources", {})
         assert "cpuLimit" in resources or "resourceCpuLimit" in resources, name
         assert "cpuRequest" not in resources and "resourceCpuRequest" not in resources, name
+    (training,) = [e for e in executors.values() if "accelerator" in e["container"].get(
+        "resources", {})]  # fmt: skip
+    accelerator = training["container"]["resources"]["accelerator"]
+    assert accelerator == {
+        "resourceCount": "1",
+        "resourceType": "NVIDIA_L4",
+        "count": "1",
+        "type": "NVIDIA_L4",
+    }  # constants: nothing for Vertex to resolve
     images = {e["container"]["image"] for e in executors.values()}
-    assert f"{REGISTRY}/bittune-tpu:1.0" in images and f"{REGISTRY}/bittune-gpu:1.0" in images
+    assert f"{REGISTRY}/bittune-gpu:1.0" in images and f"{REGISTRY}/bittune-tpu:1.0" not in images
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import aiplatform
 
@@ -81,8 +90,7 @@ def test_submit_vertex_sends_the_spec_root_and_typed_values(vertex, vertex_yaml,
     values = {
         "data_source": f"gs://{bucket}/data",
         "data_fingerprint": "abc",
-        "accelerator_type": "TPU_V5_LITEPOD",
-        "accelerator_count": 4,
+        "preprocess_workers": 4,
         "mixup": False,
         "blessing_threshold": 0.5,
     }
@@ -95,25 +103,69 @@ def test_submit_vertex_sends_the_spec_root_and_typed_values(vertex, vertex_yaml,
     body = json.loads(create["body"])
     assert body["runtimeConfig"]["gcsOutputDirectory"] == f"gs://{bucket}/root"
     sent = body["runtimeConfig"]["parameterValues"]
-    assert sent == {**values, "accelerator_count": sent["accelerator_count"]}
-    assert sent["accelerator_count"] == 4 and sent["mixup"] is False
+    assert sent == {**values, "preprocess_workers": sent["preprocess_workers"]}
+    assert sent["preprocess_workers"] == 4 and sent["mixup"] is False
     assert body["pipelineSpec"]["pipelineInfo"]["name"] == "bit-finetune"
     assert body["serviceAccount"].startswith("runner@")
 
 
-@pytest.mark.parametrize(
-    ("values", "message"),
-    [
-        ({"accelerator_type": "nvidia.com/gpu"}, "is not a Vertex AI AcceleratorType"),
-        ({"accelerator_count": 0}, "accelerator count must be >= 1"),
-    ],
-)
-def test_the_vertex_api_refuses_what_vertex_refuses(vertex, vertex_yaml, gcs, values, message):
+BAD_VERTEX_MACHINES = [  # (options, the one line that refuses them)
+    (["--accelerator-type", "nvidia.com/gpu"], "'nvidia.com/gpu' is not a Vertex AI accelerator"),
+    (["--accelerator-count", "0"], "accelerator_count must be between 1 and 64, got 0"),
+    (["--accelerator", "tpu", "--training-replicas", "2"], "a TPU host trains alone"),
+    (["--accelerator-type", "NVIDIA_TESLA_T4", "--training-machine-type", "g2-standard-8"],
+     "g2-standard-8 does not carry 1 x NVIDIA_TESLA_T4"),
+    (["--accelerator-type", "NVIDIA_L4", "--training-machine-type", "n1-standard-8"],
+     "n1-standard-8 does not carry 1 x NVIDIA_L4"),
+    (["--accelerator-type", "NVIDIA_TESLA_A100", "--training-machine-type", "n1-standard-8"],
+     "n1-standard-8 does not carry 1 x NVIDIA_TESLA_A100"),
+    (["--accelerator", "tpu", "--accelerator-count", "2"],
+     "TPU_V5_LITEPOD comes 1, 4 or 8 to a machine, not 2"),
+    (["--accelerator", "tpu", "--accelerator-type", "TPU_V3"], "TPU_V3 runs on a legacy TPU"),
+    (["--accelerator", "tpu", "--accelerator-type", "TPU_V2"], "TPU_V2 runs on a legacy TPU"),
+    (["--accelerator", "tpu", "--accelerator-type", "TPU_V4_POD"], "is a multi-host slice"),
+    (["--accelerator-type", "TPU_V5_LITEPOD"], "TPU_V5_LITEPOD is a TPU: compile with"),
+    (["--accelerator", "cpu", "--training-machine-type", "g2-standard-8"],
+     "'g2-standard-8' is not a CPU machine type"),
+]  # fmt: skip
+GOOD_VERTEX_MACHINES = [
+    [],
+    ["--accelerator", "cpu"],
+    ["--accelerator-type", "NVIDIA_TESLA_T4", "--accelerator-count", "4"],
+    ["--accelerator-type", "NVIDIA_TESLA_A100", "--training-machine-type", "a2-highgpu-1g"],
+    ["--accelerator-type", "NVIDIA_L4", "--accelerator-count", "2"],
+    ["--accelerator", "tpu", "--accelerator-count", "8"],
+    ["--training-replicas", "3"],
+]
+
+
+def _submit_args(vertex, bucket, *extra):
+    return ["submit", "--vertex", "--project", PROJECT, "--region", REGION, "--pipeline-root",
+            f"gs://{bucket}/root", "--api-endpoint", vertex.url, "--image-registry", REGISTRY,
+            "--param", f"data_source=gs://{bucket}/d", "--param", "data_fingerprint=abc",
+            *extra]  # fmt: skip
+
+
+@pytest.mark.parametrize(("options", "message"), BAD_VERTEX_MACHINES)
+def test_bad_vertex_machines_fail_submit_in_one_line_before_any_upload(
+    vertex, gcs, capsys, options, message
+):
+    from pipelines import cli
+
     bucket = gcs.new_bucket()
-    values = {"data_source": f"gs://{bucket}/d", "data_fingerprint": "abc", **values}
-    with pytest.raises(SubmitError, match=message):
-        submit.submit_vertex(values, PROJECT, REGION, f"gs://{bucket}/r", vertex_yaml,
-                             api_endpoint=vertex.url)  # fmt: skip
+    assert cli.main(_submit_args(vertex, bucket, *options)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert vertex.requests == [] and gcs.names(bucket, "") == []
+
+
+@pytest.mark.parametrize("options", GOOD_VERTEX_MACHINES)
+def test_good_vertex_machines_are_submitted(vertex, gcs, capsys, options):
+    from pipelines import cli
+
+    bucket = gcs.new_bucket()
+    assert cli.main(_submit_args(vertex, bucket, *options)) == 0, capsys.readouterr().err
+    assert len(vertex.jobs) == 1
 
 
 def test_parameters_are_checked_before_the_api_is_called(vertex, vertex_yaml):
@@ -150,16 +202,17 @@ def test_cli_submit_and_trigger_vertex(vertex, vertex_yaml, gcs, capsys):
 
 
 def test_vertex_defaults_validate():
-    values = params.defaults("vertex")
-    assert values["accelerator_type"] == "NVIDIA_L4" and values["accelerator_count"] >= 1
-    found = params.pipeline_problems(
+    from components.bit.machines import TrainingMachine
+
+    assert TrainingMachine().resolved("vertex").accelerator_type == "NVIDIA_L4"
+    assert TrainingMachine(training_replicas=3).problems("vertex") == []
+    found = TrainingMachine(training_replicas=3).problems("kubeflow")
+    assert any("training_replicas > 1 needs Vertex AI Pipelines" in p for p in found)
+    refused = params.pipeline_problems(
         {"data_source": "gs://b/d", "training_replicas": 3}, on_cluster=True, target="vertex"
     )
-    assert found == []
-    found = params.pipeline_problems(
-        {"data_source": "gs://b/d", "training_replicas": 3}, on_cluster=True, target="kubeflow"
-    )
-    assert any("training_replicas > 1 needs Vertex AI Pipelines" in p for p in found)
+    assert refused == ["training_replicas is fixed when the pipeline is compiled: give "
+                       "--training-replicas to bittune compile (or to bittune submit)"]  # fmt: skip
 
 
 def test_cli_compile_for_vertex_needs_no_tensorflow(tmp_path):
@@ -174,42 +227,217 @@ def test_cli_compile_for_vertex_needs_no_tensorflow(tmp_path):
     assert "HEAVY []" in done.stdout
 
 
-def test_several_machines_train_as_a_custom_job(vertex_yaml):
-    from components.train import train_model
-    from components.vertex_job import LAUNCHER_IMAGE, custom_job, worker_pools
+def _custom_job_yaml(tmp_path, *options):
+    from pipelines import cli
 
-    spec = yaml.safe_load(pathlib.Path(vertex_yaml).read_text())
+    path = tmp_path / "vertex.yaml"
+    args = ["compile", "--target", "vertex", "--output", str(path), "--image-registry", REGISTRY,
+            "--image-tag", "1.0", *options]  # fmt: skip
+    assert cli.main(args) == 0
+    spec = yaml.safe_load(path.read_text())
+    from components.vertex_job import LAUNCHER_IMAGE
+
     executors = spec["deploymentSpec"]["executors"]
-    (job,) = [e for e in executors.values() if e["container"]["image"] == LAUNCHER_IMAGE]
-    payload = json.loads(
-        job["container"]["args"][3].replace("{{$.inputs.parameters['worker_pool_specs']}}", "[]")
-    )
-    assert payload["job_spec"]["scheduling"]["restart_job_on_worker_restart"] is True
-    _, command = custom_job(train_model)
-    pools = worker_pools.python_func(
-        command=command, image=f"{REGISTRY}/bittune-gpu:1.0", training_replicas=3,
-        training_machine_type="g2-standard-8", accelerator_type="NVIDIA_L4", accelerator_count=1,
+    (name,) = [n for n, e in executors.items() if e["container"]["image"] == LAUNCHER_IMAGE]
+    return path, spec, name
+
+
+def _launch_as_vertex_would(spec, executor_name, values, service_account, vertex, launch=None):
+    """What Vertex AI and the GCPC launcher do with the CustomJob task: Vertex substitutes the
+    task's placeholders in the command line (its executor input, JSON-escaped where the
+    payload asks; the run's project, location and service account), and the launcher
+    (google_cloud_pipeline_components/container/v1/custom_job/remote_runner.py
+    ``create_custom_job``) parses ``--payload`` and creates the job with aiplatform_v1."""
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import aiplatform_v1
+
+    container = spec["deploymentSpec"]["executors"][executor_name]["container"]
+    (task,) = [t for t in spec["root"]["dag"]["tasks"].values()
+               if t["componentRef"]["name"] == executor_name.replace("exec-", "comp-")]  # fmt: skip
+    component = spec["components"][task["componentRef"]["name"]]
+    declared = component["inputDefinitions"]["parameters"]
+    inputs = {n: d.get("defaultValue") for n, d in declared.items() if "defaultValue" in d}
+    inputs.update({n: v for n, v in values.items() if n in declared})
+    scope = {
+        "{{$.pipeline_service_account}}": service_account,
+        "{{$.pipeline_network}}": "",
+        "{{$.pipeline_encryption_key_name}}": "",
+        "{{$.pipeline_job_uuid}}": "1234",
+        "{{$.pipeline_google_cloud_project_id}}": PROJECT,
+        "{{$.pipeline_google_cloud_location}}": REGION,
+    }
+    inputs = {n: scope.get(v, v) if isinstance(v, str) else v for n, v in inputs.items()}
+    executor_input = {"inputs": {"parameterValues": inputs, "artifacts": {}},
+                      "outputs": {"outputFile": "/gcs/b/r/executor_output.json"}}  # fmt: skip
+    escaped = json.dumps(json.dumps(executor_input))[1:-1]
+
+    def resolve(text):
+        text = text.replace("{{$.json_escape[1]}}", escaped)
+        for name, value in inputs.items():
+            shown = value if isinstance(value, str) else json.dumps(value)
+            text = text.replace("{{$.inputs.parameters['" + name + "']}}", shown)
+        for placeholder, value in scope.items():
+            text = text.replace(placeholder, value)
+        return text
+
+    args = [resolve(a) for a in container["args"]]
+    if launch is not None:
+        return launch(container["command"], args), executor_input
+    payload = json.loads(args[args.index("--payload") + 1])
+    client = aiplatform_v1.JobServiceClient(
+        credentials=AnonymousCredentials(), transport="rest",
+        client_options=ClientOptions(api_endpoint=vertex.url),
     )  # fmt: skip
-    assert [p["replica_count"] for p in pools] == [1, 2]  # one chief, two workers
-    machine = pools[0]["machine_spec"]
-    assert machine == {"machine_type": "g2-standard-8", "accelerator_type": "NVIDIA_L4",
-                       "accelerator_count": 1}  # fmt: skip
-    container = pools[0]["container_spec"]
-    assert container["image_uri"] == f"{REGISTRY}/bittune-gpu:1.0"
-    assert "{{$.json_escape[1]}}" in container["args"]  # the training component's own input
-    assert "train_model" in container["args"]
-    with pytest.raises(Exception, match="a TPU slice trains on one machine"):
-        worker_pools.python_func(
-            command=command, image="x", training_replicas=2, training_machine_type="ct5lp-4t",
-            accelerator_type="TPU_V5_LITEPOD", accelerator_count=4,
-        )  # fmt: skip
+    return client.create_custom_job(
+        parent=f"projects/{PROJECT}/locations/{REGION}", custom_job=payload
+    ), executor_input
 
 
-def test_submit_vertex_with_several_machines(vertex, vertex_yaml, gcs):
+def test_three_machines_train_as_a_complete_custom_job(tmp_path, vertex):
+    """bittune compile --target vertex --training-replicas 3: the CustomJob is complete in the
+    YAML, runs as the run's service account, and reaches Vertex with 1 chief + 2 workers."""
+    path, spec, name = _custom_job_yaml(tmp_path, "--training-replicas", "3")
+    payload = spec["deploymentSpec"]["executors"][name]["container"]["args"]
+    text = payload[payload.index("--payload") + 1]
+    assert "{{$.inputs.parameters['service_account']}}" in text
+    component = next(c for n, c in spec["components"].items() if "custom-job" in n)
+    defaults = component["inputDefinitions"]["parameters"]
+    assert defaults["service_account"]["defaultValue"] == "{{$.pipeline_service_account}}"
+    assert "worker_pool_specs" not in defaults  # nothing built at run time
+    account = f"runner@{PROJECT}.iam.gserviceaccount.com"
+    job, executor_input = _launch_as_vertex_would(spec, name, {}, account, vertex)
+    (sent,) = vertex.custom_jobs.values()
+    assert sent["jobSpec"]["serviceAccount"] == account
+    pools = sent["jobSpec"]["workerPoolSpecs"]
+    assert [int(p["replicaCount"]) for p in pools] == [1, 2]
+    assert all(p["machineSpec"] == {"machineType": "g2-standard-8", "acceleratorType": "NVIDIA_L4",
+                                    "acceleratorCount": 1} for p in pools)  # fmt: skip
+    chief = pools[0]["containerSpec"]
+    assert chief["imageUri"] == f"{REGISTRY}/bittune-gpu:1.0"
+    received = json.loads(chief["args"][chief["args"].index("--executor_input") + 1])
+    assert received == executor_input  # each replica gets the training task's own input
+    assert job.state.name == "JOB_STATE_SUCCEEDED"
+
+
+def test_a_tpu_host_trains_as_a_custom_job_that_names_its_machine(tmp_path, vertex):
+    _, spec, name = _custom_job_yaml(tmp_path, "--accelerator", "tpu", "--accelerator-count", "4")
+    _launch_as_vertex_would(spec, name, {}, "", vertex)
+    (sent,) = vertex.custom_jobs.values()
+    (pool,) = sent["jobSpec"]["workerPoolSpecs"]
+    assert pool["machineSpec"] == {
+        "machineType": "ct5lp-hightpu-4t",
+        "acceleratorType": "TPU_V5_LITEPOD",
+        "acceleratorCount": 4,
+    }
+    assert pool["containerSpec"]["imageUri"] == f"{REGISTRY}/bittune-tpu:1.0"
+
+
+def test_the_fake_refuses_a_custom_job_with_a_placeholder_left(vertex):
+    from google.api_core import exceptions
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import aiplatform_v1
+
+    client = aiplatform_v1.JobServiceClient(
+        credentials=AnonymousCredentials(), transport="rest",
+        client_options=ClientOptions(api_endpoint=vertex.url),
+    )  # fmt: skip
+    pool = {"machine_spec": {"machine_type": "n1-standard-8"}, "replica_count": 1,
+            "container_spec": {"image_uri": "x", "args": ["{{$.json_escape[1]}}"]}}  # fmt: skip
+    with pytest.raises(exceptions.BadRequest, match="unresolved placeholder"):
+        client.create_custom_job(parent=f"projects/{PROJECT}/locations/{REGION}",
+                                 custom_job={"display_name": "j", "job_spec": {
+                                     "worker_pool_specs": [pool]}})  # fmt: skip
+
+
+STANDIN = pathlib.Path(__file__).resolve().parents[1] / "gcpc_standin"
+
+
+def test_a_retried_custom_job_task_starts_a_new_job_and_a_running_one_is_polled(tmp_path, vertex):
+    """The launcher pod of a retried task finds gcp_resources from the failed attempt: the
+    GCPC launcher alone would poll the failed job again; bittune's program sets it aside, so
+    the retry creates a new job, with the same executor input (the same checkpoints)."""
+    import os
+
+    from components.vertex_job import forget_failed_job
+
+    _, spec, name = _custom_job_yaml(tmp_path, "--training-replicas", "2")
+    resources = tmp_path / "gcp_resources"
+    env = {**os.environ, "PYTHONPATH": str(STANDIN), "BITTUNE_VERTEX_API_ENDPOINT": vertex.url}
+
+    def attempt(command, args, plain=False):
+        args = [str(resources) if a.endswith(".output_file}}") else a for a in args]
+        args[args.index("--gcp_resources") + 1] = str(resources)
+        if plain:  # GCPC's launcher without bittune's program
+            command = [
+                sys.executable,
+                "-m",
+                "google_cloud_pipeline_components.container.v1.custom_job.launcher",
+            ]
+        else:
+            command = [sys.executable, *command[1:]]
+        return subprocess.run([*command, *args], env=env, capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+
+    vertex.custom_job_state = "JOB_STATE_FAILED"
+    first, _ = _launch_as_vertex_would(spec, name, {}, "", vertex, launch=attempt)
+    assert first.returncode == 1 and "JOB_STATE_FAILED" in first.stderr
+    again, _ = _launch_as_vertex_would(spec, name, {}, "", vertex,
+                                       launch=lambda c, a: attempt(c, a, plain=True))  # fmt: skip
+    assert again.returncode == 1 and "Continue polling" in again.stdout
+    assert len(vertex.custom_jobs) == 1  # GCPC alone: the retry re-polled the failed job
+
+    vertex.custom_job_state = "JOB_STATE_SUCCEEDED"
+    retry, _ = _launch_as_vertex_would(spec, name, {}, "", vertex, launch=attempt)
+    assert retry.returncode == 0, retry.stderr
+    assert "ended JOB_STATE_FAILED: a new job starts" in retry.stdout
+    failed, succeeded = vertex.custom_jobs.values()
+    assert failed["jobSpec"] == succeeded["jobSpec"]  # same executor input: resumes
+    assert list(tmp_path.glob("gcp_resources.job_state_failed-*"))
+
+    vertex.custom_job_state = "JOB_STATE_RUNNING"  # a launcher pod restarted mid-job: poll it
+    resources.unlink()
+    running = _client(vertex).create_custom_job(
+        parent=f"projects/{PROJECT}/locations/{REGION}", custom_job=RUNNING_JOB
+    )
+    uri = f"https://{REGION}-aiplatform.googleapis.com/v1/{running.name}"
+    resources.write_text(json.dumps({"resources": [{"resourceType": "CustomJob",
+                                                    "resourceUri": uri}]}))  # fmt: skip
+    assert forget_failed_job(str(resources), REGION, vertex.url).endswith("polling it")
+    assert resources.exists()
+    resources.unlink()
+    assert forget_failed_job(str(resources), REGION, vertex.url) == "no earlier job"
+
+
+RUNNING_JOB = {"display_name": "j", "job_spec": {"worker_pool_specs": [
+    {"machine_spec": {"machine_type": "n1-standard-8"}, "replica_count": 1,
+     "container_spec": {"image_uri": "x"}}]}}  # fmt: skip
+
+
+def _client(vertex):
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import aiplatform_v1
+
+    return aiplatform_v1.JobServiceClient(
+        credentials=AnonymousCredentials(), transport="rest",
+        client_options=ClientOptions(api_endpoint=vertex.url),
+    )  # fmt: skip
+
+
+def test_a_vertex_run_joins_the_experiment_asked_for(vertex, vertex_yaml, gcs):
     bucket = gcs.new_bucket()
-    values = {"data_source": f"gs://{bucket}/d", "data_fingerprint": "abc",
-              "training_replicas": 3, "training_machine_type": "a2-highgpu-1g",
-              "accelerator_type": "NVIDIA_TESLA_A100"}  # fmt: skip
-    run = submit.submit_vertex(values, PROJECT, REGION, f"gs://{bucket}/r", vertex_yaml,
-                               api_endpoint=vertex.url)  # fmt: skip
-    assert run["name"] in vertex.jobs
+    run = submit.submit_vertex({"data_source": f"gs://{bucket}/d", "data_fingerprint": "abc"},
+                               PROJECT, REGION, f"gs://{bucket}/r", vertex_yaml,
+                               experiment="flowers-2026", api_endpoint=vertex.url)  # fmt: skip
+    store = f"projects/{PROJECT}/locations/{REGION}/metadataStores/default"
+    experiment = vertex.contexts[f"{store}/contexts/flowers-2026"]
+    assert experiment["schemaTitle"] == "system.Experiment"
+    assert experiment["children"] == [f"{store}/contexts/{run['run_id']}"]
+    assert run["url"] == (f"https://console.cloud.google.com/vertex-ai/locations/{REGION}/"
+                          f"pipelines/runs/{run['run_id']}?project={PROJECT}")  # fmt: skip
+    without = submit.submit_vertex({"data_source": f"gs://{bucket}/d", "data_fingerprint": "x"},
+                                   PROJECT, REGION, f"gs://{bucket}/r", vertex_yaml,
+                                   api_endpoint=vertex.url)  # fmt: skip
+    assert without["run_id"] != run["run_id"] and len(vertex.contexts) == 1

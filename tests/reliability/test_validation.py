@@ -16,7 +16,6 @@ from components.bit.errors import BittuneError
 from components.evaluate import evaluate_model
 from components.preprocess import gather_dataset, plan_workers, write_shards
 from components.push import push_model
-from components.route import choose_trainer
 from components.train import train_model
 from pipelines import cli
 from tests.kfp_fake import FakeKfpServer
@@ -136,7 +135,6 @@ def component_errors(monkeypatch):
             "blessing_threshold must be a number between",
         ),
         (push_model, {"model": ""}, "no model given"),
-        (choose_trainer, {"accelerator_count": -1}, "accelerator_count must be between 0 and 64"),
     ],
 )
 def test_components_check_their_parameters_first(component, arguments, message, tmp_path,
