@@ -24,6 +24,12 @@ def _cpu_step():
     return cpu_step.run()
 
 
+def _group_norm():
+    from benchmarks import group_norm  # imports TensorFlow
+
+    return group_norm.run()
+
+
 def _end_to_end():
     from benchmarks import end_to_end
 
@@ -36,6 +42,7 @@ BENCHMARKS = {
     "scale": fashion_mnist.run,
     "training": _training,
     "cpu-step": _cpu_step,
+    "group-norm": _group_norm,
     "end-to-end": _end_to_end,
 }
 

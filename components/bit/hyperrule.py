@@ -181,7 +181,11 @@ def learning_rate(
     """
     if step < warmup_steps:
         return base_lr * step / warmup_steps
-    passed = sum(1 for boundary in decay_steps if boundary < step)
+    return decayed_rate(base_lr, sum(1 for boundary in decay_steps if boundary < step))
+
+
+def decayed_rate(base_lr: float, passed: int) -> float:
+    """The learning rate after ``passed`` decay steps: ``base_lr * 0.1 ** passed``."""
     return base_lr * 0.1**passed
 
 

@@ -69,12 +69,19 @@ class Architecture:
 
 class StandardizedConv2D(tf.keras.layers.Conv2D):
     """A bias-free convolution whose kernel is standardised (Weight Standardization) on use:
-    zero mean and unit variance over its height, width and input-channel axes."""
+    zero mean and unit variance over its height, width and input-channel axes, computed from the
+    float32 kernel under any precision policy."""
 
     def __init__(self, filters: int, kernel_size: int, strides: int = 1, **kwargs):
         kwargs.setdefault("use_bias", False)
         kwargs.setdefault("padding", "valid")
         super().__init__(filters, kernel_size, strides=strides, **kwargs)
+
+    def add_weight(self, *args, **kwargs):
+        # Read as stored (float32) under a mixed policy too: the kernel is standardised from the
+        # float32 weights and only the result is cast to the compute dtype.
+        kwargs.setdefault("experimental_autocast", False)
+        return super().add_weight(*args, **kwargs)
 
     def convolution_op(self, inputs, kernel):
         kernel = standardize_kernel(tf.cast(kernel, tf.float32))
@@ -107,8 +114,8 @@ def standardize_kernel(kernel):
 
 class GroupNorm(tf.keras.layers.Layer):
     """Group Normalization over NHWC channels, computed in float32 under any precision policy
-    and cast back (bfloat16 statistics lose several percent of feature accuracy): statistics in
-    one pass, then one multiply-add with gamma and beta folded in."""
+    and cast back (bfloat16 statistics lose several percent of feature accuracy): two-pass
+    statistics, then one multiply-add of the centred values (:func:`group_norm`)."""
 
     def __init__(self, groups: int = GN_GROUPS, epsilon: float = GN_EPSILON, **kwargs):
         super().__init__(**kwargs)
@@ -134,9 +141,11 @@ class GroupNorm(tf.keras.layers.Layer):
 
 
 def group_norm(x, gamma, beta, groups: int, epsilon: float):
-    """Group Normalization of float32 NHWC ``x`` with a hand-written gradient: one-pass
-    statistics (E[x^2] - E[x]^2 from per-channel sums), the output as one multiply-add, and a
-    backward of two per-channel reductions and one multiply-add (autodiff's is twice the ops)."""
+    """Group Normalization of float32 NHWC ``x`` with a hand-written gradient. Two-pass
+    statistics: the group means first, then the variance of the centred values, which keeps
+    float32 precise however far the mean lies from zero (E[x^2] - E[x]^2 loses it: 8e-4 relative
+    error at mean/std 100, 0.1 at 1000). The output is one multiply-add of the centred values;
+    the backward two per-channel reductions and one multiply-add (autodiff's is twice the ops)."""
     channels = x.shape[-1]
     width = channels // groups
 
@@ -152,22 +161,29 @@ def group_norm(x, gamma, beta, groups: int, epsilon: float):
             return tf.reshape(tf.broadcast_to(per_group, [n, groups, width]), [n, 1, 1, channels])
 
         mean = tf.reduce_sum(grouped(tf.reduce_sum(x, [1, 2])), -1, keepdims=True) / count
-        square = tf.reduce_sum(grouped(tf.reduce_sum(tf.square(x), [1, 2])), -1, keepdims=True)
-        rstd = tf.math.rsqrt(tf.maximum(square / count - tf.square(mean), 0.0) + epsilon)
+        centred = x - spread(mean)
+        square = tf.reduce_sum(
+            grouped(tf.reduce_sum(tf.square(centred), [1, 2])), -1, keepdims=True
+        )
+        rstd = tf.math.rsqrt(square / count + epsilon)
         g = tf.reshape(gamma, [1, groups, width])
         scale = spread(g * rstd)
-        y = x * scale + spread(tf.reshape(beta, [1, groups, width]) - mean * g * rstd)
+        y = centred * scale + tf.reshape(beta, [1, 1, 1, channels])
 
         def grad(dy):
-            dy_x = grouped(tf.reduce_sum(dy * x, [1, 2]))  # per (sample, channel)
+            dy_c = grouped(tf.reduce_sum(dy * centred, [1, 2]))  # per (sample, channel)
             dy_sum = grouped(tf.reduce_sum(dy, [1, 2]))
-            d_gamma = tf.reshape(tf.reduce_sum((dy_x - dy_sum * mean) * rstd, 0), [channels])
+            d_gamma = tf.reshape(tf.reduce_sum(dy_c * rstd, 0), [channels])
             d_beta = tf.reshape(tf.reduce_sum(dy_sum, 0), [channels])
-            a = tf.reduce_sum(dy_x * g, -1, keepdims=True)
+            a = tf.reduce_sum(dy_c * g, -1, keepdims=True)
             b = tf.reduce_sum(dy_sum * g, -1, keepdims=True)
-            x_coef = (b * mean - a) * rstd**3 / count
-            bias = -x_coef * mean - b * rstd / count
-            return dy * scale + (x * spread(x_coef) + spread(bias)), d_gamma, d_beta
+            # d/dx of (x - mean) * rstd * g: dy*scale - (b + centred * a * rstd^2) * rstd / count
+            c_coef = -a * rstd**3 / count
+            return (
+                dy * scale + (centred * spread(c_coef) + spread(-b * rstd / count)),
+                d_gamma,
+                d_beta,
+            )
 
         return y, grad
 

@@ -129,17 +129,18 @@ def durable_folder(name: str, artifact_uri: str, artifact_path: str, root: str =
 
 
 class BitSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
-    """The HyperRule's learning rate as a Keras schedule: linear warm-up, then the constants
-    that :func:`hyperrule.learning_rate` gives after each (strict) decay step."""
+    """The HyperRule's learning rate as a Keras schedule: linear warm-up, then
+    :func:`hyperrule.decayed_rate` of the decay steps strictly passed -- the rule of
+    :func:`hyperrule.learning_rate`, step for step (also when a decay step is the warm-up's
+    end)."""
 
     def __init__(self, base_lr: float, warmup_steps: int, decay_steps: Sequence[int]):
         self.base_lr = float(base_lr)
         self.warmup_steps = int(warmup_steps)
         self.decay_steps = [int(s) for s in decay_steps]
-        boundaries = [self.warmup_steps, *self.decay_steps]
+        # After k decay steps (strictly passed): the same constants hyperrule.learning_rate gives.
         self._plateaus = [
-            hyperrule.learning_rate(b + 1, self.base_lr, self.warmup_steps, self.decay_steps)
-            for b in boundaries
+            hyperrule.decayed_rate(self.base_lr, k) for k in range(len(self.decay_steps) + 1)
         ]
 
     def __call__(self, step):
@@ -161,6 +162,20 @@ class MomentumSGD(tf.keras.optimizers.SGD):
     """tf-keras SGD whose dense momentum update is one fused op (``v = m v - lr g``,
     ``w += v``: ResourceApplyKerasMomentum, as the legacy optimizer uses) instead of six
     element-wise passes over every weight; same variables, so checkpoints are unchanged."""
+
+    def build(self, var_list):
+        # The velocity of a variable is found through tf-keras's private index (pinned to
+        # tf-keras 2.21 in pyproject.toml): refuse to train if an upgrade changed it.
+        changed = TrainingError(
+            "this tf-keras no longer has the SGD internals bittune's fused momentum update "
+            "reads (_index_dict, _var_key): install tf-keras 2.21"
+        )
+        if not callable(getattr(self, "_var_key", None)):
+            raise changed
+        super().build(var_list)
+        found = getattr(self, "_index_dict", None)
+        if not isinstance(found, dict) or not all(self._var_key(v) in found for v in var_list):
+            raise changed
 
     def update_step(self, gradient, variable):
         if isinstance(gradient, tf.IndexedSlices) or self.nesterov or not self.momentum:

@@ -42,13 +42,19 @@ def test_no_secret_in_compiled_yaml_submission_or_output(tmp_path, monkeypatch, 
     assert "data_source" in sent  # the scan looked at the real submission
 
 
-def test_images_run_as_a_non_root_user():
+def test_images_run_as_a_non_root_user(tmp_path):
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
     final_stage = dockerfile.rsplit("\nFROM ", 1)[1]
     users = re.findall(r"^USER\s+(\S+)", final_stage, flags=re.MULTILINE)
     assert users and users[-1] == "1000:1000"  # numeric, so runAsNonRoot can verify it
-    compiled = (ROOT / "pipelines" / "bit_finetune.yaml").read_text()
-    images = set(re.findall(r"image: (\S+)", compiled))
+    from components.bit.machines import TrainingMachine
+    from pipelines import submit
+
+    images = set()
+    for accelerator in ("gpu", "tpu"):  # the shipped YAML trains on a GPU; compile a TPU one
+        path = submit.compile_pipeline(str(tmp_path / f"{accelerator}.yaml"), "bittune",
+                                       machine=TrainingMachine(accelerator))  # fmt: skip
+        images |= set(re.findall(r"image: (\S+)", pathlib.Path(path).read_text()))
     kinds = {"cpu", "gpu", "tpu"}
     assert images == {f"bittune/bittune-{kind}:0.1.0" for kind in kinds}  # built from it
 
