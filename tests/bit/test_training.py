@@ -331,7 +331,9 @@ def test_vertex_cluster_spec_becomes_tf_config(monkeypatch):
         "environment": "cloud",
     }
     monkeypatch.setenv("CLUSTER_SPEC", json.dumps(spec))
-    monkeypatch.delenv("TF_CONFIG", raising=False)
+    # set (empty), not deleted: monkeypatch then removes the TF_CONFIG the call writes, which
+    # would otherwise make every later training process a worker replica
+    monkeypatch.setenv("TF_CONFIG", "")
     training.vertex_tf_config()
     config = json.loads(os.environ["TF_CONFIG"])
     assert config == {
