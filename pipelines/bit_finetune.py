@@ -58,16 +58,22 @@ def _storage_bound(task, name: str, cpu: str, memory: str, target: str):
     return task.set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2.0)
 
 
-def _training(task, p: dict[str, Any], machine: TrainingMachine, target: str):
-    """Training's display name, retries (it resumes from its checkpoints), accelerator and
-    resources and, on Kubernetes, its node selector, tolerations and timeout."""
+def _retried_training(task, machine: TrainingMachine):
+    """A training task's display name (what it runs on), no caching, and retries for as long as
+    a schedule can run (it resumes from its checkpoints)."""
     task.set_display_name(f"fine-tune BiT ({machine.describe()})").set_caching_options(False)
-    task.set_retry(
+    return task.set_retry(
         num_retries=TRAINING_RETRIES,
         backoff_duration="60s",
         backoff_factor=2.0,
         backoff_max_duration=f"{RETRY_WINDOW_SECONDS}s",
     )
+
+
+def _training(task, p: dict[str, Any], machine: TrainingMachine, target: str):
+    """Training's display name, retries, accelerator and resources and, on Kubernetes, its
+    node selector, tolerations and timeout."""
+    _retried_training(task, machine)
     if target == "local":  # kfp.local can resolve no resource settings
         return task
     if machine.accelerator != "cpu":  # constants: every backend turns them into a pod limit
@@ -90,10 +96,8 @@ def _train(p: dict[str, Any], inputs: dict[str, Any], machine: TrainingMachine, 
     if target == "vertex" and (machine.training_replicas > 1 or machine.accelerator == "tpu"):
         image = BITTUNE_TPU_IMAGE if machine.accelerator == "tpu" else BITTUNE_GPU_IMAGE
         job = training_job(component, machine, image)
-        task = _resources(job(**_args(job, p, **inputs)), "1", "2G", target)
-        task.set_display_name(f"fine-tune BiT ({machine.describe()})").set_caching_options(False)
-        return task.set_retry(num_retries=TRAINING_RETRIES, backoff_duration="60s",
-                              backoff_max_duration=f"{RETRY_WINDOW_SECONDS}s")  # fmt: skip
+        return _retried_training(_resources(job(**_args(job, p, **inputs)), "1", "2G", target),
+                                 machine)  # fmt: skip
     return _training(component(**_args(component, p, **inputs)), p, machine, target)
 
 

@@ -671,14 +671,33 @@ class _ArtInput(NamedTuple):
     typed: bool  # a producer output (type instanceSchema "") or a DAG input (no type)
 
 
+class _RetryPolicy(NamedTuple):
+    """A task's ``retryPolicy`` as Argo applies it (durations in whole seconds)."""
+
+    max_retries: int
+    base: float
+    factor: float
+    max_duration: float
+
+    @classmethod
+    def of(cls, policy: Mapping[str, Any]) -> _RetryPolicy:
+        if not policy:
+            return cls(0, 0.0, 2.0, 0.0)
+        duration = policy.get("backoffMaxDuration")
+        return cls(
+            max_retries=int(policy.get("maxRetryCount", 0) or 0),
+            base=_parse_duration_seconds(policy.get("backoffDuration")),
+            factor=float(policy.get("backoffFactor", 2.0) or 0.0),
+            max_duration=_parse_duration_seconds(duration) if duration else 0,
+        )
+
+    def delay(self, number: int) -> float:
+        """The backoff after attempt ``number``: ``duration * factor**(number-1)``."""
+        return self.base * (self.factor ** (number - 1)) if self.base else 0.0
+
+
 def _retry_refusal(
-    attempt: AttemptResult,
-    number: int,
-    max_retries: int,
-    base: float,
-    factor: float,
-    max_duration: float,
-    clock: float,
+    attempt: AttemptResult, number: int, policy: _RetryPolicy, clock: float
 ) -> str | None:
     """Why Argo does not retry a failed attempt ("" when retries are simply used up), or None
     to retry. argo-workflows v3.6 workflow/controller/operator.go ``processNodeRetries``: past
@@ -687,16 +706,16 @@ def _retry_refusal(
     limit"; then the retry policy: the KFP compiler sets none (argocompiler/container.go
     ``getTaskRetryStrategyFromInput``), so ``RetryPolicyActual`` (pkg/apis/workflow/v1alpha1/
     workflow_types.go) is OnFailure, which retries Failed nodes and not Error ones."""
-    if not max_retries:
+    if not policy.max_retries:
         return ""
-    if max_duration and clock > max_duration:
+    limit = policy.max_duration
+    if limit and clock > limit:
         return "Max duration limit exceeded"
-    delay = base * (factor ** (number - 1)) if base else 0.0
-    if max_duration and clock + delay > max_duration:
+    if limit and clock + policy.delay(number) > limit:
         return "Backoff would exceed max duration limit"
     if attempt.phase == "Error":
         return "Node not set to be retried after status: Error (retry policy OnFailure)"
-    if number > max_retries:
+    if number > policy.max_retries:
         return ""
     return None
 
@@ -1199,25 +1218,7 @@ class BackendRunner:
             if task.get("artifactIterator") is not None:
                 raise DriverError("ArtifactIterator is not implemented")
             if triggered and task.get("parameterIterator") is not None:
-                iterator = task["parameterIterator"]
-                items_spec = iterator.get("items", {})
-                report = f"iterating on item input {json.dumps(iterator.get('itemInput'))} failed: "
-                if "inputParameter" in items_spec:
-                    if items_spec["inputParameter"] not in params:
-                        raise DriverError(report + "cannot find input parameter")
-                    value = params[items_spec["inputParameter"]]
-                elif "raw" in items_spec:
-                    try:
-                        value = to_pb(json.loads(items_spec["raw"]))
-                    except json.JSONDecodeError as err:
-                        raise DriverError(f"error unmarshall raw string: {str(err)!r}") from None
-                    params[iterator["itemInput"]] = value
-                else:
-                    raise DriverError("cannot find parameter iterator")
-                try:
-                    count = len(_get_items(value))
-                except ValueError as err:
-                    raise DriverError(report + str(err)) from None
+                count = _iteration_count(task["parameterIterator"], params)
                 result.parallelism_limit = task.get("iteratorPolicy", {}).get("parallelismLimit")
         except (DriverError, CelError) as err:
             self._fail(run, result, dag, prefix + str(err))
@@ -1758,17 +1759,7 @@ class BackendRunner:
             dag.argo[key] = "Skipped"
             return
         if cached is not None:
-            try:
-                self._reuse_cache(node, cached, comp)
-            except DriverError as err:  # the execution stays RUNNING in ML Metadata
-                self._fail(run, result, dag, prefix + str(err))
-                return
-            result.state = "CACHED"
-            result.cache_hit = True
-            result.outputs = copy.deepcopy(node.out_params)
-            result.output_artifacts = dict(node.out_artifacts)
-            result.mlmd_state = node.state
-            dag.argo[key] = "Succeeded"
+            self._take_cache_hit(run, dag, node, result, cached, prefix)
             return
         try:  # initPodSpecPatch and extendPodSpecPatch run only when the pod will be created
             result.pod_spec = {"resources": _pod_resources(container, executor_input)}
@@ -1781,6 +1772,28 @@ class BackendRunner:
             self._fail(run, result, dag, prefix + str(err))
             return
         self._launch(run, dag, node, result, executor_input, user_command, container, fingerprint)
+
+    def _take_cache_hit(
+        self,
+        run: _Run,
+        dag: _Exec,
+        node: _Exec,
+        result: TaskResult,
+        cached: _CacheEntry,
+        prefix: str,
+    ) -> None:
+        """A cache hit: the cached execution's outputs, no pod."""
+        try:
+            self._reuse_cache(node, cached, node.component)
+        except DriverError as err:  # the execution stays RUNNING in ML Metadata
+            self._fail(run, result, dag, prefix + str(err))
+            return
+        result.state = "CACHED"
+        result.cache_hit = True
+        result.outputs = copy.deepcopy(node.out_params)
+        result.output_artifacts = dict(node.out_artifacts)
+        result.mlmd_state = node.state
+        dag.argo[node.name] = "Succeeded"
 
     def _provision_outputs(
         self, run: _Run, task_name: str, outputs_spec: Mapping[str, Any]
@@ -1949,15 +1962,6 @@ class BackendRunner:
         fingerprint: str | None,
     ) -> None:
         """Launcher pods for one container execution, retried per ``retryPolicy``."""
-        policy = node.task.get("retryPolicy") or {}
-        max_retries = int(policy.get("maxRetryCount", 0) or 0) if policy else 0
-        base = _parse_duration_seconds(policy.get("backoffDuration")) if policy else 0
-        factor = float(policy.get("backoffFactor", 2.0) or 0.0) if policy else 2.0
-        max_duration = (
-            _parse_duration_seconds(policy.get("backoffMaxDuration"))
-            if policy.get("backoffMaxDuration")
-            else 0
-        )
         pod_root = run.run_dir / "pods" / f"{node.id}-{node.name}"
         with_defaults = _add_default_params(executor_input, node.component)
         local_input = _localize(with_defaults, pod_root)
@@ -1967,38 +1971,7 @@ class BackendRunner:
         )
         command = _compile_cmd_and_args(user_command, local_input, pod_root)
         result.command = command
-        clock = 0.0  # Argo's clock, seconds since the first attempt started (simulated)
-        attempt_number = 0
-        while True:
-            attempt_number += 1
-            attempt = self._attempt(
-                run, node, result, local_input, command, container, pod_root, attempt_number
-            )
-            if attempt_number > 1 and max_duration and clock + attempt.simulated_s > max_duration:
-                # workflowpod.go getDeadline: a retried pod's ARGO_DEADLINE is the first start
-                # + maxDuration; argoexec stops the container there.
-                attempt.error = attempt.error or "step exceeded its deadline"
-                attempt.error = f"{attempt.error} (ARGO_DEADLINE: first start + {max_duration:g}s)"
-                attempt.phase = "Failed"
-                attempt.simulated_s = max_duration - clock
-            clock += attempt.simulated_s
-            result.attempts.append(attempt)
-            node.state = "COMPLETE" if attempt.succeeded else "FAILED"
-            result.mlmd_state = node.state
-            _update_dag_states(node, recursive=self.at_least("2.17"))
-            if attempt.succeeded:
-                break
-            stop = _retry_refusal(
-                attempt, attempt_number, max_retries, base, factor, max_duration, clock
-            )
-            if stop is not None:
-                if stop:
-                    result.warnings.append(stop)
-                break
-            delay = base * (factor ** (attempt_number - 1)) if base else 0.0
-            result.retry_delays_s.append(delay)
-            time.sleep(delay * self.backoff_scale)
-            clock += delay
+        self._attempts(run, node, result, local_input, command, container, pod_root)
         if not self.keep_pods:
             shutil.rmtree(pod_root, ignore_errors=True)
         final = result.attempts[-1]
@@ -2021,6 +1994,50 @@ class BackendRunner:
                     out_artifacts=dict(node.out_artifacts),
                 )
             )
+
+    def _attempts(
+        self,
+        run: _Run,
+        node: _Exec,
+        result: TaskResult,
+        local_input: dict[str, Any],
+        command: list[str],
+        container: Mapping[str, Any],
+        pod_root: pathlib.Path,
+    ) -> None:
+        """Attempts until one succeeds or Argo retries no more, on Argo's simulated clock."""
+        policy = _RetryPolicy.of(node.task.get("retryPolicy") or {})
+        clock = 0.0  # Argo's clock, seconds since the first attempt started (simulated)
+        number = 0
+        while True:
+            number += 1
+            attempt = self._attempt(
+                run, node, result, local_input, command, container, pod_root, number
+            )
+            limit = policy.max_duration
+            if number > 1 and limit and clock + attempt.simulated_s > limit:
+                # workflowpod.go getDeadline: a retried pod's ARGO_DEADLINE is the first start
+                # + maxDuration; argoexec stops the container there.
+                attempt.error = attempt.error or "step exceeded its deadline"
+                attempt.error = f"{attempt.error} (ARGO_DEADLINE: first start + {limit:g}s)"
+                attempt.phase = "Failed"
+                attempt.simulated_s = limit - clock
+            clock += attempt.simulated_s
+            result.attempts.append(attempt)
+            node.state = "COMPLETE" if attempt.succeeded else "FAILED"
+            result.mlmd_state = node.state
+            _update_dag_states(node, recursive=self.at_least("2.17"))
+            if attempt.succeeded:
+                return
+            stop = _retry_refusal(attempt, number, policy, clock)
+            if stop is not None:
+                if stop:
+                    result.warnings.append(stop)
+                return
+            delay = policy.delay(number)
+            result.retry_delays_s.append(delay)
+            time.sleep(delay * self.backoff_scale)
+            clock += delay
 
     def _pod_env(
         self,
@@ -2188,33 +2205,8 @@ class BackendRunner:
         """getExecutorOutputFile, collectOutputParameters, uploadOutputArtifacts."""
         outputs = local_input.get("outputs", {})
         executor_output = _read_executor_output(outputs.get("outputFile", ""))
-        params = {k: to_pb(v) for k, v in executor_output.get("parameterValues", {}).items()}
-        declared = node.component.get("outputDefinitions", {}).get("parameters", {})
-        for name, spec in outputs.get("parameters", {}).items():
-            if name in params:
-                continue
-            if name not in declared:
-                raise LauncherError(
-                    f"failed to find output parameter name={json.dumps(name)} in component spec"
-                )
-            ptype = declared[name].get("parameterType", "")
-            path = spec["outputFile"]
-            where = (
-                f"failed to read output parameter name={json.dumps(name)} "
-                f"type={json.dumps(ptype)} path={json.dumps(_unpod(pod_root, path))}: "
-            )
-            try:
-                text = pathlib.Path(path).read_text(encoding="utf-8")
-            except OSError as err:
-                raise LauncherError(
-                    where + f"open {_unpod(pod_root, path)}: {err.strerror.lower()}"
-                ) from None
-            try:
-                params[name] = text_to_pb(text, ptype)
-            except ValueError as err:
-                raise LauncherError(where + str(err)) from None
+        params = _output_parameters(node, outputs, executor_output, pod_root)
         reported = executor_output.get("artifacts", {})
-        run_prefix = _prefixed_bucket(run.result.run_root)
         records: dict[str, ArtifactRecord] = {}
         for name, lst in outputs.get("artifacts", {}).items():
             for provisioned in lst.get("artifacts", []):
@@ -2222,66 +2214,138 @@ class BackendRunner:
                 user = (reported.get(name) or {}).get("artifacts") or []
                 if user:
                     _merge_runtime_artifact(user[0], artifact)
-                uri = artifact.get("uri", "")
-                custom = artifact.get("customPath") or artifact.get("custom_path")
-                local: str | None = None
-                backend_local: str | None = None
-                uploaded: list[str] = []
-                try:
-                    backend_local = custom or local_path_for_uri(uri)
-                    local = str(_pod_path(pod_root, backend_local))
-                except ValueError:
-                    attempt.warnings.append(
-                        f"Output Artifact {json.dumps(name)} does not have a recognized storage "
-                        f"URI {json.dumps(uri)}. Skipping uploading to remote storage."
-                    )
-                if local is not None and not uri.startswith("oci://"):
-                    if not uri.startswith(run_prefix) or not uri[len(run_prefix) :].strip("/"):
-                        raise LauncherError(
-                            f"failed to upload output artifact {json.dumps(name)}: URI "
-                            f"{json.dumps(uri)} does not have expected bucket prefix "
-                            f"{json.dumps(run_prefix)}"
-                        )
-                    try:
-                        uploaded = self.store_for(uri).upload_dir(local, uri)
-                    except FileNotFoundError:
-                        attempt.warnings.append(
-                            f"Local filepath {json.dumps(backend_local)} does not exist"
-                        )
-                    except StoreError as err:
-                        raise LauncherError(
-                            f"failed to upload output artifact {json.dumps(name)} to remote "
-                            f"storage URI {json.dumps(uri)}: {err}"
-                        ) from None
-                metadata = to_pb(artifact.get("metadata") or {})
-                try:
-                    properties = {k: _mlmd_value(v) for k, v in metadata.items()}
-                except ValueError as err:
-                    raise LauncherError(
-                        f"unable to produce MLMD artifact for output {json.dumps(name)}: failed "
-                        f"to convert RuntimeArtifact to MLMD artifact: {err}"
-                    ) from None
-                properties.setdefault("display_name", name)
-                properties.setdefault("store_session_info", go_json(run.session_info))
-                artifact_type = artifact.get("type", {})
-                records[name] = ArtifactRecord(
-                    id=self._new_artifact_id(),
-                    output_name=name,
-                    uri=uri,
-                    schema_title=artifact_type.get("schemaTitle", ""),
-                    schema_version=artifact_type.get("schemaVersion", ""),
-                    metadata=metadata,
-                    mlmd_properties=properties,
-                    local_path=local,
-                    backend_local_path=backend_local,
-                    producer=node.path,
-                    uploaded=uploaded,
-                )
+                records[name] = self._upload_output(run, node, name, artifact, pod_root, attempt)
         node.out_params = params
         node.out_artifacts = records
 
+    def _upload_output(
+        self,
+        run: _Run,
+        node: _Exec,
+        name: str,
+        artifact: dict[str, Any],
+        pod_root: pathlib.Path,
+        attempt: AttemptResult,
+    ) -> ArtifactRecord:
+        """uploadOutputArtifacts and RecordArtifact for one output artifact."""
+        run_prefix = _prefixed_bucket(run.result.run_root)
+        uri = artifact.get("uri", "")
+        custom = artifact.get("customPath") or artifact.get("custom_path")
+        local: str | None = None
+        backend_local: str | None = None
+        uploaded: list[str] = []
+        try:
+            backend_local = custom or local_path_for_uri(uri)
+            local = str(_pod_path(pod_root, backend_local))
+        except ValueError:
+            attempt.warnings.append(
+                f"Output Artifact {json.dumps(name)} does not have a recognized storage "
+                f"URI {json.dumps(uri)}. Skipping uploading to remote storage."
+            )
+        if local is not None and not uri.startswith("oci://"):
+            if not uri.startswith(run_prefix) or not uri[len(run_prefix) :].strip("/"):
+                raise LauncherError(
+                    f"failed to upload output artifact {json.dumps(name)}: URI "
+                    f"{json.dumps(uri)} does not have expected bucket prefix "
+                    f"{json.dumps(run_prefix)}"
+                )
+            try:
+                uploaded = self.store_for(uri).upload_dir(local, uri)
+            except FileNotFoundError:
+                attempt.warnings.append(
+                    f"Local filepath {json.dumps(backend_local)} does not exist"
+                )
+            except StoreError as err:
+                raise LauncherError(
+                    f"failed to upload output artifact {json.dumps(name)} to remote "
+                    f"storage URI {json.dumps(uri)}: {err}"
+                ) from None
+        metadata = to_pb(artifact.get("metadata") or {})
+        try:
+            properties = {k: _mlmd_value(v) for k, v in metadata.items()}
+        except ValueError as err:
+            raise LauncherError(
+                f"unable to produce MLMD artifact for output {json.dumps(name)}: failed "
+                f"to convert RuntimeArtifact to MLMD artifact: {err}"
+            ) from None
+        properties.setdefault("display_name", name)
+        properties.setdefault("store_session_info", go_json(run.session_info))
+        artifact_type = artifact.get("type", {})
+        return ArtifactRecord(
+            id=self._new_artifact_id(),
+            output_name=name,
+            uri=uri,
+            schema_title=artifact_type.get("schemaTitle", ""),
+            schema_version=artifact_type.get("schemaVersion", ""),
+            metadata=metadata,
+            mlmd_properties=properties,
+            local_path=local,
+            backend_local_path=backend_local,
+            producer=node.path,
+            uploaded=uploaded,
+        )
+
 
 # --- module-level helpers used by the runner ---------------------------------------------------
+
+
+def _iteration_count(iterator: Mapping[str, Any], params: dict[str, Any]) -> int:
+    """A ParallelFor's iteration count from its ``parameterIterator`` (an input parameter, or
+    ``raw`` JSON, which becomes the item input) -- dag.go."""
+    items_spec = iterator.get("items", {})
+    report = f"iterating on item input {json.dumps(iterator.get('itemInput'))} failed: "
+    if "inputParameter" in items_spec:
+        if items_spec["inputParameter"] not in params:
+            raise DriverError(report + "cannot find input parameter")
+        value = params[items_spec["inputParameter"]]
+    elif "raw" in items_spec:
+        try:
+            value = to_pb(json.loads(items_spec["raw"]))
+        except json.JSONDecodeError as err:
+            raise DriverError(f"error unmarshall raw string: {str(err)!r}") from None
+        params[iterator["itemInput"]] = value
+    else:
+        raise DriverError("cannot find parameter iterator")
+    try:
+        return len(_get_items(value))
+    except ValueError as err:
+        raise DriverError(report + str(err)) from None
+
+
+def _output_parameters(
+    node: _Exec,
+    outputs: Mapping[str, Any],
+    executor_output: Mapping[str, Any],
+    pod_root: pathlib.Path,
+) -> dict[str, Any]:
+    """collectOutputParameters: the executor output's values, the rest read from their output
+    files and parsed with the declared type."""
+    params = {k: to_pb(v) for k, v in executor_output.get("parameterValues", {}).items()}
+    declared = node.component.get("outputDefinitions", {}).get("parameters", {})
+    for name, spec in outputs.get("parameters", {}).items():
+        if name in params:
+            continue
+        if name not in declared:
+            raise LauncherError(
+                f"failed to find output parameter name={json.dumps(name)} in component spec"
+            )
+        ptype = declared[name].get("parameterType", "")
+        path = spec["outputFile"]
+        where = (
+            f"failed to read output parameter name={json.dumps(name)} "
+            f"type={json.dumps(ptype)} path={json.dumps(_unpod(pod_root, path))}: "
+        )
+        try:
+            text = pathlib.Path(path).read_text(encoding="utf-8")
+        except OSError as err:
+            raise LauncherError(
+                where + f"open {_unpod(pod_root, path)}: {err.strerror.lower()}"
+            ) from None
+        try:
+            params[name] = text_to_pb(text, ptype)
+        except ValueError as err:
+            raise LauncherError(where + str(err)) from None
+    return params
 
 
 def _is_loop(task: Mapping[str, Any]) -> bool:

@@ -248,10 +248,6 @@ def _launch_as_vertex_would(spec, executor_name, values, service_account, vertex
     payload asks; the run's project, location and service account), and the launcher
     (google_cloud_pipeline_components/container/v1/custom_job/remote_runner.py
     ``create_custom_job``) parses ``--payload`` and creates the job with aiplatform_v1."""
-    from google.api_core.client_options import ClientOptions
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import aiplatform_v1
-
     container = spec["deploymentSpec"]["executors"][executor_name]["container"]
     (task,) = [t for t in spec["root"]["dag"]["tasks"].values()
                if t["componentRef"]["name"] == executor_name.replace("exec-", "comp-")]  # fmt: skip
@@ -285,11 +281,7 @@ def _launch_as_vertex_would(spec, executor_name, values, service_account, vertex
     if launch is not None:
         return launch(container["command"], args), executor_input
     payload = json.loads(args[args.index("--payload") + 1])
-    client = aiplatform_v1.JobServiceClient(
-        credentials=AnonymousCredentials(), transport="rest",
-        client_options=ClientOptions(api_endpoint=vertex.url),
-    )  # fmt: skip
-    return client.create_custom_job(
+    return _client(vertex).create_custom_job(
         parent=f"projects/{PROJECT}/locations/{REGION}", custom_job=payload
     ), executor_input
 
@@ -335,14 +327,8 @@ def test_a_tpu_host_trains_as_a_custom_job_that_names_its_machine(tmp_path, vert
 
 def test_the_fake_refuses_a_custom_job_with_a_placeholder_left(vertex):
     from google.api_core import exceptions
-    from google.api_core.client_options import ClientOptions
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import aiplatform_v1
 
-    client = aiplatform_v1.JobServiceClient(
-        credentials=AnonymousCredentials(), transport="rest",
-        client_options=ClientOptions(api_endpoint=vertex.url),
-    )  # fmt: skip
+    client = _client(vertex)
     pool = {"machine_spec": {"machine_type": "n1-standard-8"}, "replica_count": 1,
             "container_spec": {"image_uri": "x", "args": ["{{$.json_escape[1]}}"]}}  # fmt: skip
     with pytest.raises(exceptions.BadRequest, match="unresolved placeholder"):
