@@ -152,7 +152,7 @@ def step_speed(repeats: int = 5) -> tuple[float, float]:
     import tensorflow as tf
 
     from components.bit import models
-    from tests.bit.test_models import random_checkpoint
+    from tests.training_helpers import random_checkpoint
 
     two_pass = models.group_norm
     weights = random_checkpoint(models.Architecture((3, 4, 6, 3), 1.0), seed=4)
@@ -199,7 +199,7 @@ def run() -> list[dict]:
     import tensorflow as tf
 
     from components.bit import models
-    from tests.bit.test_models import random_checkpoint
+    from tests.training_helpers import random_checkpoint
 
     images = _images()
     tiny = mean_over_std(models.load_backbone("bittune-tiny"), images)

@@ -97,3 +97,23 @@ def gcs():
         yield FakeGcs(server)
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def small_npz(tmp_path_factory) -> str:
+    """A random checkpoint of the small test architecture in the official .npz layout."""
+    import numpy as np
+
+    from tests.training_helpers import SMALL, random_checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / "small.npz"
+    np.savez(path, **random_checkpoint(SMALL, seed=11))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def longer_data(digits_folder, tmp_path_factory) -> pathlib.Path:
+    """Digits prepared for a 12-step schedule (room to kill and resume a run)."""
+    from tests.training_helpers import LONGER_RULE
+
+    return prepare_dataset(digits_folder, tmp_path_factory.mktemp("resume-data"), LONGER_RULE)

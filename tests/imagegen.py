@@ -159,3 +159,11 @@ def write_odd_folder(root: pathlib.Path) -> dict[str, str | None]:
         path.write_bytes(data)
     (root / "empty_class").mkdir(parents=True, exist_ok=True)
     return dict(sorted(flags.items()))
+
+
+def write_photo(path: pathlib.Path, seed: int) -> None:
+    """A small blocky RGB JPEG at ``path`` (its folders made), different for each seed."""
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8).repeat(6, 0).repeat(6, 1)
+    Image.fromarray(pixels).save(path, quality=90)

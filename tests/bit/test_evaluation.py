@@ -12,8 +12,8 @@ from components.bit import evaluation, models, push, serving
 from components.bit.errors import BittuneError
 from components.bit.evaluation import EvalConfig, Tally
 from components.bit.training import TrainConfig, train
-from tests.bit.test_training import TINY_RULE
 from tests.conftest import prepare_dataset
+from tests.training_helpers import TINY_RULE
 
 
 def tally_of(probabilities, labels, classes, batch=7):

@@ -5,42 +5,8 @@ import numpy as np
 import pytest
 
 from components.bit import model_sources, models
-from components.bit.models import Architecture, ModelError
-
-SMALL = Architecture((1, 2, 1, 1), 0.5)
-
-
-def random_checkpoint(arch, seed=0, head_classes=None):
-    """Random weights in the official layout for ``arch`` (keys taken from the NumPy spec)."""
-    rng = np.random.default_rng(seed)
-    weights = {
-        "resnet/root_block/standardized_conv2d/kernel": rng.normal(
-            size=(7, 7, 3, arch.root_filters)
-        )
-    }
-    channels = arch.root_filters
-    for block, count in enumerate(arch.units, start=1):
-        mid = arch.root_filters * 2 ** (block - 1)
-        for unit in range(1, count + 1):
-            p = f"resnet/block{block}/unit{unit:02d}/"
-            shapes = {"a": (1, 1, channels, mid), "b": (3, 3, mid, mid), "c": (1, 1, mid, 4 * mid)}
-            gn_channels = {"a": channels, "b": mid, "c": mid}
-            for part, shape in shapes.items():
-                weights[p + f"{part}/standardized_conv2d/kernel"] = rng.normal(size=shape)
-                weights[p + f"{part}/group_norm/gamma"] = rng.uniform(0.5, 1.5, gn_channels[part])
-                weights[p + f"{part}/group_norm/beta"] = rng.normal(0, 0.1, gn_channels[part])
-            if unit == 1:
-                weights[p + "a/proj/standardized_conv2d/kernel"] = rng.normal(
-                    size=(1, 1, channels, 4 * mid)
-                )
-            channels = 4 * mid
-    weights["resnet/group_norm/gamma"] = rng.uniform(0.5, 1.5, channels)
-    weights["resnet/group_norm/beta"] = rng.normal(0, 0.1, channels)
-    if head_classes:
-        weights["resnet/head/conv2d/kernel"] = rng.normal(size=(1, 1, channels, head_classes))
-        weights["resnet/head/conv2d/bias"] = np.zeros(head_classes)
-    return {k: v.astype(np.float32) for k, v in weights.items()}
-
+from components.bit.models import ModelError
+from tests.training_helpers import SMALL, random_checkpoint
 
 # --- an independent NumPy implementation of the reference architecture ----------------------
 

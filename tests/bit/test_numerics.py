@@ -240,41 +240,9 @@ sys.path.insert(0, sys.argv[1])
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from tests.bit.test_numerics import _mirrored_weights
-print("WEIGHTS", json.dumps({kind: _mirrored_weights(kind) for kind in ("fused", "keras")}))
+from tests.training_helpers import mirrored_weights
+print("WEIGHTS", json.dumps({kind: mirrored_weights(kind) for kind in ("fused", "keras")}))
 """
-
-
-def _mirrored_weights(kind):
-    """Weights after a few steps under MirroredStrategy over two logical CPUs."""
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    rng = np.random.default_rng(0)
-    data = rng.normal(0.0, 1.0, (6, 8, 5)).astype(np.float32)
-    targets = rng.normal(0.0, 1.0, (6, 8, 3)).astype(np.float32)
-    with strategy.scope():
-        tf.keras.utils.set_random_seed(1)
-        model = tf.keras.Sequential([tf.keras.layers.Dense(4, activation="tanh"),
-                                     tf.keras.layers.Dense(3)])  # fmt: skip
-        model.build((None, 5))
-        optimizer = (_fused if kind == "fused" else _sgd)(training.BitSchedule(0.1, 2, [3, 4]))
-        optimizer.build(model.trainable_variables)
-
-    @tf.function
-    def step(x, y):
-        def replica(x, y):
-            with tf.GradientTape() as tape:
-                loss = tf.reduce_sum(tf.square(model(x) - y)) / 8.0
-            grads = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-
-        strategy.run(replica, (x, y))
-
-    for x, y in zip(data, targets, strict=True):
-        dist = strategy.experimental_distribute_values_from_function(
-            lambda ctx, x=x, y=y: (x[ctx.replica_id_in_sync_group * 4:][:4],
-                                   y[ctx.replica_id_in_sync_group * 4:][:4]))  # fmt: skip
-        step(*dist)
-    return [v.numpy().tolist() for v in model.trainable_variables]
 
 
 def test_momentum_sgd_matches_keras_sgd_under_mirrored_strategy():

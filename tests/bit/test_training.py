@@ -13,19 +13,10 @@ from components.bit import hyperrule, models, serving, training
 from components.bit.errors import BittuneError
 from components.bit.training import TrainConfig
 from tests import imagegen
-from tests.bit.test_models import SMALL, random_checkpoint
 from tests.conftest import prepare_dataset
+from tests.training_helpers import SMALL, TINY_RULE
 
 tf = models.tf
-TINY_RULE = {
-    "resize": 32,
-    "crop": 28,
-    "batch_size": 16,
-    "micro_batch_size": 8,
-    "total_steps": 6,
-    "warmup_steps": 2,
-    "decay_steps": [3, 4, 5],
-}
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +24,6 @@ def digits_data(digits_folder, tmp_path_factory):
     """Digits analysed with a tiny schedule and preprocessed: (analysis dir, dataset dir)."""
     root = prepare_dataset(digits_folder, tmp_path_factory.mktemp("train-data"), TINY_RULE)
     return root / "analysis", root / "data"
-
-
-@pytest.fixture(scope="module")
-def small_npz(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "small.npz"
-    np.savez(path, **random_checkpoint(SMALL, seed=11))
-    return str(path)
 
 
 def config_for(digits_data, output, model, **kwargs):

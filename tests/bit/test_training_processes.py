@@ -5,49 +5,12 @@ import json
 import os
 import socket
 import subprocess
-import sys
 
 import pytest
 
-from tests.bit.test_training import TINY_RULE, small_npz  # noqa: F401  (fixture)
-from tests.conftest import prepare_dataset
+from tests.training_helpers import train_command
 
 tf = pytest.importorskip("tensorflow")
-LONGER_RULE = {**TINY_RULE, "total_steps": 12, "decay_steps": [6, 8, 10]}
-
-
-@pytest.fixture(scope="module")
-def longer_data(digits_folder, tmp_path_factory):
-    return prepare_dataset(digits_folder, tmp_path_factory.mktemp("resume-data"), LONGER_RULE)
-
-
-def train_command(root, output, model, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "pipelines.cli",
-        "train",
-        "--data",
-        str(root / "data"),
-        "--hyperrule",
-        str(root / "analysis" / "hyperrule.json"),
-        "--model",
-        model,
-        "--output",
-        str(output),
-        "--checkpoint-every",
-        "2",
-        "--eval-every",
-        "100",
-        "--deterministic",
-        *extra,
-    ]
-
-
-def final_weights(output):
-    reader = tf.train.load_checkpoint(str(output / "checkpoints"))
-    names = [n for n in reader.get_variable_to_shape_map() if n.startswith("model/")]
-    return {n: reader.get_tensor(n) for n in names}
 
 
 def _free_ports(count):

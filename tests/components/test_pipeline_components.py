@@ -8,7 +8,7 @@ import pytest
 from components.bit import serving, tfrecords
 from components.bit.errors import BittuneError
 from pipelines.local_run import run_locally
-from tests.bit.test_training import TINY_RULE
+from tests.training_helpers import TINY_RULE
 
 
 @pytest.fixture(scope="module")

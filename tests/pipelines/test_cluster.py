@@ -19,6 +19,7 @@ from pipelines import submit
 from tests.backend.runner import BACKEND_VERSIONS, BackendRunner
 from tests.backend.stores import GcsStore, MotoS3Server
 from tests.kfp_fake import FakeKfpServer
+from tests.training_helpers import checkpoint_weights
 
 REGISTRY = "us-docker.pkg.dev/my-project/bittune"
 SHORT = {**DIGITS_DEMO_OVERRIDES, "total_steps": 12, "warmup_steps": 2, "decay_steps": [6, 8, 10]}
@@ -144,15 +145,6 @@ def test_new_data_is_analysed_again_and_unchanged_data_is_cached(moto, gcs, comp
         assert "5" in stats[1]["classes"] and "5" not in stats[0]["classes"]
 
 
-def _weights(checkpoints):
-    """The model's variables in the latest checkpoint of a checkpoints folder."""
-    import tensorflow as tf
-
-    reader = tf.train.load_checkpoint(str(checkpoints))
-    names = [n for n in reader.get_variable_to_shape_map() if n.startswith("model/")]
-    return {n: reader.get_tensor(n) for n in names}
-
-
 def _download(uri, local):
     for entry in storage.list_files(uri):
         target = pathlib.Path(local) / entry.relpath
@@ -195,7 +187,7 @@ def test_killed_training_is_retried_to_the_uninterrupted_weights(
     task = killed.task("train-model")
     assert hook.fired and [a.number for a in task.attempts] == [1, 2]
     assert "steps 0->" not in task.attempts[1].log  # the retry resumed, it did not restart
-    a, b = _weights(checkpoints_of("whole")), _weights(checkpoints_of("killed"))
+    a, b = checkpoint_weights(checkpoints_of("whole")), checkpoint_weights(checkpoints_of("killed"))
     assert a.keys() == b.keys() and len(a) > 10
     for name in a:
         np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-7, err_msg=name)

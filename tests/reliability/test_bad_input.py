@@ -11,22 +11,14 @@ import os
 import pathlib
 import shutil
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from components.bit.errors import BittuneError
 from pipelines.local_run import run_locally
-from tests.bit.test_training import TINY_RULE
+from tests.imagegen import write_photo
+from tests.training_helpers import TINY_RULE
 
 SECRET = "sk-bittune-test-4f9a1c7e0b2d"  # planted in the environment, must never be written
-
-
-def _photo(path: pathlib.Path, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8).repeat(6, 0).repeat(6, 1)
-    Image.fromarray(pixels).save(path, quality=90)
 
 
 @pytest.fixture(scope="module")
@@ -41,16 +33,16 @@ def messy(odd_folder, tmp_path_factory):
     for relpath in odd_expected:
         rows.append((f"odd/{relpath}", relpath.split("/")[0], ""))
     for n, label in enumerate(["golden retriever", "café au lait", "猫"] * 4):
-        _photo(root / "extra" / label / f"{n}.jpg", n)
+        write_photo(root / "extra" / label / f"{n}.jpg", n)
         rows.append((f"extra/{label}/{n}.jpg", label, ""))
-    _photo(root / "extra" / "lonely" / "only.jpg", 100)
+    write_photo(root / "extra" / "lonely" / "only.jpg", 100)
     rows.append(("extra/lonely/only.jpg", "lonely", "train"))
     for n in range(2):
-        _photo(root / "extra" / "rare" / f"{n}.jpg", 200 + n)
+        write_photo(root / "extra" / "rare" / f"{n}.jpg", 200 + n)
         rows.append((f"extra/rare/{n}.jpg", "rare", "test"))
     rows.append(("odd/cats/ghost.jpg", "cats", ""))  # missing
     rows.append(("odd/dogs/baseline.jpg", "dogs", ""))  # duplicate row
-    _photo(root.parent / "outside.jpg", 300)
+    write_photo(root.parent / "outside.jpg", 300)
     rows.append(("../outside.jpg", "cats", ""))  # escapes the data root
     os.symlink(root.parent / "outside.jpg", root / "extra" / "sneaky.jpg")
     rows.append(("extra/sneaky.jpg", "dogs", ""))  # a symlink out of the data root

@@ -19,8 +19,7 @@ import pytest
 from PIL import Image
 
 from components.bit import tfrecords
-from tests.bit.test_training import small_npz  # noqa: F401  (fixture)
-from tests.bit.test_training_processes import final_weights, longer_data, train_command  # noqa: F401
+from tests.training_helpers import final_weights, train_command
 
 
 def _bittune(*args: str) -> list[str]:

@@ -11,8 +11,8 @@ import re
 
 from components.bit.analysis import AnalysisConfig, analyze
 from pipelines import cli
-from tests.bit.test_training import TINY_RULE
 from tests.kfp_fake import FakeKfpServer
+from tests.training_helpers import TINY_RULE
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SECRET = "ya29.bittune-secret-8d1e5f"
@@ -66,10 +66,10 @@ def test_local_paths_cannot_leave_the_data_root(tmp_path, ledger):
     secret = tmp_path / "secret.png"
     secret.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     os.symlink(secret, root / "cats" / "escape.png")  # inside the folder, pointing out of it
-    from tests.reliability.test_bad_input import _photo
+    from tests.imagegen import write_photo
 
     for n in range(4):
-        _photo(root / ("cats", "dogs")[n % 2] / f"{n}.jpg", n)
+        write_photo(root / ("cats", "dogs")[n % 2] / f"{n}.jpg", n)
     result = analyze(AnalysisConfig(str(root), overrides=TINY_RULE, progress=False))
     flagged = {f["path"]: f for f in result.stats["flagged"]}
     assert flagged["cats/escape.png"]["code"] == "outside_root"

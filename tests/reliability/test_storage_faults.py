@@ -138,8 +138,7 @@ def test_analysis_and_preprocessing_match_a_clean_run(faulty, source, ledger):
 
 
 def test_training_checkpoints_to_gcs_match_a_clean_run(faulty, digits_folder, tmp_path, ledger):
-    from tests.bit.test_training import TINY_RULE
-    from tests.bit.test_training_processes import final_weights
+    from tests.training_helpers import TINY_RULE, final_weights
 
     tf = pytest.importorskip("tensorflow")
     from components.bit.training import TrainConfig, train

@@ -1,0 +1,131 @@
+"""Helpers the training tests share (imported by test modules, never a test module itself):
+tiny schedules, random checkpoints in the official layout, the training command line, the
+weights a run ends with, and a MirroredStrategy run of both momentum optimizers."""
+
+import sys
+
+import numpy as np
+
+from components.bit.models import Architecture
+
+SMALL = Architecture((1, 2, 1, 1), 0.5)
+TINY_RULE = {
+    "resize": 32,
+    "crop": 28,
+    "batch_size": 16,
+    "micro_batch_size": 8,
+    "total_steps": 6,
+    "warmup_steps": 2,
+    "decay_steps": [3, 4, 5],
+}
+LONGER_RULE = {**TINY_RULE, "total_steps": 12, "decay_steps": [6, 8, 10]}
+
+
+def random_checkpoint(arch, seed=0, head_classes=None):
+    """Random weights in the official layout for ``arch`` (keys taken from the NumPy spec)."""
+    rng = np.random.default_rng(seed)
+    weights = {
+        "resnet/root_block/standardized_conv2d/kernel": rng.normal(
+            size=(7, 7, 3, arch.root_filters)
+        )
+    }
+    channels = arch.root_filters
+    for block, count in enumerate(arch.units, start=1):
+        mid = arch.root_filters * 2 ** (block - 1)
+        for unit in range(1, count + 1):
+            p = f"resnet/block{block}/unit{unit:02d}/"
+            shapes = {"a": (1, 1, channels, mid), "b": (3, 3, mid, mid), "c": (1, 1, mid, 4 * mid)}
+            gn_channels = {"a": channels, "b": mid, "c": mid}
+            for part, shape in shapes.items():
+                weights[p + f"{part}/standardized_conv2d/kernel"] = rng.normal(size=shape)
+                weights[p + f"{part}/group_norm/gamma"] = rng.uniform(0.5, 1.5, gn_channels[part])
+                weights[p + f"{part}/group_norm/beta"] = rng.normal(0, 0.1, gn_channels[part])
+            if unit == 1:
+                weights[p + "a/proj/standardized_conv2d/kernel"] = rng.normal(
+                    size=(1, 1, channels, 4 * mid)
+                )
+            channels = 4 * mid
+    weights["resnet/group_norm/gamma"] = rng.uniform(0.5, 1.5, channels)
+    weights["resnet/group_norm/beta"] = rng.normal(0, 0.1, channels)
+    if head_classes:
+        weights["resnet/head/conv2d/kernel"] = rng.normal(size=(1, 1, channels, head_classes))
+        weights["resnet/head/conv2d/bias"] = np.zeros(head_classes)
+    return {k: v.astype(np.float32) for k, v in weights.items()}
+
+
+def train_command(root, output, model, *extra):
+    """``bittune train`` on a prepared dataset folder (``root``/data, ``root``/analysis)."""
+    return [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "train",
+        "--data",
+        str(root / "data"),
+        "--hyperrule",
+        str(root / "analysis" / "hyperrule.json"),
+        "--model",
+        model,
+        "--output",
+        str(output),
+        "--checkpoint-every",
+        "2",
+        "--eval-every",
+        "100",
+        "--deterministic",
+        *extra,
+    ]
+
+
+def checkpoint_weights(checkpoints) -> dict:
+    """The model's variables in the latest checkpoint of a checkpoints folder."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(checkpoints))
+    names = [n for n in reader.get_variable_to_shape_map() if n.startswith("model/")]
+    return {n: reader.get_tensor(n) for n in names}
+
+
+def final_weights(output) -> dict:
+    """The model's variables at the end of a ``bittune train --output`` run."""
+    return checkpoint_weights(output / "checkpoints")
+
+
+def mirrored_weights(kind: str) -> list:
+    """Weights after a few steps under MirroredStrategy over two logical CPUs."""
+    import tensorflow as tf
+
+    from components.bit import training
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    rng = np.random.default_rng(0)
+    data = rng.normal(0.0, 1.0, (6, 8, 5)).astype(np.float32)
+    targets = rng.normal(0.0, 1.0, (6, 8, 3)).astype(np.float32)
+    with strategy.scope():
+        tf.keras.utils.set_random_seed(1)
+        model = tf.keras.Sequential([tf.keras.layers.Dense(4, activation="tanh"),
+                                     tf.keras.layers.Dense(3)])  # fmt: skip
+        model.build((None, 5))
+        schedule = training.BitSchedule(0.1, 2, [3, 4])
+        if kind == "fused":
+            optimizer = training.MomentumSGD(schedule, momentum=0.9)
+        else:
+            optimizer = tf.keras.optimizers.SGD(schedule, momentum=0.9)
+        optimizer.build(model.trainable_variables)
+
+    @tf.function
+    def step(x, y):
+        def replica(x, y):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tf.square(model(x) - y)) / 8.0
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+
+        strategy.run(replica, (x, y))
+
+    for x, y in zip(data, targets, strict=True):
+        dist = strategy.experimental_distribute_values_from_function(
+            lambda ctx, x=x, y=y: (x[ctx.replica_id_in_sync_group * 4:][:4],
+                                   y[ctx.replica_id_in_sync_group * 4:][:4]))  # fmt: skip
+        step(*dist)
+    return [v.numpy().tolist() for v in model.trainable_variables]
