@@ -70,13 +70,14 @@ def bittune_step() -> Callable[[], None]:
     tf.config.threading.set_intra_op_parallelism_threads(THREADS)
     tf.config.threading.set_inter_op_parallelism_threads(THREADS)
     from components.bit import hyperrule, models, training
+    from components.bit.optimizer import MomentumSGD
 
     backbone = models.build_resnet(models.Architecture((3, 4, 6, 3), 1.0))
     model = models.build_classifier(backbone, CLASSES)
     rule = hyperrule.derive(
         1000, SIZE**2, overrides={"batch_size": BATCH, "micro_batch_size": BATCH}
     )
-    optimizer = training.MomentumSGD(0.001, momentum=0.9)
+    optimizer = MomentumSGD(0.001, momentum=0.9)
     strategy = tf.distribute.get_strategy()
     train_step = training._make_train_step(strategy, model, optimizer, [], rule, xla=False)
     images = tf.random.uniform((BATCH, SIZE, SIZE, 3))

@@ -57,7 +57,7 @@ def materialize(root: str | None = None) -> str:
 
 def _preprocess(analysis: str, out: str, processes: int) -> tuple[float, object]:
     shutil.rmtree(out, ignore_errors=True)
-    config = PreprocessConfig(analysis, out, processes=processes, progress=False)
+    config = PreprocessConfig(analysis, out, preprocess_workers=processes, progress=False)
     started = time.perf_counter()
     manifest = preprocess(config)
     return time.perf_counter() - started, manifest

@@ -14,7 +14,7 @@ import pathlib
 import time
 
 from benchmarks.training_speed import model_flops
-from components.bit import hyperrule, models, training
+from components.bit import devices, hyperrule, models, training
 from components.bit.models import tf
 
 # Dense bf16 peaks (TFLOP/s) by device-name fragment.
@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=480)
     parser.add_argument("--output", help="BENCHMARKS.md to write the GPU section into")
     args = parser.parse_args()
-    training.configure_devices()
+    devices.configure_devices()
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
         raise SystemExit("no GPU visible")

@@ -20,7 +20,7 @@ from components.bit.preprocess import PreprocessConfig, preprocess
 TARGET_SCALING = 1.8
 # Small shards, so that these scaled-down datasets have several, as real datasets of many
 # gigabytes do at the default 150 MiB.
-SHARD_BYTES = 4 * 2**20
+SHARD_MEGABYTES = 4.0
 
 
 def _write_small_jpegs(root: str, count: int) -> None:
@@ -46,7 +46,7 @@ def _timed(root: str, source: str, processes: int) -> tuple[float, dict]:
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     config = PreprocessConfig(
-        analysis, out, processes=processes, shard_bytes=SHARD_BYTES, progress=False
+        analysis, out, preprocess_workers=processes, shard_megabytes=SHARD_MEGABYTES, progress=False
     )
     manifest = preprocess(config)
     return time.perf_counter() - start, manifest

@@ -15,9 +15,10 @@ import tempfile
 import time
 
 from benchmarks.synthetic import write_large_jpegs
-from components.bit import dataset, hyperrule, inputs, models, training
+from components.bit import augment, dataset, hyperrule, inputs, models, training
 from components.bit.analysis import AnalysisConfig, analyze
 from components.bit.models import tf
+from components.bit.optimizer import MomentumSGD
 from components.bit.preprocess import PreprocessConfig, preprocess
 
 SEED_TARGET = 4.0
@@ -43,7 +44,7 @@ def train_images_per_second(source_or_arch, size: int, batch: int, steps: int = 
     rule = hyperrule.derive(
         1000, size * size, overrides={"batch_size": batch, "micro_batch_size": batch}
     )
-    optimizer = training.MomentumSGD(0.001, momentum=0.9)  # what training uses
+    optimizer = MomentumSGD(0.001, momentum=0.9)  # what training uses
     step = training._make_train_step(
         tf.distribute.get_strategy(), model, optimizer, [], rule, xla=False
     )
@@ -79,7 +80,7 @@ def input_pipelines(count: int = 48) -> dict[str, float]:
             AnalysisConfig(
                 os.path.join(root, "src"),
                 split_fractions=(1.0, 0, 0),
-                overrides=overrides,
+                hyperrule_overrides=overrides,
                 progress=False,
             ),
             os.path.join(root, "a"),
@@ -89,8 +90,8 @@ def input_pipelines(count: int = 48) -> dict[str, float]:
         )
         manifest = dataset.read_manifest(os.path.join(root, "d"))
         shards = manifest.shard_paths("train", [os.path.join(root, "d")])
-        config = training.TrainConfig("", "", "", cache=False, mixup=False)
-        ours = training.train_dataset(shards, manifest.rule, 2, config, count)
+        config = augment.Augmentation(cache=False, mixup=False)
+        ours = augment.train_dataset(shards, manifest.rule, 2, config, count)
 
         def seed_augment(path):
             image = tf.cast(tf.io.decode_jpeg(tf.io.read_file(path), channels=3), tf.float32)

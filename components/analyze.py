@@ -30,37 +30,6 @@ def analyze_dataset(
     report: dsl.Output[dsl.Markdown],
     report_html: dsl.Output[dsl.HTML],
 ) -> int:
-    from components.bit.errors import exit_on_error, report_result
+    from components.bit import stages
 
-    exit_on_error()
-    import shutil
-
-    from components.bit import params
-    from components.bit.analysis import AnalysisConfig, analyze
-
-    params.require_inputs(locals())
-    del data_fingerprint  # an input only so that changed data is not a cache hit
-    result = analyze(
-        AnalysisConfig(
-            source=data_source,
-            data_dir=data_dir or None,
-            split_fractions=params.parse_fractions(split_fractions),
-            max_pixels=max_pixels,
-            variant=hyperrule_variant,
-            model=model or None,
-            overrides=params.parse_overrides(hyperrule_overrides),
-            few_shot=few_shot or None,
-            progress=False,
-        ),
-        analysis.path,
-    )
-    shutil.copyfile(f"{analysis.path}/report.md", report.path)
-    shutil.copyfile(f"{analysis.path}/report.html", report_html.path)
-    analysis.metadata.update(result.stats["totals"])
-    analysis.metadata.update(resize=result.hyperrule.resize, crop=result.hyperrule.crop)
-    for warning in result.stats["warnings"]:
-        print(f"warning: {warning}")
-    totals = result.stats["totals"]
-    report_result(f"{totals['inputs']:,} images analysed, {totals['valid']:,} valid, "
-                  f"{totals['flagged']:,} flagged")  # fmt: skip
-    return result.hyperrule.examples
+    return stages.analyze_dataset(locals())

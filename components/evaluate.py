@@ -36,38 +36,6 @@ def evaluate_model(
     report: dsl.Output[dsl.HTML],
     evaluation: dsl.Output[dsl.Artifact],
 ) -> bool:
-    from components.bit.errors import exit_on_error, report_result
+    from components.bit import stages
 
-    exit_on_error()
-    import os
-    import shutil
-
-    from components.bit import params
-
-    params.require_inputs(locals())
-    from components.bit.evaluation import EvalConfig, evaluate, kfp_confusion_matrix
-
-    os.makedirs(evaluation.path, exist_ok=True)
-    result = evaluate(
-        EvalConfig(
-            dataset.path,
-            trained_model.path,
-            evaluation.path,
-            shard_dirs=tuple(a.path for a in holdout_shards),
-            log_dir=logs.path,
-            baseline=baseline_model or None,
-            serving_root=serving_root or None,
-            threshold=blessing_threshold,
-            tolerance=baseline_tolerance,
-        )
-    )
-    values = result["metrics"]
-    for name in ("accuracy", "top5_accuracy", "loss", "macro_f1", "expected_calibration_error"):
-        metrics.log_metric(name, values[name])
-    metrics.log_metric("examples", values["examples"])
-    confusion.log_confusion_matrix(*kfp_confusion_matrix(result))
-    shutil.copyfile(os.path.join(evaluation.path, "report.html"), report.path)
-    evaluation.metadata.update(blessed=result["blessed"], reason=result["reason"])
-    verdict = "BLESSED" if result["blessed"] else "NOT BLESSED"
-    report_result(f"{result['split']} accuracy {values['accuracy']:.4f}, {verdict}")
-    return result["blessed"]
+    return stages.evaluate_model(locals())

@@ -17,27 +17,13 @@ _ANALYSIS = "The analyze step's output (items.jsonl, stats.json, hyperrule.json)
 def plan_workers(
     analysis: dsl.Input[dsl.Dataset],
     preprocess_workers: int,
-    shard_megabytes: int,
+    shard_megabytes: float,
     shard_examples: int,
     seed: int,
 ) -> list[int]:
-    from components.bit.errors import exit_on_error, report_result
+    from components.bit import stages
 
-    exit_on_error()
-    from components.bit import params
-    from components.bit.preprocess import PreprocessConfig, worker_plan
-
-    params.require_inputs(locals())
-    config = PreprocessConfig(
-        analysis.path,
-        "",
-        seed=seed,
-        shard_bytes=shard_megabytes * 2**20,
-        shard_examples=shard_examples,
-    )
-    count, message = worker_plan(config, preprocess_workers)
-    report_result(message)
-    return list(range(count))
+    return stages.plan_workers(locals())
 
 
 @component(
@@ -57,42 +43,16 @@ def write_shards(
     worker_index: int,
     preprocess_workers: int,
     data_dir: str,
-    shard_megabytes: int,
+    shard_megabytes: float,
     shard_examples: int,
     seed: int,
     train_shards: dsl.Output[dsl.Dataset],
     holdout_shards: dsl.Output[dsl.Dataset],
     summary: dsl.Output[dsl.Artifact],
 ):
-    from components.bit.errors import exit_on_error, report_result
+    from components.bit import stages
 
-    exit_on_error()
-    import json
-
-    from components.bit import params
-    from components.bit.preprocess import PreprocessConfig, worker_plan, write_shards
-
-    params.require_inputs(locals())
-    params.require_worker(worker_index, preprocess_workers)
-    config = PreprocessConfig(
-        analysis.path,
-        train_shards.path,
-        data_dir=data_dir or None,
-        seed=seed,
-        shard_bytes=shard_megabytes * 2**20,
-        shard_examples=shard_examples,
-        progress=False,
-    )
-    folders = {"train": train_shards.path, "validation": holdout_shards.path}
-    folders["test"] = holdout_shards.path
-    workers, _ = worker_plan(config, preprocess_workers)  # the count plan_workers chose
-    params.require_worker(worker_index, workers)
-    summaries = write_shards(config, int(worker_index), workers, folders)
-    with open(summary.path, "w", encoding="utf-8") as f:
-        json.dump(summaries, f, ensure_ascii=False)
-    examples = sum(s["examples"] for s in summaries)
-    summary.metadata.update(shards=len(summaries), examples=examples)
-    report_result(f"{len(summaries)} shard(s), {examples:,} examples written")
+    stages.write_shards(locals())
 
 
 @component(
@@ -108,34 +68,11 @@ def write_shards(
 def gather_dataset(
     analysis: dsl.Input[dsl.Dataset],
     summaries: dsl.Input[list[dsl.Artifact]],
-    shard_megabytes: int,
+    shard_megabytes: float,
     shard_examples: int,
     seed: int,
     dataset: dsl.Output[dsl.Dataset],
 ) -> int:
-    from components.bit.errors import exit_on_error, report_result
+    from components.bit import stages
 
-    exit_on_error()
-    import json
-
-    from components.bit import params
-    from components.bit.preprocess import PreprocessConfig, gather
-
-    params.require_inputs(locals())
-    config = PreprocessConfig(
-        analysis.path,
-        dataset.path,
-        seed=seed,
-        shard_bytes=shard_megabytes * 2**20,
-        shard_examples=shard_examples,
-    )
-    found = []
-    for artifact in summaries:
-        with open(artifact.path, encoding="utf-8") as f:
-            found += json.load(f)
-    manifest = gather(config, found)
-    dataset.metadata.update(manifest.totals)
-    totals = manifest.totals
-    report_result(f"{totals['inputs']:,} inputs = {totals['written']:,} written + "
-                  f"{totals['rejected']:,} rejected")  # fmt: skip
-    return manifest.examples("train")
+    return stages.gather_dataset(locals())

@@ -28,36 +28,6 @@ def push_model(
     pipeline_run: str,
     pushed: dsl.Output[dsl.Model],
 ) -> str:
-    from components.bit.errors import exit_on_error, report_result
+    from components.bit import stages
 
-    exit_on_error()
-    import json
-    import os
-
-    from components.bit import params
-    from components.bit.push import model_card, push
-
-    params.require_inputs(locals())
-
-    def load(*parts):
-        with open(os.path.join(*parts), encoding="utf-8") as f:
-            return json.load(f)
-
-    card = model_card(
-        load(evaluation.path, "metrics.json"),
-        load(trained_model.path, "hyperrule.json"),
-        load(dataset.path, "manifest.json"),
-        {
-            "model_source": model,
-            "pipeline_run": pipeline_run,
-            "model": trained_model.uri,
-            "dataset": dataset.uri,
-            "evaluation": evaluation.uri,
-        },
-    )
-    target = push(trained_model.path, serving_root or pushed.path, card)
-    if not serving_root:  # kept in this step's artifact: name it by its storage URI
-        target = pushed.uri + target[len(pushed.path) :]
-    pushed.metadata["version_uri"] = target
-    report_result(f"pushed {target}")
-    return target
+    return stages.push_model(locals())

@@ -28,57 +28,9 @@ def train_model(
     checkpoints: dsl.Output[dsl.Artifact],
     logs: dsl.Output[dsl.Artifact],
 ) -> float:
-    from components.bit.errors import exit_on_error, report_result
+    from components.bit import stages
 
-    exit_on_error()
-    from components.bit import params
-
-    params.require_inputs(locals())
-    from components.bit.model_sources import check_model
-
-    check_model(model)
-    from components.bit.training import (
-        TrainConfig,
-        durable_folder,
-        end_worker_replica,
-        is_chief_replica,
-        train,
-    )
-
-    def durable(name, artifact):
-        return durable_folder(name, artifact.uri, artifact.path, checkpoint_root, pipeline_run_id)
-
-    summary = train(
-        TrainConfig(
-            dataset_dir=dataset.path,
-            model=model,
-            output_dir=trained_model.path,
-            shard_dirs=tuple(a.path for a in [*train_shards, *holdout_shards]),
-            checkpoint_dir=durable("checkpoints", checkpoints),
-            log_dir=durable("logs", logs),
-            random_crop=random_crop,
-            random_flip=random_flip,
-            mixup=mixup,
-            strategy=training_strategy,
-            precision=precision,
-            accelerator=accelerator,
-            cpus=params.cpu_count(training_cpu),
-            replicas=training_replicas,
-            checkpoint_every=checkpoint_every,
-            eval_every=checkpoint_every,
-            seed=seed,
-        )
-    )
-    if not is_chief_replica():  # several machines: only the chief reports
-        end_worker_replica()
-    trained_model.metadata.update(
-        framework="tensorflow", steps=summary["steps"], model_source=model
-    )
-    history = summary["validation"]
-    accuracy = history[-1]["accuracy"] if history else float("nan")
-    trained_model.metadata["validation_accuracy"] = accuracy
-    report_result(f"{summary['steps']} steps, validation accuracy {accuracy:.4f}")
-    return accuracy
+    return stages.train_model(locals())
 
 
 _DOCS = dict(

@@ -7,6 +7,7 @@ that need them: ``hyperrule`` and ``analyze`` import neither, ``compile``, ``sub
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -44,11 +45,14 @@ def _fractions(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected e.g. 0.8,0.1,0.1, got {text!r}") from None
 
 
-def _add_overrides(parser: argparse.ArgumentParser, variant: bool = True) -> None:
-    """The HyperRule's overridable fields as options (``--total-steps 300`` …)."""
+def _add_overrides(
+    parser: argparse.ArgumentParser, variant: bool = True, model: bool = True
+) -> None:
+    """The HyperRule's overridable fields as typed options (``--total-steps 300`` …)."""
     group = parser.add_argument_group("HyperRule choices and overrides (default: the rule)")
     if variant:
-        params.add_option(group, "hyperrule_variant", "--variant")
+        params.add_option(group, "hyperrule_variant")
+    if model:
         group.add_argument(
             "--model", help="model name (the paper variant keeps 512/480 for R152x4)"
         )
@@ -63,6 +67,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         for name in hyperrule.OVERRIDABLE
         if getattr(args, name) is not None
     }
+
+
+def _merged_overrides(text: str, args: argparse.Namespace) -> str:
+    """The hyperrule_overrides parameter: its JSON form with the typed options on top."""
+    typed = _overrides(args)
+    if not typed:
+        return text
+    return json.dumps({**params.parse_overrides(text or "{}"), **typed})
 
 
 def _writable(output: str) -> str:
@@ -92,16 +104,8 @@ def cmd_hyperrule(args: argparse.Namespace) -> None:
 def cmd_analyze(args: argparse.Namespace) -> None:
     from components.bit.analysis import AnalysisConfig, analyze
 
-    config = AnalysisConfig(
-        source=args.source,
-        data_dir=args.data_dir,
-        split_fractions=args.split_fractions,
-        max_pixels=args.max_pixels,
-        workers=args.workers,
-        variant=args.hyperrule_variant,
-        model=args.model,
-        overrides=_overrides(args),
-        few_shot=args.few_shot or None,
+    config = AnalysisConfig.from_params(
+        vars(args), data_source=args.source, hyperrule_overrides=_overrides(args)
     )
     result = analyze(config, _writable(args.output))
     stats, rule = result.stats, result.hyperrule
@@ -125,16 +129,11 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 def cmd_preprocess(args: argparse.Namespace) -> None:
     from components.bit import preprocess as pp
 
-    config = pp.PreprocessConfig(
+    config = pp.PreprocessConfig.from_params(
+        vars(args),
         analysis_dir=args.analysis,
         output_dir=_writable(args.output),
-        data_dir=args.data_dir,
         few_shot=args.few_shot or None,
-        seed=args.seed,
-        shard_bytes=int(args.shard_mb * 2**20),
-        shard_examples=args.shard_examples,
-        processes=args.workers,
-        jpeg_quality=args.jpeg_quality,
     )
     pp.check_source_matches(config, args.source)
     done, planned = pp.completed_shards(config)
@@ -177,30 +176,20 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     rule = hyperrule.load(args.hyperrule) if args.hyperrule else ds.read_manifest(args.data).rule
     rule = hyperrule.with_overrides(rule, _overrides(args))
-    config = TrainConfig(
+    config = TrainConfig.from_params(
+        vars(args),
         dataset_dir=args.data,
-        model=args.model,
         output_dir=args.output,
         hyperrule=rule,
-        random_crop=args.random_crop,
-        random_flip=args.random_flip,
-        mixup=args.mixup,
-        strategy=args.training_strategy,
-        precision=args.precision,
         xla={"auto": None, "on": True, "off": False}[args.xla],
-        checkpoint_every=args.checkpoint_every,
-        eval_every=args.eval_every,
-        max_steps=args.max_steps,
-        seed=args.seed,
-        deterministic=args.deterministic,
     )
-    summary = train(config)
-    if summary.get("already_finished"):
+    result = train(config)
+    if result.already_finished:
         print(f"already trained: {args.output} holds this schedule's finished model")
-    state = "finished" if summary["finished"] else "stopped (resume by running it again)"
-    print(f"training {state} at step {summary['steps']}/{summary['total_steps']}")
-    if summary["validation"]:
-        last = summary["validation"][-1]
+    state = "finished" if result.finished else "stopped (resume by running it again)"
+    print(f"training {state} at step {result.steps}/{result.total_steps}")
+    if result.validation:
+        last = result.validation[-1]
         print(f"validation accuracy {last['accuracy']:.4f}, loss {last['loss']:.4f}")
     print(f"wrote checkpoints, logs (TensorBoard) and saved_model to {args.output}")
 
@@ -210,26 +199,22 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from components.bit.evaluation import EvalConfig, evaluate
 
     result = evaluate(
-        EvalConfig(
+        EvalConfig.from_params(
+            vars(args),
             dataset_dir=args.data,
-            run=args.run,
             output_dir=args.output,
-            split=args.split,
-            baseline=args.baseline_model or None,
             serving_root=args.serving_root or None,
-            threshold=args.blessing_threshold,
-            tolerance=args.baseline_tolerance,
         )
     )
-    m = result["metrics"]
+    m = result.metrics
     print(
-        f"{result['split']}: {m['examples']:,} examples, accuracy {m['accuracy']:.4f}, "
+        f"{result.split}: {m['examples']:,} examples, accuracy {m['accuracy']:.4f}, "
         f"top-{m['top5_k']} {m['top5_accuracy']:.4f}, loss {m['loss']:.4f}, macro F1 "
         f"{m['macro_f1']:.4f}, ECE {m['expected_calibration_error']:.4f}"
     )
-    if result["baseline_accuracy"] is not None:
-        print(f"baseline {result['baseline']}: accuracy {result['baseline_accuracy']:.4f}")
-    print(f"{'BLESSED' if result['blessed'] else 'NOT BLESSED'}: {result['reason']}")
+    if result.baseline_accuracy is not None:
+        print(f"baseline {result.baseline}: accuracy {result.baseline_accuracy:.4f}")
+    print(f"{'BLESSED' if result.blessed else 'NOT BLESSED'}: {result.reason}")
     print(f"wrote metrics.json and report.html to {args.output}")
 
 
@@ -260,13 +245,13 @@ _CLUSTER_ONLY = (
     *params.KUBEFLOW_ONLY,
 )
 RUN_PARAMETERS = [n for n in params.names() if n not in (*_CLUSTER_ONLY, "data_source")]
-_RUN_FLAGS = {"blessing_threshold": "--threshold", "baseline_model": "--baseline"}
 
 
 def cmd_run(args: argparse.Namespace) -> None:
     from pipelines.local_run import run_locally, summary_lines
 
     values = params.values_of(args, RUN_PARAMETERS)
+    values["hyperrule_overrides"] = _merged_overrides(values["hyperrule_overrides"], args)
     values["serving_root"] = os.path.abspath(
         args.serving_root or os.path.join(args.output, "serving")
     )
@@ -380,12 +365,20 @@ def _pipeline_file(args: argparse.Namespace) -> str:
 
 
 def _params(args: argparse.Namespace, **given: str) -> dict[str, Any]:
-    """The --param values typed by the pipeline's parameters; ``given`` ones win."""
+    """The --param values typed by the pipeline's parameters, then the typed HyperRule options
+    (``--hyperrule-variant``, ``--micro-batch-size`` …); ``given`` ones win."""
     from pipelines import submit
 
     pairs = [p for p in args.param if p.partition("=")[0] not in given]
     pairs += [f"{name}={value}" for name, value in given.items()]
-    return submit.parse_params(pairs, submit.load_pipeline(_pipeline_file(args))[1])
+    values = submit.parse_params(pairs, submit.load_pipeline(_pipeline_file(args))[1])
+    if args.hyperrule_variant is not None:
+        values["hyperrule_variant"] = args.hyperrule_variant
+    if _overrides(args):
+        values["hyperrule_overrides"] = _merged_overrides(
+            values.get("hyperrule_overrides", "{}"), args
+        )
+    return values
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
@@ -468,14 +461,11 @@ def _add_preprocess(sub) -> None:
     params.add_option(p, "data_dir", default=None)
     params.add_option(p, "few_shot", help="k training images per class (as at analysis)")
     params.add_option(p, "seed")
-    p.add_argument(
-        "--shard-mb",
-        type=float,
-        default=params.PARAMETERS["shard_megabytes"].default,
-        help="largest shard, MiB (default 150)",
-    )
+    params.add_option(p, "shard_megabytes")
     params.add_option(p, "shard_examples")
-    p.add_argument("--workers", type=int, default=0, help="processes (default: every core)")
+    params.add_option(
+        p, "preprocess_workers", default=None, help="processes writing shards (default: every core)"
+    )
     p.add_argument(
         "--jpeg-quality", type=int, default=95, help="quality of re-encoded JPEGs (default 95)"
     )
@@ -497,7 +487,7 @@ def _add_train(sub) -> None:
     params.add_option(p, "random_crop")
     params.add_option(p, "random_flip")
     params.add_option(p, "mixup")
-    params.add_option(p, "training_strategy", "--strategy")
+    params.add_option(p, "training_strategy")
     params.add_option(p, "precision")
     p.add_argument(
         "--xla",
@@ -510,7 +500,7 @@ def _add_train(sub) -> None:
     p.add_argument("--max-steps", type=int, help="stop at this step (schedule unchanged)")
     params.add_option(p, "seed")
     p.add_argument("--deterministic", action="store_true", help="deterministic TensorFlow ops")
-    _add_overrides(p, variant=False)
+    _add_overrides(p, variant=False, model=False)
     p.set_defaults(func=cmd_train)
 
 
@@ -526,10 +516,10 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--run", required=True, help="a training output folder (or a SavedModel)")
     p.add_argument("--output", required=True, help="folder for metrics.json and report.html")
     p.add_argument("--split", choices=("train", "validation", "test"), help="default: test")
-    params.add_option(p, "baseline_model", "--baseline")
+    params.add_option(p, "baseline_model")
     params.add_option(p, "serving_root")
-    params.add_option(p, "blessing_threshold", "--threshold")
-    params.add_option(p, "baseline_tolerance", "--tolerance")
+    params.add_option(p, "blessing_threshold")
+    params.add_option(p, "baseline_tolerance")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -568,7 +558,8 @@ def _add_run(sub) -> None:
     )
     p.add_argument("--data", help="dataset source (default: the embedded digits dataset)")
     for name in RUN_PARAMETERS:
-        params.add_option(p, name, _RUN_FLAGS.get(name))
+        params.add_option(p, name)
+    _add_overrides(p, variant=False, model=False)
     p.add_argument(
         "--output", default="bittune-runs", help="local pipeline root (default ./bittune-runs)"
     )
@@ -633,6 +624,8 @@ def _add_submit_options(p: argparse.ArgumentParser) -> None:
         help="compiled pipeline YAML (default: the one bittune ships, or one compiled here for "
         "the machine and image options given)",
     )
+    _add_overrides(p, model=False)
+    p.set_defaults(hyperrule_variant=None)
     images = p.add_argument_group("images (compile the pipeline for them)")
     images.add_argument("--image-registry", help="registry of the component images")
     images.add_argument("--image-tag", default=IMAGE_TAG, help=f"image tag (default {IMAGE_TAG})")

@@ -37,7 +37,7 @@ def prepare_dataset(source: pathlib.Path, root: pathlib.Path, overrides=None) ->
     from components.bit.analysis import AnalysisConfig, analyze
     from components.bit.preprocess import PreprocessConfig, preprocess
 
-    config = AnalysisConfig(str(source), overrides=overrides or {}, progress=False)
+    config = AnalysisConfig(str(source), hyperrule_overrides=overrides or {}, progress=False)
     analyze(config, str(root / "analysis"))
     preprocess(PreprocessConfig(str(root / "analysis"), str(root / "data"), progress=False))
     return root
@@ -97,6 +97,15 @@ def gcs():
         yield FakeGcs(server)
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def digits_data(digits_folder, tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
+    """Digits analysed with a tiny schedule and preprocessed: (analysis dir, dataset dir)."""
+    from tests.training_helpers import TINY_RULE
+
+    root = prepare_dataset(digits_folder, tmp_path_factory.mktemp("train-data"), TINY_RULE)
+    return root / "analysis", root / "data"
 
 
 @pytest.fixture(scope="module")

@@ -134,3 +134,33 @@ def test_bench_rejects_an_unknown_benchmark(tmp_path):
         timeout=120,
     )
     assert done.returncode != 0 and "no-such" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_hyperrule_fields_are_typed_options_of_submit_merged_into_the_json_form():
+    from pipelines import cli
+
+    args = build_parser().parse_args(
+        ["submit", "--host", "http://kfp", "--param", "data_source=gs://b/photos",
+         "--param", 'hyperrule_overrides={"batch_size": 64, "crop": 96}',
+         "--micro-batch-size", "16", "--crop", "128", "--hyperrule-variant", "paper"]
+    )  # fmt: skip
+    values = cli._params(args)
+    assert json.loads(values["hyperrule_overrides"]) == {
+        "batch_size": 64, "crop": 128, "micro_batch_size": 16,
+    }  # fmt: skip
+    assert values["hyperrule_variant"] == "paper"
+    plain = cli._params(build_parser().parse_args(
+        ["submit", "--host", "http://kfp", "--param", "data_source=gs://b/photos"]
+    ))  # fmt: skip
+    assert "hyperrule_overrides" not in plain and "hyperrule_variant" not in plain
+
+
+def test_run_and_train_take_the_same_typed_hyperrule_options():
+    commands = build_parser()._subparsers._group_actions[0].choices
+
+    def options(name):
+        return {o for action in commands[name]._actions for o in action.option_strings}
+
+    typed = {"--batch-size", "--micro-batch-size", "--total-steps", "--decay-steps", "--crop"}
+    for name in ("train", "run", "submit", "trigger"):
+        assert typed <= options(name), name

@@ -72,8 +72,9 @@ def _modules(path: pathlib.Path) -> set[str]:
 
 
 def test_no_function_is_over_80_lines():
+    """Product code and tests alike."""
     long = []
-    for folder in ("components", "pipelines", "benchmarks"):
+    for folder in ("components", "pipelines", "benchmarks", "tests"):
         for path in (ROOT / folder).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -81,6 +82,68 @@ def test_no_function_is_over_80_lines():
                     if length > 80:
                         long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} {length}")
     assert long == []
+
+
+def test_no_test_module_imports_another():
+    """Shared test code lives in conftest.py or helper modules, never in a test module."""
+    found = []
+    for path in (ROOT / "tests").rglob("*.py"):
+        imported = {m.rsplit(".", 1)[-1] for m in _modules(path) if m.startswith("tests")}
+        found += [f"{path.relative_to(ROOT)}: {m}" for m in imported if m.startswith("test_")]
+    assert found == []
+
+
+def test_each_parameter_has_one_name_on_the_command_line():
+    """A table parameter's option is ``--its-name`` (``--no-its-name`` for a true boolean) in
+    every command that has it."""
+    from components.bit import params
+    from pipelines.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    wrong = []
+    for command, parser in commands.items():
+        for action in parser._actions:
+            if action.dest in params.PARAMETERS and action.option_strings:
+                dashed = action.dest.replace("_", "-")
+                if set(action.option_strings) - {f"--{dashed}", f"--no-{dashed}"}:
+                    wrong.append(f"{command} {action.option_strings} for {action.dest}")
+    assert wrong == []
+
+
+# Component inputs that are table parameters but no field of the stage's config, and why.
+NOT_CONFIG = {
+    "data_fingerprint": "only keeps changed data from being a cache hit",
+    "checkpoint_root": "picks the checkpoint folder (durable_folder)",
+    "training_memory": "a pod resource, not training's business",
+    "preprocess_workers": "the number of tasks: plan_workers' and write_shards' own input",
+}
+
+
+@pytest.mark.parametrize(
+    ("component", "config"),
+    [
+        ("components.analyze:analyze_dataset", "components.bit.analysis:AnalysisConfig"),
+        ("components.preprocess:write_shards", "components.bit.preprocess:PreprocessConfig"),
+        ("components.train:train_model", "components.bit.training:TrainConfig"),
+        ("components.evaluate:evaluate_model", "components.bit.evaluation:EvalConfig"),
+    ],
+)
+def test_each_parameter_has_one_name_in_components_and_configs(component, config):
+    """Every table parameter a component takes reaches its stage's config under the same
+    name (``…Config.from_params`` matches them by name), or is listed in NOT_CONFIG."""
+    import dataclasses
+    import importlib
+
+    from components.bit import params
+
+    def load(spec):
+        module, name = spec.split(":")
+        return getattr(importlib.import_module(module), name)
+
+    inputs = load(component).component_spec.inputs
+    fields = {field.name for field in dataclasses.fields(load(config))}
+    table = {name for name in inputs if name in params.PARAMETERS}
+    assert table - fields - set(NOT_CONFIG) == set()
 
 
 def test_hyperrule_module_imports_no_tensorflow():

@@ -1,7 +1,9 @@
 """Helpers the training tests share (imported by test modules, never a test module itself):
 tiny schedules, random checkpoints in the official layout, the training command line, the
-weights a run ends with, and a MirroredStrategy run of both momentum optimizers."""
+weights a run ends with, a MirroredStrategy run of both momentum optimizers, and training's
+input stream over the digits dataset."""
 
+import dataclasses
 import sys
 
 import numpy as np
@@ -95,7 +97,7 @@ def mirrored_weights(kind: str) -> list:
     """Weights after a few steps under MirroredStrategy over two logical CPUs."""
     import tensorflow as tf
 
-    from components.bit import training
+    from components.bit import optimizer as bit_optimizer
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     rng = np.random.default_rng(0)
@@ -106,9 +108,9 @@ def mirrored_weights(kind: str) -> list:
         model = tf.keras.Sequential([tf.keras.layers.Dense(4, activation="tanh"),
                                      tf.keras.layers.Dense(3)])  # fmt: skip
         model.build((None, 5))
-        schedule = training.BitSchedule(0.1, 2, [3, 4])
+        schedule = bit_optimizer.BitSchedule(0.1, 2, [3, 4])
         if kind == "fused":
-            optimizer = training.MomentumSGD(schedule, momentum=0.9)
+            optimizer = bit_optimizer.MomentumSGD(schedule, momentum=0.9)
         else:
             optimizer = tf.keras.optimizers.SGD(schedule, momentum=0.9)
         optimizer.build(model.trainable_variables)
@@ -129,3 +131,28 @@ def mirrored_weights(kind: str) -> list:
                                    y[ctx.replica_id_in_sync_group * 4:][:4]))  # fmt: skip
         step(*dist)
     return [v.numpy().tolist() for v in model.trainable_variables]
+
+
+def train_stream(digits_data, skip=0, **changes):
+    """Training's input pipeline over the digits dataset (``digits_data``: (analysis, dataset)),
+    with ``changes`` to the augmentation and ``rule`` changes to its HyperRule."""
+    from components.bit import augment
+    from components.bit import dataset as ds
+
+    _, data = digits_data
+    manifest = ds.read_manifest(str(data))
+    rule = dataclasses.replace(manifest.rule, **changes.pop("rule", {}))
+    config = augment.Augmentation(**changes)
+    paths = manifest.shard_paths("train", [str(data)])
+    return augment.train_dataset(paths, rule, 10, config, manifest.examples("train"), skip)
+
+
+def first_batches(dataset, batches=2):
+    """(images, labels) of the first micro-batches (images uint8 unless MixUp mixed them)."""
+    from components.bit import augment
+
+    out = []
+    for features, labels in dataset.take(batches):
+        out.append((augment.model_inputs(features).numpy() if "lam" in features
+                    else features["images"].numpy(), labels.numpy()))  # fmt: skip
+    return out

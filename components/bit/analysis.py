@@ -36,26 +36,34 @@ class AnalysisConfig:
     """Everything ``analyze`` needs: the source, how to split it, and HyperRule choices.
     Checked when made."""
 
-    source: str
+    data_source: str
     data_dir: str | None = None
-    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_fractions: tuple[float, float, float] | str = (0.8, 0.1, 0.1)  # or "0.8,0.1,0.1"
     max_pixels: int = images.DEFAULT_MAX_PIXELS
-    workers: int = 0  # 0: a sensible default for I/O-bound header reads
-    variant: str = "reference"
+    workers: int = 0  # parallel header readers; 0: a sensible default for I/O-bound reads
+    hyperrule_variant: str = "reference"
     model: str | None = None
-    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    hyperrule_overrides: Mapping[str, Any] | str = dataclasses.field(default_factory=dict)
     few_shot: int | None = None  # k training examples per class (BiT's few-shot setting)
     progress: bool | None = None  # None: a progress bar when stderr is a terminal
 
     def __post_init__(self) -> None:
-        sources.check_fractions(self.split_fractions)
-        params.require(
-            labels={"hyperrule_variant": "variant"},
-            max_pixels=self.max_pixels,
-            few_shot=self.few_shot or 0,
-            hyperrule_variant=self.variant,
-        )
-        params.parse_overrides(self.overrides)
+        # The table's text forms (pipeline inputs) become their values here, once.
+        fractions = self.split_fractions
+        if isinstance(fractions, str):
+            fractions = params.parse_fractions(fractions)
+        object.__setattr__(self, "split_fractions", sources.check_fractions(fractions))
+        overrides = params.parse_overrides(self.hyperrule_overrides)
+        object.__setattr__(self, "hyperrule_overrides", overrides)
+        for name in ("data_dir", "model"):
+            object.__setattr__(self, name, getattr(self, name) or None)
+        object.__setattr__(self, "few_shot", self.few_shot or None)
+        params.require_fields(self, skip=("split_fractions", "hyperrule_overrides", "model"))
+
+    @classmethod
+    def from_params(cls, values: Mapping[str, Any], **fields: Any) -> AnalysisConfig:
+        """The config from table values (component inputs, command-line options)."""
+        return params.config_from(cls, values, **fields)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,9 +103,9 @@ class AnalysisResult:
 
 
 def analyze(config: AnalysisConfig, output_dir: str | None = None) -> AnalysisResult:
-    """Analyse ``config.source``; write the four output files to ``output_dir`` if given."""
+    """Analyse ``config.data_source``; write the four output files to ``output_dir`` if given."""
     fractions = config.split_fractions
-    listing = sources.list_source(config.source, config.data_dir)
+    listing = sources.list_source(config.data_source, config.data_dir)
     inspected = inspect_items(listing.items, fractions, config)
     inspected = flag_duplicates(inspected)
     valid = [r for r in inspected if r.problem is None]
@@ -106,10 +114,10 @@ def analyze(config: AnalysisConfig, output_dir: str | None = None) -> AnalysisRe
         counts = collections.Counter(r.problem.code for r in inspected if r.problem)
         why = ", ".join(f"{n} {code}" for code, n in counts.most_common())
         raise AnalysisError(
-            f"no valid images in {config.source}: all {len(inspected)} flagged ({why})"
+            f"no valid images in {config.data_source}: all {len(inspected)} flagged ({why})"
         )
     if not train:
-        raise AnalysisError(f"no valid training images in {config.source}")
+        raise AnalysisError(f"no valid training images in {config.data_source}")
     classes = sorted({r.item.label for r in valid})
     if len(classes) < 2:
         raise AnalysisError(f"only one class has valid images ({classes[0]!r}); need at least 2")
@@ -122,9 +130,9 @@ def analyze(config: AnalysisConfig, output_dir: str | None = None) -> AnalysisRe
     rule = hyperrule.derive(
         examples,
         median_area,
-        variant=config.variant,
+        variant=config.hyperrule_variant,
         model=config.model,
-        overrides=config.overrides,
+        overrides=config.hyperrule_overrides,
     )
     stats = build_stats(listing, inspected, fractions, rule)
     stats["source"].update(few_shot=config.few_shot, max_pixels=config.max_pixels)

@@ -50,20 +50,21 @@ class EvalConfig:
     shard_dirs: tuple[str, ...] = ()  # where the shards are (default: the dataset folder)
     log_dir: str | None = None  # the run's TensorBoard logs (default: RUN/logs)
     split: str | None = None  # None: test, else validation
-    baseline: str | None = None  # a model to beat; None: the newest version under serving_root
+    baseline_model: str | None = None  # a model to beat; None or "": the newest served version
     serving_root: str | None = None
-    threshold: float = 0.0  # minimum top-1 accuracy (0: only the relative rules)
-    tolerance: float = 0.0  # how much worse than the baseline is still blessed
+    blessing_threshold: float = 0.0  # minimum top-1 accuracy (0: only the relative rules)
+    baseline_tolerance: float = 0.0  # how much worse than the baseline is still blessed
     batch_size: int = 64
 
     def __post_init__(self) -> None:
-        params.require(
-            labels={"blessing_threshold": "threshold", "baseline_tolerance": "tolerance"},
-            blessing_threshold=self.threshold,
-            baseline_tolerance=self.tolerance,
-        )
+        params.require_fields(self)
         if self.split not in (None, *ds.SPLITS):
             raise EvaluationError(f"split must be one of {', '.join(ds.SPLITS)}")
+
+    @classmethod
+    def from_params(cls, values: Mapping[str, Any], **fields: Any) -> EvalConfig:
+        """The config from table values (component inputs, command-line options) and paths."""
+        return params.config_from(cls, values, **fields)
 
 
 @dataclasses.dataclass
@@ -204,6 +205,27 @@ def run_model(serve, paths: Sequence[str], num_classes: int, batch_size: int = 6
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalResult:
+    """An evaluation: the metrics, the comparison, the verdict (``metrics.json`` without the
+    thumbnails of the worst mistakes)."""
+
+    split: str
+    labels: list[str]
+    metrics: dict[str, Any]
+    baseline: str | None  # the model compared with
+    baseline_accuracy: float | None
+    blessed: bool
+    reason: str
+    rules: list[dict[str, Any]]
+    worst: list[dict[str, Any]]  # the most confident mistakes, with base64 thumbnails
+
+    def to_dict(self) -> dict[str, Any]:
+        public = dataclasses.asdict(self)
+        del public["worst"]
+        return public
+
+
+@dataclasses.dataclass(frozen=True)
 class Verdict:
     """Whether the model is blessed, the sentence saying why, and each rule's outcome."""
 
@@ -216,13 +238,15 @@ def gate(
     accuracy: float,
     *,
     majority: float,
-    threshold: float = 0.0,
+    blessing_threshold: float = 0.0,
     baseline: float | None = None,
-    tolerance: float = 0.0,
+    baseline_tolerance: float = 0.0,
     baseline_name: str = "the baseline",
 ) -> Verdict:
-    """Bless when every rule passes: beat the majority-class rate; reach ``threshold`` (when
-    above 0); be within ``tolerance`` of the baseline's accuracy (when there is one)."""
+    """Bless when every rule passes: beat the majority-class rate; reach
+    ``blessing_threshold`` (when above 0); be within ``baseline_tolerance`` of the baseline's
+    accuracy (when there is one)."""
+    threshold, tolerance = blessing_threshold, baseline_tolerance
     rules = []
 
     def rule(name: str, passed: bool, text: str) -> None:
@@ -257,14 +281,14 @@ def _baseline(config: EvalConfig) -> str | None:
     """The model to compare with: the given one, or the newest version being served."""
     from components.bit import serving
 
-    if config.baseline:
-        return config.baseline
+    if config.baseline_model:
+        return config.baseline_model
     if config.serving_root:
         return serving.latest_version(config.serving_root)
     return None
 
 
-def evaluate(config: EvalConfig) -> dict[str, Any]:
+def evaluate(config: EvalConfig) -> EvalResult:
     """Evaluate, gate, and (with an output folder) write metrics.json and report.html."""
     from components.bit import serving
 
@@ -293,21 +317,21 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     verdict = gate(
         metrics["accuracy"],
         majority=metrics["majority_rate"],
-        threshold=config.threshold,
+        blessing_threshold=config.blessing_threshold,
         baseline=baseline,
-        tolerance=config.tolerance,
+        baseline_tolerance=config.baseline_tolerance,
         baseline_name=baseline_uri or "the baseline",
     )
-    result = {
-        "split": split,
-        "labels": labels,
-        "metrics": metrics,
-        "baseline": baseline_uri,
-        "baseline_accuracy": baseline,
-        "blessed": verdict.blessed,
-        "reason": verdict.reason + note,
-        "rules": verdict.rules,
-        "worst": [
+    result = EvalResult(
+        split=split,
+        labels=labels,
+        metrics=metrics,
+        baseline=baseline_uri,
+        baseline_accuracy=baseline,
+        blessed=verdict.blessed,
+        reason=verdict.reason + note,
+        rules=verdict.rules,
+        worst=[
             {
                 "image": base64.b64encode(data).decode(),
                 "true": labels[t],
@@ -316,7 +340,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
             }
             for conf, _, data, t, p in worst
         ],
-    }
+    )
     if config.output_dir:
         write_outputs(result, config, manifest)
     return result
@@ -326,11 +350,10 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
 # Outputs
 
 
-def write_outputs(result: dict[str, Any], config: EvalConfig, manifest: ds.Manifest) -> None:
-    public = {k: v for k, v in result.items() if k != "worst"}
+def write_outputs(result: EvalResult, config: EvalConfig, manifest: ds.Manifest) -> None:
     storage.write_text(
         storage.join(config.output_dir, METRICS_FILE),
-        json.dumps(public, indent=1, ensure_ascii=False) + "\n",
+        json.dumps(result.to_dict(), indent=1, ensure_ascii=False) + "\n",
     )
     logs = config.log_dir or os.path.join(config.run, "logs")
     page = html_report(result, training_curves(logs), _rule_of(config.run), manifest)
@@ -367,8 +390,8 @@ def _img(alt: str, b64: str, kind: str = "png") -> str:
 
 
 def _summary_section(result: Mapping[str, Any]) -> str:
-    esc, metrics = html.escape, result["metrics"]
-    verdict = "BLESSED" if result["blessed"] else "NOT BLESSED"
+    esc, metrics = html.escape, result.metrics
+    verdict = "BLESSED" if result.blessed else "NOT BLESSED"
     rows = [
         ("examples", metrics["examples"]),
         ("top-1 accuracy", metrics["accuracy"]),
@@ -386,11 +409,11 @@ def _summary_section(result: Mapping[str, Any]) -> str:
     )
     gate_rows = "".join(
         f"<li>{'passed' if r['passed'] else 'FAILED'} ({esc(r['rule'])}): {esc(r['detail'])}</li>"
-        for r in result.get("rules", [])
+        for r in result.rules
     )
     return (
-        f"<h1>Evaluation on the {esc(result['split'])} split</h1>"
-        f"<p class='verdict'><b>{verdict}</b>: {esc(result['reason'])}</p>"
+        f"<h1>Evaluation on the {esc(result.split)} split</h1>"
+        f"<p class='verdict'><b>{verdict}</b>: {esc(result.reason)}</p>"
         f"<ul>{gate_rows}</ul><table>{cells}</table>"
     )
 
@@ -413,7 +436,7 @@ def _curves_section(curves: Mapping[str, Mapping[str, list]]) -> str:
 
 
 def _matrix_section(result: Mapping[str, Any]) -> str:
-    metrics, labels = result["metrics"], result["labels"]
+    metrics, labels = result.metrics, result.labels
     shown = frequent_classes(metrics)
     matrix = confusion_matrix(metrics, shown)
 
@@ -478,7 +501,7 @@ _STYLE = (
 
 
 def html_report(
-    result: Mapping[str, Any],
+    result: EvalResult,
     curves: Mapping[str, Mapping[str, list]],
     rule: hyperrule.HyperRule | None,
     manifest: ds.Manifest,
@@ -489,8 +512,8 @@ def html_report(
         _summary_section(result),
         _curves_section(curves),
         _matrix_section(result),
-        _per_class_section(result["metrics"]),
-        _mistakes_section(result["worst"]),
+        _per_class_section(result.metrics),
+        _mistakes_section(result.worst),
     ]
     if rule is not None:
         parts.append(
@@ -507,10 +530,10 @@ def _image_kind(b64: str) -> str:
     return "png" if base64.b64decode(b64[:12]).startswith(b"\x89PNG") else "jpeg"
 
 
-def kfp_confusion_matrix(result: Mapping[str, Any]) -> tuple[list[str], list[list[int]]]:
+def kfp_confusion_matrix(result: EvalResult) -> tuple[list[str], list[list[int]]]:
     """(class names, matrix) for KFP's ClassificationMetrics, limited to the most frequent
     classes so that the UI stays readable."""
-    metrics = result["metrics"]
+    metrics = result.metrics
     shown = frequent_classes(metrics)
     matrix = confusion_matrix(metrics, shown)
-    return [result["labels"][i] for i in shown], matrix.tolist()
+    return [result.labels[i] for i in shown], matrix.tolist()

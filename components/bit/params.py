@@ -60,9 +60,9 @@ class Param:
     def default_for(self, target: str = "kubeflow") -> Any:
         return self.target_defaults.get(target, self.default)
 
-    def problem(self, value: Any, label: str | None = None) -> str | None:
+    def problem(self, value: Any) -> str | None:
         """What is wrong with ``value`` for this parameter, or None."""
-        name = label or self.name
+        name = self.name
         if self.type is int:
             if isinstance(value, float) and value.is_integer():
                 value = int(value)  # KFP hands some integers over as floats
@@ -186,8 +186,8 @@ PARAMETERS: dict[str, Param] = {
               "SavedModel path, or bittune-tiny.", parse=_check_model),
         Param("preprocess_workers", int, 2, "Parallel TFRecord-writing workers.",
               minimum=1, maximum=1000),
-        Param("shard_megabytes", int, 150, "Largest TFRecord shard, MiB.",
-              minimum=1, maximum=10_000),
+        Param("shard_megabytes", float, 150.0, "Largest TFRecord shard, MiB.",
+              minimum=0.01, maximum=10_000),
         Param("shard_examples", int, 2048,
               "Most examples in one TFRecord shard (keeps small images in many shards).",
               minimum=1, maximum=1_000_000),
@@ -280,21 +280,19 @@ def defaults(target: str = "kubeflow") -> dict[str, Any]:
 # Derived: checks
 
 
-def problems(values: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> list[str]:
-    """A problem per invalid value (names from the table; ``labels`` renames them in messages,
-    e.g. a component input called ``threshold`` for ``blessing_threshold``)."""
-    labels = labels or {}
+def problems(values: Mapping[str, Any]) -> list[str]:
+    """A problem per invalid value, named as in the table."""
     found = []
     for name, value in values.items():
-        problem = PARAMETERS[name].problem(value, labels.get(name))
+        problem = PARAMETERS[name].problem(value)
         if problem:
             found.append(problem)
     return found
 
 
-def require(labels: Mapping[str, str] | None = None, **values: Any) -> None:
+def require(**values: Any) -> None:
     """Raise :class:`ParameterError` naming every invalid value (config objects, components)."""
-    found = problems(values, labels)
+    found = problems(values)
     if found:
         raise ParameterError("invalid parameters: " + "; ".join(found))
 
@@ -302,6 +300,27 @@ def require(labels: Mapping[str, str] | None = None, **values: Any) -> None:
 def require_inputs(inputs: Mapping[str, Any]) -> None:
     """For components: check every input that is a table parameter (pass ``locals()``)."""
     require(**{name: value for name, value in inputs.items() if name in PARAMETERS})
+
+
+def require_fields(config: Any, skip: Sequence[str] = ()) -> None:
+    """For config dataclasses: check every field named after a table parameter (None means
+    "not given" and is not checked). A field has the table's name, so no renaming is needed."""
+    require(
+        **{
+            field.name: getattr(config, field.name)
+            for field in dataclasses.fields(config)
+            if field.name in PARAMETERS
+            and field.name not in skip
+            and getattr(config, field.name) is not None
+        }
+    )
+
+
+def config_from(cls: type, values: Mapping[str, Any], **fields: Any) -> Any:
+    """A config dataclass from table values (a component's inputs, a parsed command line):
+    each value whose name is one of ``cls``'s fields, then ``fields`` (paths and the like)."""
+    known = {field.name for field in dataclasses.fields(cls)}
+    return cls(**{**{n: v for n, v in values.items() if n in known}, **fields})
 
 
 def require_worker(worker_index: Any, num_workers: Any) -> None:
@@ -436,16 +455,17 @@ def signed(body: Callable[..., Any], signature: inspect.Signature, doc: str) -> 
     return function
 
 
-def add_option(parser, name: str, flag: str | None = None, **overrides: Any) -> None:
-    """An argparse option for a table parameter: ``--name-with-dashes`` (or ``flag``), its
-    type, default, choices and help. Booleans that default to true become ``--no-…``."""
+def add_option(parser, name: str, **overrides: Any) -> None:
+    """An argparse option for a table parameter: ``--name-with-dashes`` (the one name it has
+    everywhere), its type, default, choices and help. Booleans that default to true become
+    ``--no-…``."""
     param = PARAMETERS[name]
     options: dict[str, Any] = {"dest": name, "help": param.cli_help()}
     if param.type is bool:
-        flag = flag or f"--no-{name.replace('_', '-')}"
+        flag = f"--no-{name.replace('_', '-')}"
         options.update(action="store_false" if param.default else "store_true")
     else:
-        flag = flag or f"--{name.replace('_', '-')}"
+        flag = f"--{name.replace('_', '-')}"
         options.update(type=param.type, default=param.default)
         if param.choices:
             options["choices"] = param.choices

@@ -43,7 +43,7 @@ from components.bit import hyperrule, images, params, sources, storage, tfrecord
 from components.bit.errors import BittuneError
 
 SUMMARIES_DIR = "_shards"
-DEFAULT_SHARD_BYTES = params.PARAMETERS["shard_megabytes"].default * 2**20
+DEFAULT_SHARD_MEGABYTES = params.PARAMETERS["shard_megabytes"].default
 DEFAULT_SHARD_EXAMPLES = params.PARAMETERS["shard_examples"].default
 # Stored JPEG bytes per pixel after pre-resizing, for planning shard counts (quality 95).
 _JPEG_BYTES_PER_PIXEL = 0.5
@@ -62,23 +62,30 @@ class PreprocessConfig:
     data_dir: str | None = None  # TFDS data folder (TFDS sources only)
     few_shot: int | None = None  # None: as the analysis was made
     seed: int = 0
-    shard_bytes: int = DEFAULT_SHARD_BYTES
+    shard_megabytes: float = DEFAULT_SHARD_MEGABYTES
     shard_examples: int = DEFAULT_SHARD_EXAMPLES
-    processes: int = 0  # 0: every core
+    preprocess_workers: int | None = None  # processes on this machine; None: every core
     jpeg_quality: int = images.DEFAULT_JPEG_QUALITY
     background: tuple[int, int, int] = images.DEFAULT_BACKGROUND
     progress: bool | None = None
 
     def __post_init__(self) -> None:
-        params.require(
-            seed=self.seed, few_shot=self.few_shot or 0, shard_examples=self.shard_examples
-        )
-        if self.shard_bytes < 1:
-            raise PreprocessError(f"shard size must be positive, got {self.shard_bytes}")
+        params.require_fields(self)
         if not 1 <= self.jpeg_quality <= 100:
             raise PreprocessError(f"JPEG quality must be in [1, 100], got {self.jpeg_quality}")
-        if self.processes < 0:
-            raise PreprocessError(f"processes must be >= 0, got {self.processes}")
+
+    @classmethod
+    def from_params(cls, values: Mapping[str, Any], **fields: Any) -> PreprocessConfig:
+        """The config from table values (component inputs, command-line options) and paths."""
+        return params.config_from(cls, values, **fields)
+
+    @property
+    def shard_bytes(self) -> int:
+        return int(self.shard_megabytes * 2**20)
+
+    @property
+    def processes(self) -> int:
+        return self.preprocess_workers or os.cpu_count() or 1
 
 
 class PlannedItem(NamedTuple):  # a tuple: a plan holds one per item, millions of them
@@ -134,7 +141,7 @@ def make_plan(
     rule: hyperrule.HyperRule,
     few_shot: int | None = None,
     seed: int = 0,
-    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    shard_bytes: int = int(DEFAULT_SHARD_MEGABYTES * 2**20),
     shard_examples: int = DEFAULT_SHARD_EXAMPLES,
 ) -> Plan:
     """Decide, for every analysed item, whether and where it is written."""
@@ -307,7 +314,7 @@ def write_shards(
     ``out_dirs[split]`` (default: the output folder). Shards already complete from an earlier,
     interrupted run are kept.
 
-    Items are normalised in ``config.processes`` processes (0: every core); ``progress(n)`` is
+    Items are normalised in ``config.processes`` processes; ``progress(n)`` is
     called as items are done, and a log line is printed per shard.
     """
     if not 0 <= worker_index < num_workers:
@@ -315,7 +322,7 @@ def write_shards(
     plan = load_plan(config)
     mine = [shard for n, shard in enumerate(plan.shards()) if n % num_workers == worker_index]
     payloads = _tfds_payloads(plan, mine, config.data_dir)
-    processes = config.processes or os.cpu_count() or 1
+    processes = config.processes
     folders = {split: (out_dirs or {}).get(split, config.output_dir) for split in ds.SPLITS}
 
     def log(summary: Mapping[str, Any], seconds: float) -> None:
@@ -687,7 +694,7 @@ def preprocess(config: PreprocessConfig) -> ds.Manifest:
     of each shard in turn, and this process writes them.
     """
     plan = load_plan(config)
-    processes = config.processes or os.cpu_count() or 1
+    processes = config.processes
     show = sys.stderr.isatty() if config.progress is None else config.progress
     from tqdm import tqdm
 
@@ -698,7 +705,7 @@ def preprocess(config: PreprocessConfig) -> ds.Manifest:
         if not _whole_shards_balance(len(shards), processes):
             _write_in_turn(plan, config, shards, folders, payloads, processes, bar.update)
         else:
-            one_process = dataclasses.replace(config, processes=1)
+            one_process = dataclasses.replace(config, preprocess_workers=1)
             _fan_out(one_process, plan, shards, folders, payloads, processes, bar)
     return gather(config)
 

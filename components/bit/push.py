@@ -10,6 +10,7 @@ version whose variables are still arriving.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import uuid
@@ -119,16 +120,26 @@ def _create_if_absent(uri: str, data: bytes) -> bool:
     return True
 
 
-def push(run: str, serving_root: str, card: Mapping[str, Any]) -> str:
+@dataclasses.dataclass(frozen=True)
+class Pushed:
+    """A pushed version: where it is, its number, and how many model files it holds."""
+
+    uri: str
+    version: int
+    files: int
+
+
+def push(run: str, serving_root: str, card: Mapping[str, Any]) -> Pushed:
     """Copy the run's SavedModel to a newly claimed version under ``serving_root`` (the model
-    card first, ``saved_model.pb`` last); return the version's URI."""
+    card first, ``saved_model.pb`` last)."""
     if not card["gate"]["blessed"]:
         raise PushError("refusing to push a model that the gate did not bless")
     try:
         export = serving.find_saved_model(run)
     except serving.ServingError as exc:
         raise PushError(str(exc)) from None
-    target = storage.join(serving_root, str(claim_version(serving_root)))
+    version = claim_version(serving_root)
+    target = storage.join(serving_root, str(version))
     files = sorted(
         os.path.relpath(os.path.join(folder, name), export).replace(os.sep, "/")
         for folder, _, names in os.walk(export)
@@ -140,4 +151,4 @@ def push(run: str, serving_root: str, card: Mapping[str, Any]) -> str:
     for rel in files:
         with open(os.path.join(export, rel), "rb") as f:
             storage.write_bytes(storage.join(target, rel), f.read())
-    return target
+    return Pushed(target, version, len(files))

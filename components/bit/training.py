@@ -1,28 +1,17 @@
-"""Fine-tuning BiT with the BiT-HyperRule: input pipeline, MixUp, schedule, distribution,
-gradient accumulation, checkpoints with exact resume, TensorBoard logs and the SavedModel export.
+"""Fine-tuning BiT with the BiT-HyperRule: the run's configuration, the loop with gradient
+accumulation, checkpoints with exact resume, TensorBoard logs and the SavedModel export. The
+input pipeline is :mod:`components.bit.augment`, devices and strategies
+:mod:`components.bit.devices`, the schedule and optimizer :mod:`components.bit.optimizer`.
 
 A run reads a preprocessed dataset (:class:`components.bit.dataset.Manifest`, which also names
 the HyperRule the data was prepared for) and writes three folders, each local or ``gs://``:
 the model (``saved_model``, ``labels.json``, ``hyperrule.json``, ``training.json``: what serving
 needs), the checkpoints, and the TensorBoard logs (by default ``checkpoints`` and ``logs`` inside
 the model folder).
-
-Determinism: every random choice (shuffle, crop, flip, MixUp's lambda) derives from the seed and
-the example's position in the stream, so a run restarted from a checkpoint sees exactly the
-batches an uninterrupted run would have seen from that step on.
-
-MixUp works on the whole optimizer batch: one lambda per step, each example paired with its
-mirror in the batch of ``batch_size`` examples, before the batch is split into micro-batches;
-gradient accumulation therefore gives exactly the update of one large batch, MixUp included.
-
-Momentum: tf-keras SGD's form (the learning rate inside the velocity: ``v = m v - lr g``,
-``w += v``), as BiT's TF2 reference code trains; BiT's PyTorch and JAX code apply the learning
-rate outside the velocity, which differs on warm-up steps and right after each decay.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -30,13 +19,14 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from components.bit import augment, devices, hyperrule, inputs, models, params, serving, storage
 from components.bit import dataset as ds
-from components.bit import hyperrule, inputs, models, params, serving, storage
 from components.bit.errors import BittuneError
 from components.bit.inputs import tf
+from components.bit.optimizer import BitSchedule, MomentumSGD
 
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
@@ -63,11 +53,11 @@ class TrainConfig:
     random_crop: bool = True  # off for counting tasks: resize to the crop size instead
     random_flip: bool = True  # off for localisation tasks
     mixup: bool = True  # MixUp when the HyperRule's alpha > 0
-    strategy: str = "auto"
+    training_strategy: str = "auto"
     precision: str = "auto"
     accelerator: str = ""  # what the step was given: "" or cpu (any), gpu, tpu; none found fails
-    cpus: int | None = None  # CPUs the step was given (sizes TensorFlow's thread pools)
-    replicas: int = 1  # machines training together (multi-worker; Vertex AI's CustomJob)
+    training_cpu: str | None = None  # CPUs the step was given, e.g. "6" (sizes thread pools)
+    training_replicas: int = 1  # machines training together (multi-worker; a CustomJob)
     xla: bool | None = None  # None: on for GPU/TPU, off on CPU
     checkpoint_every: int = 100
     eval_every: int = 100
@@ -81,14 +71,7 @@ class TrainConfig:
     top_k: int = 5
 
     def __post_init__(self) -> None:
-        params.require(
-            labels={"training_strategy": "strategy", "training_replicas": "replicas"},
-            training_strategy=self.strategy,
-            precision=self.precision,
-            checkpoint_every=self.checkpoint_every,
-            seed=self.seed,
-            training_replicas=self.replicas,
-        )
+        params.require_fields(self, skip=("accelerator",))
         for name in ("eval_every", "log_every", "keep_checkpoints", "top_k"):
             if getattr(self, name) < 1:
                 raise TrainingError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -99,6 +82,21 @@ class TrainConfig:
                 f"accelerator must be '', cpu, gpu or tpu, got {self.accelerator!r}"
             )
 
+    @classmethod
+    def from_params(cls, values: Mapping[str, Any], **fields: Any) -> TrainConfig:
+        """The config from table values (component inputs, command-line options) and paths."""
+        return params.config_from(cls, values, **fields)
+
+    @property
+    def cpus(self) -> int | None:
+        return params.cpu_count(self.training_cpu) if self.training_cpu else None
+
+    @property
+    def augmentation(self) -> augment.Augmentation:
+        return augment.Augmentation(
+            self.random_crop, self.random_flip, self.mixup, self.seed, self.cache, self.cache_bytes
+        )
+
     @property
     def checkpoints(self) -> str:
         return self.checkpoint_dir or storage.join(self.output_dir, CHECKPOINT_DIR)
@@ -106,6 +104,38 @@ class TrainConfig:
     @property
     def logs(self) -> str:
         return self.log_dir or storage.join(self.output_dir, LOG_DIR)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What a run did (also its ``training.json``)."""
+
+    model: str
+    steps: int
+    total_steps: int
+    finished: bool
+    precision: str
+    strategy: str  # the tf.distribute strategy it ran with (default, mirrored, …)
+    replicas: int
+    validation: list[dict[str, float]]  # {"step", "loss", "accuracy"} per validation
+    images_per_second: float
+    hyperrule: dict[str, Any]
+    already_finished: bool = False  # the output held this schedule's finished model
+
+    @property
+    def validation_accuracy(self) -> float:
+        """The last validation accuracy (NaN without a validation split)."""
+        return self.validation[-1]["accuracy"] if self.validation else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        summary = dataclasses.asdict(self)
+        del summary["already_finished"]
+        return summary
+
+    @classmethod
+    def from_dict(cls, summary: Mapping[str, Any]) -> TrainResult:
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in summary.items() if k in known})
 
 
 def durable_folder(name: str, artifact_uri: str, artifact_path: str, root: str = "",
@@ -122,364 +152,6 @@ def durable_folder(name: str, artifact_uri: str, artifact_path: str, root: str =
     if storage.is_gcs(artifact_uri):
         return artifact_uri
     return artifact_path
-
-
-# ---------------------------------------------------------------------------------------------
-# Learning rate
-
-
-class BitSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
-    """The HyperRule's learning rate as a Keras schedule: linear warm-up, then
-    :func:`hyperrule.decayed_rate` of the decay steps strictly passed -- the rule of
-    :func:`hyperrule.learning_rate`, step for step (also when a decay step is the warm-up's
-    end)."""
-
-    def __init__(self, base_lr: float, warmup_steps: int, decay_steps: Sequence[int]):
-        self.base_lr = float(base_lr)
-        self.warmup_steps = int(warmup_steps)
-        self.decay_steps = [int(s) for s in decay_steps]
-        # After k decay steps (strictly passed): the same constants hyperrule.learning_rate gives.
-        self._plateaus = [
-            hyperrule.decayed_rate(self.base_lr, k) for k in range(len(self.decay_steps) + 1)
-        ]
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        warm = self.base_lr * step / max(self.warmup_steps, 1)
-        passed = tf.add_n([tf.cast(step > s, tf.int32) for s in self.decay_steps] or [0])
-        plateau = tf.gather(tf.constant(self._plateaus, tf.float32), passed)
-        return tf.where(step < self.warmup_steps, warm, plateau)
-
-    def get_config(self):
-        return {
-            "base_lr": self.base_lr,
-            "warmup_steps": self.warmup_steps,
-            "decay_steps": self.decay_steps,
-        }
-
-
-class MomentumSGD(tf.keras.optimizers.SGD):
-    """tf-keras SGD whose dense momentum update is one fused op (``v = m v - lr g``,
-    ``w += v``: ResourceApplyKerasMomentum, as the legacy optimizer uses) instead of six
-    element-wise passes over every weight; same variables, so checkpoints are unchanged."""
-
-    def build(self, var_list):
-        # The velocity of a variable is found through tf-keras's private index (pinned to
-        # tf-keras 2.21 in pyproject.toml): refuse to train if an upgrade changed it.
-        changed = TrainingError(
-            "this tf-keras no longer has the SGD internals bittune's fused momentum update "
-            "reads (_index_dict, _var_key): install tf-keras 2.21"
-        )
-        if not callable(getattr(self, "_var_key", None)):
-            raise changed
-        super().build(var_list)
-        found = getattr(self, "_index_dict", None)
-        if not isinstance(found, dict) or not all(self._var_key(v) in found for v in var_list):
-            raise changed
-
-    def update_step(self, gradient, variable):
-        if isinstance(gradient, tf.IndexedSlices) or self.nesterov or not self.momentum:
-            return super().update_step(gradient, variable)
-        velocity = self.momentums[self._index_dict[self._var_key(variable)]]
-        return tf.raw_ops.ResourceApplyKerasMomentum(
-            var=variable.handle,
-            accum=velocity.handle,
-            lr=tf.cast(self.learning_rate, variable.dtype),
-            grad=gradient,
-            momentum=tf.cast(self.momentum, variable.dtype),
-            use_locking=False,
-            use_nesterov=False,
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# Input pipeline
-
-
-def train_dataset(
-    paths: Sequence[str],
-    rule: hyperrule.HyperRule,
-    num_classes: int,
-    config: TrainConfig,
-    num_examples: int,
-    skip_examples: int = 0,
-):
-    """Endless micro-batches of ``rule.micro_batch_size``: ``(features, labels)`` with
-    ``features["images"]`` uint8 (made [0, 1] floats on the accelerator) and one-hot (or, with
-    MixUp, mixed) labels. With MixUp, ``features`` also holds each example's ``partners`` (its
-    mirror in the optimizer batch) and ``lam``, the step's lambda, and the step mixes them.
-
-    Shuffle, crop offsets, flips and MixUp's lambda are stateless functions of the seed and the
-    example's index in the stream; ``skip_examples`` resumes the stream where a run stopped.
-    """
-    cache = config.cache
-    if cache is None:
-        cache = num_examples * rule.resize * rule.resize * 3 <= config.cache_bytes
-    stream = _augmented(paths, rule, config, num_examples, cache, skip_examples)
-    batches = stream.batch(rule.batch_size, drop_remainder=True)
-    alpha = rule.mixup_alpha if config.mixup else 0.0
-    mix = _mixup(alpha, num_classes, config.seed) if alpha > 0 else None
-
-    def step_batch(indices, images, labels):
-        """One optimizer batch, split into ``accumulation_steps`` micro-batches."""
-        one_hot = tf.one_hot(labels, num_classes)
-        features = {"images": images}
-        if mix is not None:
-            features, one_hot = mix(indices[0], images, one_hot)
-
-        if rule.accumulation_steps == 1:  # the batch is the micro-batch: no copy
-            return features, one_hot
-
-        def split(tensor):
-            micro = [rule.accumulation_steps, rule.micro_batch_size]
-            return tf.reshape(tensor, tf.concat([micro, tf.shape(tensor)[1:]], 0))
-
-        return tf.nest.map_structure(split, features), split(one_hot)
-
-    micro = batches.map(step_batch, tf.data.AUTOTUNE, deterministic=True)
-    if rule.accumulation_steps > 1:
-        micro = micro.unbatch()
-    options = tf.data.Options()
-    # Every worker reads the whole stream and keeps its share of each batch: deterministic
-    # whatever the number of shard files.
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return micro.prefetch(tf.data.AUTOTUNE).with_options(options)
-
-
-def _augmented(paths, rule, config: TrainConfig, num_examples: int, cache: bool, skip: int):
-    """(index, augmented uint8 image, label) per example, shuffled, endless, from ``skip``."""
-    resize, crop, seed = rule.resize, rule.crop, config.seed
-    # Uncached, records stay serialized until the one map that parses, decodes and augments.
-    records = inputs.records(paths, parse=False)
-    if cache:
-        # Decoded once, at the resize size, then served from memory every epoch.
-        def decoded(raw):
-            example = inputs.parse_example(raw)
-            image = inputs.resize(inputs.decode(example["image/encoded"]), resize)
-            return {"image": image, "label": example["label"]}
-
-        records = records.map(decoded, tf.data.AUTOTUNE, deterministic=True).cache()
-    stream = (
-        records.shuffle(min(num_examples, 4096), seed=seed, reshuffle_each_iteration=True)
-        .repeat()
-        .enumerate()
-        .skip(skip)
-    )
-
-    def augment(index, example):
-        key = tf.stack([tf.cast(seed, tf.int64), index])
-        if cache:
-            image = example["image"]
-            if config.random_crop:
-                image = tf.image.stateless_random_crop(image, (crop, crop, 3), seed=key)
-            else:
-                image = inputs.resize(image, crop)
-        else:
-            example = inputs.parse_example(example)
-            if config.random_crop:
-                image = _fused_random_crop(example, resize, crop, key)
-            else:
-                image = inputs.resize(inputs.decode(example["image/encoded"]), crop)
-        if config.random_flip:
-            image = tf.image.stateless_random_flip_left_right(image, seed=key + 1)
-        return index, image, example["label"]
-
-    return stream.map(augment, tf.data.AUTOTUNE, deterministic=True)
-
-
-def _mixup(alpha: float, num_classes: int, seed: int):
-    """MixUp of one optimizer batch: one lambda ~ Beta(alpha, alpha) per step, from the seed
-    and the batch's first example index; each example paired with the batch reversed."""
-    import tensorflow_probability as tfp
-
-    beta = tfp.distributions.Beta(alpha, alpha)
-
-    def mix(first_index, images, one_hot):
-        key = tf.stack([tf.cast(seed + 7, tf.int64), first_index])
-        lam = tf.cast(beta.sample(seed=tf.cast(key, tf.int32)), tf.float32)
-        count = tf.shape(images)[0]
-        features = {
-            "images": images,
-            "partners": tf.reverse(images, axis=[0]),
-            "lam": tf.fill([count], lam),
-        }
-        return features, lam * one_hot + (1 - lam) * tf.reverse(one_hot, axis=[0])
-
-    return mix
-
-
-def model_inputs(features):
-    """[0, 1] float images from a micro-batch's features, mixed when MixUp is on."""
-    images = inputs.to_unit_range(features["images"])
-    if "partners" not in features:
-        return images
-    lam = tf.reshape(features["lam"], [-1, 1, 1, 1])
-    return lam * images + (1 - lam) * inputs.to_unit_range(features["partners"])
-
-
-def _fused_random_crop(example, resize: int, crop: int, key):
-    """A random ``crop`` x ``crop`` window of the image at ``resize`` x ``resize``. For JPEG
-    records only the window is decoded (preprocessing stores large images at exactly
-    ``resize`` x ``resize``, so no resizing is left to do); others are decoded whole."""
-    offsets = tf.random.stateless_uniform([2], seed=key, maxval=resize - crop + 1, dtype=tf.int32)
-
-    def jpeg():
-        shape = tf.image.extract_jpeg_shape(example["image/encoded"])
-        height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
-        scale_y, scale_x = height / resize, width / resize
-        top = tf.cast(tf.cast(offsets[0], tf.float32) * scale_y, tf.int32)
-        left = tf.cast(tf.cast(offsets[1], tf.float32) * scale_x, tf.int32)
-        window_h = tf.maximum(1, tf.minimum(tf.cast(crop * scale_y, tf.int32), shape[0] - top))
-        window_w = tf.maximum(1, tf.minimum(tf.cast(crop * scale_x, tf.int32), shape[1] - left))
-        window = tf.stack([top, left, window_h, window_w])
-        image = tf.image.decode_and_crop_jpeg(example["image/encoded"], window, 3)
-        return inputs.resize(image, crop)
-
-    def generic():
-        image = inputs.resize(inputs.decode(example["image/encoded"]), resize)
-        return tf.slice(image, [offsets[0], offsets[1], 0], [crop, crop, 3])
-
-    image = tf.cond(tf.equal(example["image/format"], "jpeg"), jpeg, generic)
-    image.set_shape([crop, crop, 3])
-    return image
-
-
-# ---------------------------------------------------------------------------------------------
-# Devices, strategies, precision
-
-
-def configure_devices() -> None:
-    """Grow GPU memory as needed instead of taking all of it up front."""
-    for gpu in tf.config.list_physical_devices("GPU"):
-        with contextlib.suppress(RuntimeError):  # already initialised
-            tf.config.experimental.set_memory_growth(gpu, True)
-
-
-def visible_devices() -> dict[str, int]:
-    """How many GPUs and TPU chips TensorFlow sees (a seam for tests without accelerators)."""
-    return {
-        "GPU": len(tf.config.list_physical_devices("GPU")),
-        "TPU": len(tf.config.list_physical_devices("TPU")),
-    }
-
-
-def _tpu_expected(name: str, accelerator: str) -> bool:
-    hints = ("TPU_NAME", "TPU_ACCELERATOR_TYPE", "TPU_WORKER_ID")
-    return (
-        name == "tpu"
-        or accelerator == "tpu"
-        or (name == "auto" and any(os.environ.get(h) for h in hints))
-    )
-
-
-def _tpu_strategy():
-    """A TPUStrategy: on a Cloud TPU VM (and GKE TPU nodes) the chips are local ("local");
-    ``TPU_NAME`` names a remote TPU node instead."""
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
-        tpu=os.environ.get("TPU_NAME") or "local"
-    )
-    tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
-    return tf.distribute.TPUStrategy(resolver)
-
-
-def vertex_tf_config() -> None:
-    """Set ``TF_CONFIG`` from Vertex AI's ``CLUSTER_SPEC`` when only the latter is given."""
-    spec = os.environ.get("CLUSTER_SPEC")
-    if not spec or os.environ.get("TF_CONFIG"):
-        return
-    os.environ.pop("TF_CONFIG", None)  # an empty one
-    cluster_spec = json.loads(spec)
-    task = cluster_spec["task"]
-    pools = {
-        pool: addresses
-        for pool, addresses in cluster_spec["cluster"].items()
-        if pool.startswith("workerpool")
-    }
-    # Vertex's pools: workerpool0 is the chief (one replica), workerpool1 the other workers.
-    cluster = {"chief": pools.get("workerpool0", [])}
-    if pools.get("workerpool1"):
-        cluster["worker"] = pools["workerpool1"]
-    kind = "chief" if task["type"] == "workerpool0" else "worker"
-    tf_config = {"cluster": cluster, "task": {"type": kind, "index": task["index"]}}
-    os.environ["TF_CONFIG"] = json.dumps(tf_config)
-
-
-def make_strategy(name: str, accelerator: str = "", replicas: int = 1):
-    """A tf.distribute strategy by name. ``auto`` picks a TPU (when the machine has one),
-    several GPUs, or the default. When ``accelerator`` (gpu or tpu) was asked for, a machine
-    without one fails here, in seconds, instead of training on the CPU. Several ``replicas``
-    (machines) train with MultiWorkerMirroredStrategy from the cluster the platform describes."""
-    if replicas > 1:
-        vertex_tf_config()
-        if not os.environ.get("TF_CONFIG"):
-            raise TrainingError(
-                f"training_replicas={replicas} needs a multi-worker cluster (Vertex AI "
-                "Pipelines runs one as a CustomJob: bittune compile --target vertex); this "
-                "task runs on one machine"
-            )
-        name = "multiworker"
-    if _tpu_expected(name, accelerator):
-        try:
-            return _tpu_strategy()
-        except (ValueError, RuntimeError, tf.errors.NotFoundError) as exc:
-            if name == "tpu" or accelerator == "tpu":
-                raise TrainingError(f"asked for a TPU, but none was found ({exc})") from None
-    devices = visible_devices()
-    if accelerator == "gpu" and not devices["GPU"]:
-        raise TrainingError(
-            "asked for a GPU, but TensorFlow finds none (only the CPU): check that the node "
-            "has GPUs and their driver is visible to the container (nvidia-smi), and that the "
-            "image is bittune-gpu"
-        )
-    if name == "multiworker":
-        vertex_tf_config()
-        if not os.environ.get("TF_CONFIG"):
-            raise TrainingError(
-                "--strategy multiworker needs TF_CONFIG (or Vertex AI's CLUSTER_SPEC) "
-                "describing the cluster"
-            )
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if name == "mirrored":
-        if not devices["GPU"]:
-            raise TrainingError("--strategy mirrored needs GPUs, but TensorFlow finds none")
-        return tf.distribute.MirroredStrategy()
-    if name == "auto" and devices["GPU"] > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def strategy_name(strategy) -> str:
-    """The --strategy name of a strategy object."""
-    kinds = [
-        (tf.distribute.TPUStrategy, "tpu"),
-        (tf.distribute.MultiWorkerMirroredStrategy, "multiworker"),
-        (tf.distribute.MirroredStrategy, "mirrored"),
-    ]
-    return next((name for kind, name in kinds if isinstance(strategy, kind)), "default")
-
-
-def _accelerator(strategy) -> str:
-    if isinstance(strategy, tf.distribute.TPUStrategy):
-        return "tpu"
-    return "gpu" if visible_devices()["GPU"] else "cpu"
-
-
-def choose_precision(requested: str, accelerator: str) -> str:
-    if requested != "auto":
-        return requested
-    if accelerator == "tpu":
-        return "bfloat16"
-    if accelerator == "gpu":
-        details = tf.config.experimental.get_device_details(
-            tf.config.list_physical_devices("GPU")[0]
-        )
-        major = (details.get("compute_capability") or (0, 0))[0]
-        return "bfloat16" if major >= 8 else "float16"
-    return "float32"
-
-
-_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -560,7 +232,7 @@ def prepare(config: TrainConfig) -> _Run:
     return _Run(config, rule, manifest, shards, output)
 
 
-def finished_summary(run: _Run) -> dict[str, Any] | None:
+def finished_summary(run: _Run) -> TrainResult | None:
     """The summary of an earlier run in the same output that already finished this schedule."""
     path = os.path.join(run.output.local, SUMMARY_FILE)
     if not os.path.exists(path):
@@ -572,7 +244,7 @@ def finished_summary(run: _Run) -> dict[str, Any] | None:
     done = summary.get("finished") and os.path.isdir(
         os.path.join(run.output.local, serving.EXPORT_DIR)
     )
-    return summary if same and done else None
+    return TrainResult.from_dict(summary) if same and done else None
 
 
 @dataclasses.dataclass
@@ -586,19 +258,21 @@ class _Setup:
 
 def _set_up(config: TrainConfig, rule: hyperrule.HyperRule) -> _Setup:
     """Devices, threads, strategy, precision policy, XLA, determinism and seeds."""
-    configure_devices()
+    devices.configure_devices()
     if config.cpus:  # the step's share of the node, not every core the node has
         tf.config.threading.set_intra_op_parallelism_threads(config.cpus)
         tf.config.threading.set_inter_op_parallelism_threads(min(config.cpus, 4))
-    strategy = make_strategy(config.strategy, config.accelerator, config.replicas)
+    strategy = devices.make_strategy(
+        config.training_strategy, config.accelerator, config.training_replicas
+    )
     replicas = strategy.num_replicas_in_sync
     if rule.micro_batch_size % replicas:
         raise TrainingError(
             f"micro_batch_size {rule.micro_batch_size} must divide evenly over {replicas} replicas"
         )
-    accelerator = _accelerator(strategy)
-    precision = choose_precision(config.precision, accelerator)
-    tf.keras.mixed_precision.set_global_policy(_POLICIES[precision])
+    accelerator = devices.accelerator_of(strategy)
+    precision = devices.choose_precision(config.precision, accelerator)
+    tf.keras.mixed_precision.set_global_policy(devices.POLICIES[precision])
     xla = config.xla if config.xla is not None else accelerator != "cpu"
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -640,7 +314,7 @@ def _build(run: _Run, setup: _Setup) -> _Trainable:
             else []
         )
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-    chief = _is_chief(setup.strategy)
+    chief = devices.is_chief(setup.strategy)
     if chief:
         run.checkpoints = _Folder(run.config.checkpoints)
         folder = run.checkpoints.local
@@ -652,13 +326,13 @@ def _build(run: _Run, setup: _Setup) -> _Trainable:
     return _Trainable(model, optimizer, accumulators, checkpoint, manager)
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
+def train(config: TrainConfig) -> TrainResult:
     """Fine-tune, checkpointing as it goes; resume from the latest checkpoint. A run whose
     output already holds this schedule's finished model returns that run's summary."""
     run = prepare(config)
     done = finished_summary(run)
     if done is not None:
-        return {**done, "already_finished": True}
+        return dataclasses.replace(done, already_finished=True)
     setup = _set_up(config, run.rule)
     trainable = _build(run, setup)
     history, step, rate = _loop(run, setup, trainable)
@@ -672,11 +346,11 @@ def _loop(run: _Run, setup: _Setup, t: _Trainable) -> tuple[list[dict[str, float
     start = int(t.optimizer.iterations.numpy())
     end = min(rule.total_steps, config.max_steps or rule.total_steps)
     examples = run.manifest.examples("train")
-    dataset = train_dataset(
+    dataset = augment.train_dataset(
         run.shards["train"],
         rule,
         len(run.labels),
-        config,
+        config.augmentation,
         examples,
         skip_examples=start * rule.batch_size,
     )
@@ -684,7 +358,7 @@ def _loop(run: _Run, setup: _Setup, t: _Trainable) -> tuple[list[dict[str, float
     step_fn = _make_train_step(
         setup.strategy, t.model, t.optimizer, t.accumulators, rule, setup.xla
     )
-    chief = _is_chief(setup.strategy)
+    chief = devices.is_chief(setup.strategy)
     if chief:
         run.logs = _Folder(config.logs)
     writers = _summary_writers(run.logs.local if chief else None)
@@ -733,69 +407,36 @@ def _loop(run: _Run, setup: _Setup, t: _Trainable) -> tuple[list[dict[str, float
 
 def _finish(run: _Run, setup: _Setup, t: _Trainable, history, step: int, rate: float):
     """Export the model when the schedule is done; write the summary and the labels."""
-    summary = {
-        "model": run.config.model,
-        "steps": step,
-        "total_steps": run.rule.total_steps,
-        "finished": step >= run.rule.total_steps,
-        "precision": setup.precision,
-        "strategy": strategy_name(setup.strategy),
-        "replicas": setup.replicas,
-        "validation": history,
-        "images_per_second": rate,
-        "hyperrule": run.rule.to_dict(),
-    }
-    if not _is_chief(setup.strategy):
-        return summary
+    result = TrainResult(
+        model=run.config.model,
+        steps=step,
+        total_steps=run.rule.total_steps,
+        finished=step >= run.rule.total_steps,
+        precision=setup.precision,
+        strategy=devices.strategy_name(setup.strategy),
+        replicas=setup.replicas,
+        validation=history,
+        images_per_second=rate,
+        hyperrule=run.rule.to_dict(),
+    )
+    if not devices.is_chief(setup.strategy):
+        return result
     out = run.output.local
-    if summary["finished"]:
+    if result.finished:
         serving.export(
             t.model, run.labels, run.rule.crop, os.path.join(out, serving.EXPORT_DIR),
             run.config.top_k,
         )  # fmt: skip
     storage.write_text(os.path.join(out, LABELS_FILE), json.dumps({"labels": run.labels}) + "\n")
     storage.write_text(os.path.join(out, ds.HYPERRULE_FILE), run.rule.to_json())
-    storage.write_text(os.path.join(out, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
+    summary = json.dumps(result.to_dict(), indent=2)
+    storage.write_text(os.path.join(out, SUMMARY_FILE), summary + "\n")
     run.output.sync()
-    return summary
-
-
-def is_chief_replica() -> bool:
-    """Whether this process writes a multi-machine job's results: it runs alone, or TF_CONFIG
-    (Vertex AI's CLUSTER_SPEC turned into one) names it the chief, or worker 0 of a cluster
-    without a chief."""
-    vertex_tf_config()
-    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    task = config.get("task") or {}
-    kind = task.get("type")
-    if not kind:
-        return True
-    alone = "chief" not in config.get("cluster", {})
-    return kind == "chief" or (kind == "worker" and int(task.get("index", 0)) == 0 and alone)
-
-
-def end_worker_replica() -> None:
-    """End a non-chief replica with success before KFP's executor writes the task's outputs:
-    every replica of a CustomJob runs the same executor input, so only the chief may write
-    ``executor_output.json`` and the model's metadata (else the last writer wins)."""
-    _say("worker replica done: the chief writes the task's outputs")
-    sys.stdout.flush()
-    os._exit(0)
+    return result
 
 
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def _is_chief(strategy) -> bool:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not getattr(resolver, "task_type", None):
-        return True
-    return resolver.task_type == "chief" or (
-        resolver.task_type == "worker"
-        and resolver.task_id == 0
-        and "chief" not in resolver.cluster_spec().as_dict()
-    )
 
 
 def _make_train_step(strategy, model, optimizer, accumulators, rule, xla: bool):
@@ -807,7 +448,7 @@ def _make_train_step(strategy, model, optimizer, accumulators, rule, xla: bool):
 
     @tf.function(jit_compile=xla)
     def gradients(features, labels):
-        images = model_inputs(features)
+        images = augment.model_inputs(features)
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
             losses = tf.nn.softmax_cross_entropy_with_logits(labels, logits)

@@ -68,14 +68,16 @@ def test_metrics_match_an_independent_recomputation(classes):
 
 
 def test_gate():
-    verdict = evaluation.gate(0.9, majority=0.3, threshold=0.8)
+    verdict = evaluation.gate(0.9, majority=0.3, blessing_threshold=0.8)
     assert verdict.blessed and [r["rule"] for r in verdict.rules] == ["majority", "threshold"]
-    verdict = evaluation.gate(0.7, majority=0.3, threshold=0.8)
+    verdict = evaluation.gate(0.7, majority=0.3, blessing_threshold=0.8)
     assert not verdict.blessed and "below the threshold 0.8000 (rule: threshold)" in verdict.reason
     verdict = evaluation.gate(0.3, majority=0.3)  # chance: always the most frequent class
     assert not verdict.blessed and verdict.reason.endswith("(rule: majority)")
-    assert evaluation.gate(0.89, majority=0.1, baseline=0.9, tolerance=0.02).blessed
-    verdict = evaluation.gate(0.85, majority=0.1, baseline=0.9, tolerance=0.02, baseline_name="v1")
+    assert evaluation.gate(0.89, majority=0.1, baseline=0.9, baseline_tolerance=0.02).blessed
+    verdict = evaluation.gate(
+        0.85, majority=0.1, baseline=0.9, baseline_tolerance=0.02, baseline_name="v1"
+    )
     assert not verdict.blessed and "worse than v1's 0.9000" in verdict.reason
     assert evaluation.gate(0.5, majority=1.0).blessed  # one class: the rule cannot judge
 
@@ -97,32 +99,30 @@ def test_evaluate_counts_every_test_example_and_writes_a_report(trained, tmp_pat
     result = evaluation.evaluate(
         EvalConfig(str(trained / "data"), str(trained / "run"), str(tmp_path), batch_size=16)
     )
-    assert result["split"] == "test"
-    assert result["metrics"]["examples"] == manifest["splits"]["test"]["examples"]
-    assert (
-        sum(c["support"] for c in result["metrics"]["per_class"]) == result["metrics"]["examples"]
-    )
-    assert result["blessed"] == (result["metrics"]["accuracy"] > result["metrics"]["majority_rate"])
+    assert result.split == "test"
+    assert result.metrics["examples"] == manifest["splits"]["test"]["examples"]
+    assert sum(c["support"] for c in result.metrics["per_class"]) == result.metrics["examples"]
+    assert result.blessed == (result.metrics["accuracy"] > result.metrics["majority_rate"])
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert saved["metrics"]["accuracy"] == result["metrics"]["accuracy"]
+    assert saved["metrics"]["accuracy"] == result.metrics["accuracy"]
     page = (tmp_path / "report.html").read_text()
     assert "http://" not in page and "https://" not in page
     assert "majority-class rate" in page
     for heading in ("Training", "Confusion matrix", "Per class", "BiT-HyperRule", "Dataset"):
         assert f"<h2>{heading}" in page
     assert page.count("data:image/png;base64,") >= 2
-    if result["worst"]:
+    if result.worst:
         assert "Most confident mistakes" in page
-        assert base64.b64decode(result["worst"][0]["image"])
+        assert base64.b64decode(result.worst[0]["image"])
 
 
 def test_gate_with_threshold_and_baseline(trained, tmp_path):
     data, run = str(trained / "data"), str(trained / "run")
-    strict = evaluation.evaluate(EvalConfig(data, run, threshold=0.999))
-    assert not strict["blessed"] and "below the threshold" in strict["reason"]
-    same = evaluation.evaluate(EvalConfig(data, run, baseline=run))
-    assert same["baseline_accuracy"] == same["metrics"]["accuracy"]
-    assert "baseline" in [r["rule"] for r in same["rules"]]
+    strict = evaluation.evaluate(EvalConfig(data, run, blessing_threshold=0.999))
+    assert not strict.blessed and "below the threshold" in strict.reason
+    same = evaluation.evaluate(EvalConfig(data, run, baseline_model=run))
+    assert same.baseline_accuracy == same.metrics["accuracy"]
+    assert "baseline" in [r["rule"] for r in same.rules]
 
 
 def test_a_chance_level_model_is_refused_by_default(trained, tmp_path):
@@ -130,32 +130,35 @@ def test_a_chance_level_model_is_refused_by_default(trained, tmp_path):
     untrained = models.build_classifier(models.load_backbone("bittune-tiny"), 10)
     serving.export(untrained, [str(d) for d in range(10)], 28, str(tmp_path / "saved_model"))
     result = evaluation.evaluate(EvalConfig(str(trained / "data"), str(tmp_path)))
-    assert not result["blessed"] and result["reason"].endswith("(rule: majority)")
+    assert not result.blessed and result.reason.endswith("(rule: majority)")
 
 
 def test_the_served_version_is_the_default_baseline(trained, tmp_path):
     data, run = str(trained / "data"), str(trained / "run")
     first = evaluation.evaluate(EvalConfig(data, run, serving_root=str(tmp_path / "serving")))
-    assert first["baseline"] is None  # nothing served yet
+    assert first.baseline is None  # nothing served yet
     manifest = json.loads((trained / "data" / "manifest.json").read_text())
     rule = json.loads((trained / "run" / "hyperrule.json").read_text())
-    blessed = {**first, "blessed": True}
+    blessed = {**first.to_dict(), "blessed": True}
     push.push(run, str(tmp_path / "serving"), push.model_card(blessed, rule, manifest, {}))
     second = evaluation.evaluate(EvalConfig(data, run, serving_root=str(tmp_path / "serving")))
-    assert second["baseline"] == str(tmp_path / "serving" / "1")
-    assert second["baseline_accuracy"] == second["metrics"]["accuracy"]
-    assert any(r["rule"] == "baseline" and r["passed"] for r in second["rules"])
+    assert second.baseline == str(tmp_path / "serving" / "1")
+    assert second.baseline_accuracy == second.metrics["accuracy"]
+    assert any(r["rule"] == "baseline" and r["passed"] for r in second.rules)
 
 
 def test_push_versions_and_card(trained, tmp_path, gcs):
     result = evaluation.evaluate(EvalConfig(str(trained / "data"), str(trained / "run")))
-    result = {**result, "blessed": True}  # pushing is tested here, not the gate
+    result = {**result.to_dict(), "blessed": True}  # pushing is tested here, not the gate
     manifest = json.loads((trained / "data" / "manifest.json").read_text())
     rule = json.loads((trained / "run" / "hyperrule.json").read_text())
     card = push.model_card(result, rule, manifest, {"model_source": "bittune-tiny"})
     first = push.push(str(trained / "run"), str(tmp_path / "serving"), card)
     second = push.push(str(trained / "run"), str(tmp_path / "serving"), card)
-    assert first.endswith("/1") and second.endswith("/2")
+    assert first.uri.endswith("/1") and (second.version, second.uri[-2:]) == (2, "/2")
+    assert (
+        first.files == len([p for p in (tmp_path / "serving" / "1").rglob("*") if p.is_file()]) - 2
+    )
     assert (tmp_path / "serving" / "2" / "saved_model.pb").exists()
     markdown = (tmp_path / "serving" / "1" / "model_card.md").read_text()
     assert "| resize | crop |" in markdown and "{'" not in markdown  # a table, not a dict
@@ -163,7 +166,7 @@ def test_push_versions_and_card(trained, tmp_path, gcs):
     assert saved["metrics"]["accuracy"] == result["metrics"]["accuracy"]
     assert saved["hyperrule"]["crop"] == 28
     bucket = gcs.new_bucket()
-    assert push.push(str(trained / "run"), f"gs://{bucket}/models/digits", card).endswith("/1")
+    assert push.push(str(trained / "run"), f"gs://{bucket}/models/digits", card).version == 1
     assert f"models/digits/1/{push.CARD_JSON}" in gcs.names(bucket)
     card["gate"]["blessed"] = False
     with pytest.raises(BittuneError, match="did not bless"):

@@ -47,7 +47,7 @@ def file_digests(folder):
 def digits_dataset(digits_folder, tmp_path_factory):
     root = tmp_path_factory.mktemp("digits-pp")
     analysis = analysed(digits_folder, root / "analysis")
-    config = PreprocessConfig(analysis, str(root / "data"), processes=2, progress=False)
+    config = PreprocessConfig(analysis, str(root / "data"), preprocess_workers=2, progress=False)
     return config, preprocess(config)
 
 
@@ -91,7 +91,9 @@ def test_digits_records_read_back_with_tensorflow(digits_dataset):
 def test_same_inputs_give_identical_shards_whatever_the_worker_count(digits_dataset, tmp_path):
     config, manifest = digits_dataset
     for index in range(3):  # three workers, one process each, into one folder
-        worker = PreprocessConfig(config.analysis_dir, str(tmp_path), processes=1, progress=False)
+        worker = PreprocessConfig(
+            config.analysis_dir, str(tmp_path), preprocess_workers=1, progress=False
+        )
         pp.write_shards(worker, index, 3)
     again = pp.gather(PreprocessConfig(config.analysis_dir, str(tmp_path))).to_dict()
     assert file_digests(tmp_path) == file_digests(config.output_dir)
@@ -216,7 +218,9 @@ def test_broken_body_and_changed_files_are_rejected_not_lost(tmp_path):
 def test_a_crash_leaves_nothing_that_looks_complete(digits_folder, tmp_path, monkeypatch):
     analysis = analysed(digits_folder, tmp_path / "analysis")
     out = tmp_path / "out"
-    config = PreprocessConfig(analysis, str(out), processes=1, shard_bytes=20_000, progress=False)
+    config = PreprocessConfig(
+        analysis, str(out), preprocess_workers=1, shard_megabytes=0.02, progress=False
+    )
     real_frame, calls = tfrecords.frame, []
 
     def failing_frame(payload):
@@ -238,7 +242,7 @@ def test_a_crash_leaves_nothing_that_looks_complete(digits_folder, tmp_path, mon
         pp.gather(config)
     preprocess(config)  # resumes: finished shards are kept, the rest written
     reference = tmp_path / "reference"
-    preprocess(PreprocessConfig(analysis, str(reference), shard_bytes=20_000, progress=False))
+    preprocess(PreprocessConfig(analysis, str(reference), shard_megabytes=0.02, progress=False))
     assert file_digests(out) == file_digests(reference)
     assert all(file_digests(out)[name] == digest for name, digest in finished.items())
 
@@ -318,7 +322,7 @@ def test_many_small_images_make_many_balanced_shards():
 @pytest.mark.parametrize("workers", [1, 2, 3])
 def test_shards_are_byte_identical_for_any_number_of_workers(digits_dataset, workers, tmp_path):
     config, _ = digits_dataset
-    small = dict(shard_examples=300, processes=1, progress=False)
+    small = dict(shard_examples=300, preprocess_workers=1, progress=False)
     reference = tmp_path / "reference"
     pp.preprocess(PreprocessConfig(config.analysis_dir, str(reference), **small))
     out = tmp_path / f"w{workers}"
@@ -334,10 +338,12 @@ def test_one_machine_on_several_cores_writes_the_same_shards(digits_dataset, pro
     for limit in (150, 1000):  # many shards (whole shards per core); few (shared items)
         common = dict(shard_examples=limit, progress=False)
         one = tmp_path / f"one-{limit}"
-        pp.preprocess(PreprocessConfig(config.analysis_dir, str(one), processes=1, **common))
+        pp.preprocess(
+            PreprocessConfig(config.analysis_dir, str(one), preprocess_workers=1, **common)
+        )
         many = tmp_path / f"many-{limit}"
         done = pp.preprocess(
-            PreprocessConfig(config.analysis_dir, str(many), processes=processes, **common)
+            PreprocessConfig(config.analysis_dir, str(many), preprocess_workers=processes, **common)
         )
         assert file_digests(many) == file_digests(one)
         assert done.totals["written"] == 1797

@@ -34,7 +34,7 @@ def _train_together(environments, output, longer_data, small_npz):  # noqa: F811
         for make_env in environments:
             env = {**os.environ, **make_env(ports)}
             command = train_command(
-                longer_data, output / str(attempt), small_npz, "--strategy", "multiworker",
+                longer_data, output / str(attempt), small_npz, "--training-strategy", "multiworker",
                 "--max-steps", "4",
             )  # fmt: skip
             processes.append(

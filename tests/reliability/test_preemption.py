@@ -74,7 +74,8 @@ def test_killed_preprocessing_reruns_to_identical_shards(photos, tmp_path, ledge
 
     def preprocess(output: pathlib.Path) -> list[str]:
         return _bittune("preprocess", str(photos), "--analysis", str(analysis), "--output",
-                        str(output), "--workers", "1", "--shard-mb", "0.03")  # fmt: skip
+                        str(output), "--preprocess-workers", "1",
+                        "--shard-megabytes", "0.03")  # fmt: skip
 
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert subprocess.run(preprocess(whole), capture_output=True).returncode == 0
@@ -149,7 +150,7 @@ def test_ctrl_c_keeps_finished_shards_and_says_so(photos, tmp_path):
     assert done.returncode == 0, done.stderr
     out = tmp_path / "out"
     command = _bittune("preprocess", str(photos), "--analysis", str(analysis), "--output",
-                       str(out), "--shard-mb", "0.03")  # fmt: skip
+                       str(out), "--shard-megabytes", "0.03")  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 300

@@ -70,7 +70,7 @@ def test_local_paths_cannot_leave_the_data_root(tmp_path, ledger):
 
     for n in range(4):
         write_photo(root / ("cats", "dogs")[n % 2] / f"{n}.jpg", n)
-    result = analyze(AnalysisConfig(str(root), overrides=TINY_RULE, progress=False))
+    result = analyze(AnalysisConfig(str(root), hyperrule_overrides=TINY_RULE, progress=False))
     flagged = {f["path"]: f for f in result.stats["flagged"]}
     assert flagged["cats/escape.png"]["code"] == "outside_root"
     assert "symlink escapes the data root" in flagged["cats/escape.png"]["reason"]
@@ -78,7 +78,7 @@ def test_local_paths_cannot_leave_the_data_root(tmp_path, ledger):
     manifest = root / "list.csv"
     manifest.write_text("image,label\ncats/0.jpg,cats\n../secret.png,cats\n/etc/hostname,dogs\n"
                         "dogs/1.jpg,dogs\n")  # fmt: skip
-    result = analyze(AnalysisConfig(str(manifest), overrides=TINY_RULE, progress=False))
+    result = analyze(AnalysisConfig(str(manifest), hyperrule_overrides=TINY_RULE, progress=False))
     codes = {f["path"]: f["code"] for f in result.stats["flagged"]}
     assert codes == {"../secret.png": "outside_root", "/etc/hostname": "outside_root"}
     ledger["items_rejected"] += 3

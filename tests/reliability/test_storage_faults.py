@@ -98,10 +98,14 @@ def _objects(prefix: str) -> dict[str, bytes]:
 
 
 def _analyse_and_preprocess(source: str, out: str) -> None:
-    analyze(AnalysisConfig(source, overrides=RULE, progress=False), f"{out}/analysis")
+    analyze(AnalysisConfig(source, hyperrule_overrides=RULE, progress=False), f"{out}/analysis")
     preprocess(
         PreprocessConfig(
-            f"{out}/analysis", f"{out}/data", shard_bytes=40_000, processes=1, progress=False
+            f"{out}/analysis",
+            f"{out}/data",
+            shard_megabytes=0.04,
+            preprocess_workers=1,
+            progress=False,
         )  # fmt: skip
     )
 

@@ -34,13 +34,15 @@ def _bittune(capsys, *args: str) -> tuple[int, str]:
     [
         (["--preprocess-workers", "0"], "preprocess_workers must be between 1 and 1000, got 0"),
         (["--preprocess-workers", "two"], "invalid int value: 'two'"),
-        (["--threshold", "-0.1"], "blessing_threshold must be a number between 0 and 1"),
+        (["--blessing-threshold", "-0.1"], "blessing_threshold must be a number between 0 and 1"),
         (["--model", "bit-m-r9x9"], "unknown model 'bit-m-r9x9'; valid names: bittune-tiny"),
         (["--model", "/nowhere/ckpt.npz"], "model checkpoint not found: /nowhere/ckpt.npz"),
         (["--hyperrule-overrides", '{"total_steps": 0}'], "total_steps must be >= 1, got 0"),
         (["--hyperrule-overrides", '{"resize": "big"}'], "resize must be a whole number"),
         (["--hyperrule-overrides", '{"lr": 0.1}'], "unknown HyperRule field(s) lr"),
         (["--hyperrule-overrides", "{not json"], "hyperrule_overrides is not valid JSON"),
+        (["--total-steps", "0"], "total_steps must be >= 1, got 0"),
+        (["--micro-batch-size", "many"], "invalid int value: 'many'"),
         (["--data", "/nowhere/photos"], "data folder not found: /nowhere/photos"),
         (["--data", "/nowhere/list.csv"], "manifest not found: /nowhere/list.csv"),
     ],
@@ -59,7 +61,7 @@ def test_bittune_run_refuses_before_starting(args, message, digits_folder, tmp_p
 def test_every_problem_is_named_at_once(digits_folder, tmp_path, capsys, ledger):
     code, err = _bittune(
         capsys, "run", "--data", str(digits_folder), "--output", str(tmp_path / "r"),
-        "--preprocess-workers", "0", "--threshold", "2", "--model", "nope",
+        "--preprocess-workers", "0", "--blessing-threshold", "2", "--model", "nope",
     )  # fmt: skip
     assert code == 2 and err.count("\n  - ") == 3
     ledger["bad_parameters_refused"] += 3
@@ -123,7 +125,7 @@ def component_errors(monkeypatch):
         (
             gather_dataset,
             {"summaries": [], "shard_megabytes": 0},
-            "shard_megabytes must be between",
+            "shard_megabytes must be a number between",
         ),
         (train_model, {"training_strategy": "gpu-please"}, "training_strategy must be one of auto"),
         (train_model, {"model": "bit-q-r1x1"}, "unknown model 'bit-q-r1x1'"),
