@@ -8,7 +8,7 @@ import os
 import platform
 import sys
 
-from benchmarks import analysis_speed, fashion_mnist, preprocess_speed
+from benchmarks import analysis_speed, fashion_mnist, near_duplicate_speed, preprocess_speed
 from benchmarks.synthetic import CEILING
 
 
@@ -38,6 +38,7 @@ def _end_to_end():
 
 BENCHMARKS = {
     "analysis": analysis_speed.run,
+    "near-duplicates": near_duplicate_speed.run,
     "preprocess": preprocess_speed.run,
     "scale": fashion_mnist.run,
     "training": _training,

@@ -22,6 +22,8 @@ def analyze_dataset(
     data_fingerprint: str,
     split_fractions: str,
     max_pixels: int,
+    near_duplicates: bool,
+    exclude_list: str,
     hyperrule_variant: str,
     model: str,
     hyperrule_overrides: str,

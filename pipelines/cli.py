@@ -119,6 +119,22 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         print(f"  flagged {code}: {count}")
     for warning in stats["warnings"]:
         print(f"  warning: {warning}")
+    near = stats.get("near_duplicates")
+    if near:
+        pairs = ", ".join(f"{k} {v:,}" for k, v in near["pairs"].items()) or "none"
+        leaked = ", ".join(f"{k} {v:,}" for k, v in near["leaked"].items()) or "none"
+        small = near["too_small"]
+        small = f"; {small:,} image{'s' * (small != 1)} too small to hash" if small else ""
+        print(
+            f"near-duplicates: {near['items_in_groups']:,} images in {near['groups']:,} groups "
+            f"(pairs: {pairs}); held out with a near-duplicate in training: {leaked}{small}"
+        )
+    excluded = stats["source"].get("exclude_list")
+    if excluded:
+        print(
+            f"exclude list {excluded['uri']} (SHA-256 {excluded['sha256'][:12]}…): "
+            f"{excluded['excluded']:,} images left out, {excluded['entries']:,} entries"
+        )
     print(
         f"HyperRule: resize {rule.resize}, crop {rule.crop}, {rule.total_steps} steps at batch "
         f"{rule.batch_size}, lr {rule.base_lr:g}, mixup {rule.mixup_alpha:g}"
@@ -212,10 +228,21 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         f"top-{m['top5_k']} {m['top5_accuracy']:.4f}, loss {m['loss']:.4f}, macro F1 "
         f"{m['macro_f1']:.4f}, ECE {m['expected_calibration_error']:.4f}"
     )
+    without = m["without_leaked"]
+    if without["leaked"]:
+        print(
+            f"without the {without['leaked']:,} examples with a near-duplicate in training: "
+            f"accuracy {without['accuracy']:.4f}"
+        )
+    if result.label_issues:
+        print(
+            f"{len(result.label_issues):,} likely label errors (confident learning), listed in "
+            "label_issues.json: review them, then pass it as --exclude-list"
+        )
     if result.baseline_accuracy is not None:
         print(f"baseline {result.baseline}: accuracy {result.baseline_accuracy:.4f}")
     print(f"{'BLESSED' if result.blessed else 'NOT BLESSED'}: {result.reason}")
-    print(f"wrote metrics.json and report.html to {args.output}")
+    print(f"wrote metrics.json, label_issues.json and report.html to {args.output}")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -441,6 +468,8 @@ def _add_analyze(sub) -> None:
     params.add_option(p, "data_dir", default=None)
     params.add_option(p, "split_fractions", type=_fractions, default=(0.8, 0.1, 0.1))
     params.add_option(p, "max_pixels")
+    params.add_option(p, "near_duplicates")
+    params.add_option(p, "exclude_list")
     params.add_option(p, "few_shot")
     p.add_argument("--workers", type=int, default=0, help="parallel readers (default: automatic)")
     _add_overrides(p)

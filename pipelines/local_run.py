@@ -400,10 +400,21 @@ def _evaluation(run: str) -> dict[str, Any]:
         "evaluation_report": os.path.join(folder, "report.html"),
         "test_split": result["split"],
         "test_accuracy": result["metrics"]["accuracy"],
+        "without_leaked": result["metrics"].get("without_leaked", {}),
+        "label_issues": result.get("label_issue_count", 0),
         "blessed": result["blessed"],
         "reason": result["reason"],
         "pushed": pushed.get("parameterValues", {}).get("Output"),
     }
+
+
+def _leak_line(without: dict[str, Any]) -> list[str]:
+    if not without.get("leaked"):
+        return []
+    return [
+        f"  without its {without['leaked']:,} examples that have a near-duplicate in training: "
+        f"accuracy {without['accuracy']:.4f} ({without['examples']:,} examples)"
+    ]
 
 
 def summary_lines(outputs: dict[str, Any]) -> list[str]:
@@ -415,6 +426,15 @@ def summary_lines(outputs: dict[str, Any]) -> list[str]:
         f"{totals['rejected']:,} rejected; {outputs['examples']:,} training examples",
         f"{outputs['test_split']} accuracy {outputs['test_accuracy']:.4f} — {verdict}: "
         f"{outputs['reason']}",
+        *_leak_line(outputs.get("without_leaked") or {}),
+        *(
+            [
+                f"  likely label errors: {outputs['label_issues']:,} (label_issues.json beside "
+                "the evaluation report; --exclude-list leaves them out next run)"
+            ]
+            if outputs.get("label_issues")
+            else []
+        ),
         f"  analysis report:   {outputs['report_html']}",
         f"  dataset:           {outputs['dataset']}",
         f"  model:             {outputs['model']}",

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from components.bit import dataset, hyperrule, images, params, sources, storage
+from components.bit import dataset, hyperrule, images, near_duplicates, params, sources, storage
 from components.bit.errors import BittuneError
 from components.bit.report import write_reports
 
@@ -25,6 +25,8 @@ MISSING = "missing"
 OUTSIDE_ROOT = "outside_root"
 DUPLICATE = "duplicate"
 LABEL_CONFLICT = "label_conflict"
+EXCLUDED = "excluded"
+MAX_PAIRS_SHOWN = 8  # near-duplicate pairs shown with thumbnails in the report
 
 
 class AnalysisError(BittuneError):
@@ -40,6 +42,8 @@ class AnalysisConfig:
     data_dir: str | None = None
     split_fractions: tuple[float, float, float] | str = (0.8, 0.1, 0.1)  # or "0.8,0.1,0.1"
     max_pixels: int = images.DEFAULT_MAX_PIXELS
+    near_duplicates: bool = True  # hash a reduced decode of each image; off: headers only
+    exclude_list: str = ""  # a file of URIs, keys or SHA-256s to leave out (label_issues.json)
     workers: int = 0  # parallel header readers; 0: a sensible default for I/O-bound reads
     hyperrule_variant: str = "reference"
     model: str | None = None
@@ -75,6 +79,9 @@ class Inspected:
     info: images.ImageInfo | None
     problem: images.Problem | None
     key: str = ""  # unique within the dataset: the identity, plus "#n" for its n-th repeat
+    phash: int | None = None  # the perceptual hash (near_duplicates), None if not decodable
+    group: str | None = None  # the key of its near-duplicate group's first member, if any
+    leaks_train: bool = False  # held out, with a near-duplicate in the training split
 
     def row(self) -> dict[str, Any]:
         """The item's line in items.jsonl."""
@@ -88,6 +95,9 @@ class Inspected:
             **info,
             "code": self.problem.code if self.problem else None,
             "reason": self.problem.reason if self.problem else None,
+            "phash": f"{self.phash:016x}" if self.phash is not None else None,
+            "near_duplicate_group": self.group,
+            "leaks_train": self.leaks_train,
         }
 
 
@@ -108,6 +118,10 @@ def analyze(config: AnalysisConfig, output_dir: str | None = None) -> AnalysisRe
     listing = sources.list_source(config.data_source, config.data_dir)
     inspected = inspect_items(listing.items, fractions, config)
     inspected = flag_duplicates(inspected)
+    inspected, excluded = flag_excluded(inspected, config.exclude_list)
+    near: dict[str, Any] | None = None
+    if config.near_duplicates:
+        inspected, near = group_near_duplicates(inspected, fractions)
     valid = [r for r in inspected if r.problem is None]
     train = [r for r in valid if r.split == "train"]
     if not valid:
@@ -136,6 +150,10 @@ def analyze(config: AnalysisConfig, output_dir: str | None = None) -> AnalysisRe
     )
     stats = build_stats(listing, inspected, fractions, rule)
     stats["source"].update(few_shot=config.few_shot, max_pixels=config.max_pixels)
+    if excluded:
+        stats["source"]["exclude_list"] = excluded
+    if near is not None:
+        stats["near_duplicates"] = near
     result = AnalysisResult(stats, rule, inspected)
     if output_dir is not None:
         write_outputs(result, output_dir)
@@ -150,7 +168,8 @@ def inspect_items(
     show = sys.stderr.isatty() if config.progress is None else config.progress
 
     def one(item: sources.Item) -> Inspected:
-        return _inspect_one(item, sources.split_of(item, fractions), config.max_pixels)
+        split = sources.split_of(item, fractions)
+        return _inspect_one(item, split, config.max_pixels, config.near_duplicates)
 
     from tqdm import tqdm
 
@@ -169,7 +188,7 @@ def inspect_items(
     return out
 
 
-def _inspect_one(item: sources.Item, split: str, max_pixels: int) -> Inspected:
+def _inspect_one(item: sources.Item, split: str, max_pixels: int, hashing: bool) -> Inspected:
     if item.problem:
         return Inspected(item, split, None, images.Problem(OUTSIDE_ROOT, item.problem))
     try:
@@ -183,7 +202,9 @@ def _inspect_one(item: sources.Item, split: str, max_pixels: int) -> Inspected:
     outcome = images.inspect(data, expected, max_pixels)
     if isinstance(outcome, images.Problem):
         return Inspected(item, split, None, outcome)
-    return Inspected(item, split, outcome, None)
+    hashable = hashing and min(outcome.height, outcome.width) >= near_duplicates.MIN_SIDE
+    phash = near_duplicates.perceptual_hash(data) if hashable else None
+    return Inspected(item, split, outcome, None, phash=phash)
 
 
 def flag_duplicates(inspected: list[Inspected]) -> list[Inspected]:
@@ -208,6 +229,115 @@ def flag_duplicates(inspected: list[Inspected]) -> list[Inspected]:
         for i in ordered[1:]:
             out[i] = _flag(inspected[i], DUPLICATE, f"exact duplicate of {first}")
     return out
+
+
+def flag_excluded(
+    inspected: list[Inspected], exclude_list: str
+) -> tuple[list[Inspected], dict[str, Any] | None]:
+    """Flag the items an exclude list names (by URI, identity, key or SHA-256); return them
+    and the list's provenance (where it is, its SHA-256, entries, items excluded)."""
+    if not exclude_list:
+        return inspected, None
+    from components.bit.label_issues import read_exclude_list
+
+    try:
+        raw = storage.read_bytes(exclude_list)
+    except (FileNotFoundError, storage.StorageError, OSError) as exc:
+        raise AnalysisError(f"cannot read the exclude list {exclude_list}: {exc}") from None
+    try:
+        entries, count = read_exclude_list(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, AttributeError) as exc:
+        raise AnalysisError(f"the exclude list {exclude_list} is not readable: {exc}") from None
+    out, hits = list(inspected), 0
+    for n, r in enumerate(inspected):
+        names = {r.item.uri, r.item.identity, r.key, r.info.sha256 if r.info else ""}
+        if r.problem is None and names & entries:
+            out[n] = _flag(r, EXCLUDED, f"listed in the exclude list {exclude_list}")
+            hits += 1
+    provenance = {
+        "uri": exclude_list,
+        "sha256": images.content_hash(raw),
+        "entries": count,
+        "excluded": hits,
+    }
+    return out, provenance
+
+
+def group_near_duplicates(
+    inspected: list[Inspected], fractions: Sequence[float]
+) -> tuple[list[Inspected], dict[str, Any]]:
+    """Group valid items whose perceptual hashes are near, keep each group in one split
+    where the source did not fix the split, and summarise what is left: pairs per split pair
+    and the held-out items that have a near-duplicate in training (leaked)."""
+    hashed = [i for i, r in enumerate(inspected) if r.problem is None and r.phash is not None]
+    links = near_duplicates.find_links([inspected[i].phash for i in hashed])
+    members: dict[int, list[int]] = collections.defaultdict(list)
+    for index, root in zip(hashed, near_duplicates.groups(len(hashed), links), strict=True):
+        members[root].append(index)
+    out, moved = list(inspected), 0
+    for group in (sorted(g, key=lambda i: inspected[i].key) for g in members.values()):
+        if len(group) < 2:
+            continue
+        fixed = [inspected[i].item.split for i in group if inspected[i].item.split]
+        split = fixed[0] if fixed else sources.split_of(inspected[group[0]].item, fractions)
+        for i in group:
+            r = out[i]
+            moved += not r.item.split and r.split != split
+            out[i] = dataclasses.replace(
+                r, split=r.item.split or split, group=inspected[group[0]].key
+            )
+        in_train = any(out[i].split == "train" for i in group)
+        for i in group:
+            if in_train and out[i].split != "train":
+                out[i] = dataclasses.replace(out[i], leaks_train=True)
+    return out, near_summary(out, links, hashed, moved)
+
+
+def near_summary(
+    inspected: list[Inspected], links, hashed: list[int], moved: int
+) -> dict[str, Any]:
+    """The near-duplicate section of stats.json: counts, pairs per split pair, examples."""
+    grouped: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for r in inspected:
+        if r.group:
+            grouped[r.group][r.split] += 1
+    pairs: collections.Counter[str] = collections.Counter()
+    for counts in grouped.values():
+        present = [s for s in sources.SPLITS if counts[s]]
+        for n, a in enumerate(present):
+            pairs[f"{a}-{a}"] += counts[a] * (counts[a] - 1) // 2
+            for b in present[n + 1 :]:
+                pairs[f"{a}-{b}"] += counts[a] * counts[b]
+    shown = sorted(
+        links.tolist(),
+        key=lambda link: (
+            inspected[hashed[link[0]]].split == inspected[hashed[link[1]]].split,
+            -link[2],
+        ),
+    )[:MAX_PAIRS_SHOWN]
+    valid = [r for r in inspected if r.problem is None]
+    small = sum(1 for r in valid if min(r.info.height, r.info.width) < near_duplicates.MIN_SIDE)
+    return {
+        "hash": f"pHash, {near_duplicates.HASH_BITS} bits (imagehash)",
+        "max_distance": near_duplicates.MAX_DISTANCE,
+        "hashed": len(hashed),
+        "too_small": small,
+        "not_decodable": len(valid) - len(hashed) - small,
+        "groups": len(grouped),
+        "items_in_groups": sum(sum(c.values()) for c in grouped.values()),
+        "pairs": {k: v for k, v in sorted(pairs.items()) if v},
+        "leaked": dict(collections.Counter(r.split for r in inspected if r.leaks_train)),
+        "moved_to_group_split": moved,
+        "examples": [
+            {
+                "a": inspected[hashed[a]].key,
+                "b": inspected[hashed[b]].key,
+                "splits": [inspected[hashed[a]].split, inspected[hashed[b]].split],
+                "distance": distance,
+            }
+            for a, b, distance in shown
+        ],
+    }
 
 
 def _flag(r: Inspected, code: str, reason: str) -> Inspected:
@@ -322,4 +452,29 @@ def write_outputs(result: AnalysisResult, output_dir: str) -> None:
     dataset.write_analysis(
         output_dir, public, (r.row() for r in result.inspected), result.hyperrule
     )
-    write_reports(result.stats, result.hyperrule, output_dir)
+    by_key = {r.key: r for r in result.inspected}
+    shown = result.stats.get("near_duplicates", {}).get("examples", [])
+    thumbnails = [[_thumbnail(by_key[e["a"]]), _thumbnail(by_key[e["b"]])] for e in shown]
+    write_reports(
+        {**result.stats, "near_duplicate_thumbnails": thumbnails}, result.hyperrule, output_dir
+    )
+
+
+def _thumbnail(r: Inspected, side: int = 96) -> str:
+    """A small JPEG of the item, base64 ("" if it cannot be read again)."""
+    import base64
+    import io
+
+    from PIL import Image, ImageOps
+
+    try:
+        data = r.item.payload if r.item.payload is not None else storage.read_bytes(r.item.uri)
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft("RGB", (side, side))
+            small = images.to_rgb(ImageOps.exif_transpose(image))
+            small.thumbnail((side, side))
+            buffer = io.BytesIO()
+            small.save(buffer, format="JPEG", quality=85)
+    except Exception:  # the report then shows the keys without the picture
+        return ""
+    return base64.b64encode(buffer.getvalue()).decode()

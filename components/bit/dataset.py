@@ -129,6 +129,8 @@ class Manifest:
     few_shot: int | None = None
     seed: int = 0
     shard_limits: dict[str, int] = dataclasses.field(default_factory=dict)
+    # held-out split -> SHA-256 of its examples with a near-duplicate in training (analysis)
+    leaked: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -177,6 +179,7 @@ class Manifest:
             "few_shot": self.few_shot,
             "seed": self.seed,
             "shard_limits": dict(self.shard_limits),
+            "leaked": {split: list(keys) for split, keys in self.leaked.items()},
         }
 
     @classmethod
@@ -206,6 +209,7 @@ class Manifest:
             few_shot=data.get("few_shot"),
             seed=data.get("seed", 0),
             shard_limits=dict(data.get("shard_limits", {})),
+            leaked={split: list(keys) for split, keys in data.get("leaked", {}).items()},
         )
 
 

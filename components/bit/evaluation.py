@@ -19,13 +19,13 @@ import heapq
 import html
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from components.bit import dataset as ds
-from components.bit import hyperrule, params, storage
+from components.bit import hyperrule, label_issues, params, storage
 from components.bit.errors import BittuneError
 from components.bit.plots import png_base64
 
@@ -170,13 +170,35 @@ def confusion_matrix(metrics: Mapping[str, Any], classes: Sequence[int]) -> np.n
 # Running a model over a split
 
 
-def run_model(serve, paths: Sequence[str], num_classes: int, batch_size: int = 64):
-    """Stream the split's records through a serving function; (tally, worst mistakes)."""
+@dataclasses.dataclass
+class Scored:
+    """A split through a model: every metric's counts, those without the leaked examples
+    (held out, with a near-duplicate in training), and the most confident mistakes."""
+
+    tally: Tally
+    unleaked: Tally
+    worst: list[tuple[float, int, bytes, int, int]]
+    probabilities: np.ndarray  # (examples, classes), float32, in record order
+    labels: np.ndarray
+    uris: list[str]
+    sha256: list[str]
+
+
+def run_model(
+    serve,
+    paths: Sequence[str],
+    num_classes: int,
+    batch_size: int = 64,
+    leaked: Collection[str] = (),
+) -> Scored:
+    """Stream the split's records through a serving function."""
     from components.bit.inputs import encoded_dataset
 
-    tally = Tally(num_classes)
+    tally, unleaked = Tally(num_classes), Tally(num_classes)
+    leaked = {key.encode() for key in leaked}
     worst: list[tuple[float, int, bytes, int, int]] = []  # min-heap on wrong confidence
-    for encoded, labels in encoded_dataset(paths, batch_size):
+    seen: dict[str, list] = {"probabilities": [], "labels": [], "uris": [], "sha256": []}
+    for encoded, labels, uris, sha256 in encoded_dataset(paths, batch_size):
         out = serve(image_bytes=encoded)
         probabilities = out["probabilities"].numpy()
         if probabilities.shape[1] != num_classes:
@@ -184,6 +206,13 @@ def run_model(serve, paths: Sequence[str], num_classes: int, batch_size: int = 6
                 f"the model predicts {probabilities.shape[1]} classes, the data has {num_classes}"
             )
         labels = labels.numpy()
+        seen["probabilities"].append(probabilities.astype(np.float32))
+        seen["labels"].append(labels)
+        seen["uris"] += [u.decode("utf-8") for u in uris.numpy().tolist()]
+        seen["sha256"] += [h.decode() for h in sha256.numpy().tolist()]
+        clean = np.array([key not in leaked for key in sha256.numpy().tolist()], dtype=bool)
+        if clean.any():
+            unleaked.add(probabilities[clean], labels[clean])
         predicted = tally.add(probabilities, labels)
         for i in np.flatnonzero(predicted != labels):
             item = (
@@ -197,7 +226,30 @@ def run_model(serve, paths: Sequence[str], num_classes: int, batch_size: int = 6
                 heapq.heappush(worst, item)
             else:
                 heapq.heappushpop(worst, item)
-    return tally, sorted(worst, reverse=True)
+    return Scored(
+        tally,
+        unleaked,
+        sorted(worst, reverse=True),
+        np.concatenate(seen["probabilities"] or [np.zeros((0, num_classes), np.float32)]),
+        np.concatenate(seen["labels"] or [np.zeros(0, np.int64)]),
+        seen["uris"],
+        seen["sha256"],
+    )
+
+
+def thumbnails_at(paths: Sequence[str], indices: Sequence[int]) -> dict[int, str]:
+    """Base64 encoded images of the records at ``indices`` (record order)."""
+    from components.bit.inputs import encoded_dataset
+
+    wanted, found = set(indices), {}
+    if not wanted:
+        return found
+    for index, (encoded, *_) in enumerate(encoded_dataset(paths, 1).unbatch()):
+        if index in wanted:
+            found[index] = base64.b64encode(encoded.numpy()).decode()
+            if len(found) == len(wanted):
+                break
+    return found
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,10 +270,14 @@ class EvalResult:
     reason: str
     rules: list[dict[str, Any]]
     worst: list[dict[str, Any]]  # the most confident mistakes, with base64 thumbnails
+    label_issues: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # ranked
+    issue_thumbnails: dict[int, str] = dataclasses.field(default_factory=dict)  # by index
 
     def to_dict(self) -> dict[str, Any]:
         public = dataclasses.asdict(self)
-        del public["worst"]
+        del public["worst"], public["issue_thumbnails"]
+        public["label_issues"] = self.label_issues[: label_issues.SHOWN]
+        public["label_issue_count"] = len(self.label_issues)
         return public
 
 
@@ -299,19 +355,29 @@ def evaluate(config: EvalConfig) -> EvalResult:
     paths = manifest.shard_paths(split, list(config.shard_dirs) or [config.dataset_dir])
     labels = list(manifest.labels)
     model = serving.load(config.run)
-    tally, worst = run_model(model.serve, paths, len(labels), config.batch_size)
-    metrics = metrics_from(tally, labels)
+    leaked = manifest.leaked.get(split, [])
+    scored = run_model(model.serve, paths, len(labels), config.batch_size, leaked)
+    metrics = metrics_from(scored.tally, labels)
+    metrics["without_leaked"] = {
+        "examples": scored.unleaked.examples,
+        "leaked": scored.tally.examples - scored.unleaked.examples,
+        "accuracy": scored.unleaked.correct / max(scored.unleaked.examples, 1),
+    }
     if metrics["examples"] != manifest.examples(split):
         raise EvaluationError(
             f"evaluated {metrics['examples']} examples, the manifest lists "
             f"{manifest.examples(split)}"
         )
+    found = label_issues.issues(
+        scored.labels, scored.probabilities, labels, scored.uris, scored.sha256
+    )
+    issues = [dataclasses.asdict(issue) for issue in found]
     baseline_uri, baseline, note = _baseline(config), None, ""
     if baseline_uri:
         other = serving.load(baseline_uri)
         if other.labels == labels:
-            base_tally, _ = run_model(other.serve, paths, len(labels), config.batch_size)
-            baseline = metrics_from(base_tally, labels)["accuracy"]
+            theirs = run_model(other.serve, paths, len(labels), config.batch_size)
+            baseline = metrics_from(theirs.tally, labels)["accuracy"]
         else:
             note = f"; {baseline_uri} predicts other classes: not compared"
     verdict = gate(
@@ -338,8 +404,10 @@ def evaluate(config: EvalConfig) -> EvalResult:
                 "predicted": labels[p],
                 "confidence": conf,
             }
-            for conf, _, data, t, p in worst
+            for conf, _, data, t, p in scored.worst
         ],
+        label_issues=issues,
+        issue_thumbnails=thumbnails_at(paths, [i["index"] for i in issues[: label_issues.SHOWN]]),
     )
     if config.output_dir:
         write_outputs(result, config, manifest)
@@ -354,6 +422,11 @@ def write_outputs(result: EvalResult, config: EvalConfig, manifest: ds.Manifest)
     storage.write_text(
         storage.join(config.output_dir, METRICS_FILE),
         json.dumps(result.to_dict(), indent=1, ensure_ascii=False) + "\n",
+    )
+    found = [label_issues.LabelIssue(**issue) for issue in result.label_issues]
+    storage.write_text(
+        storage.join(config.output_dir, label_issues.ISSUES_FILE),
+        label_issues.to_json(found, result.split, result.metrics["examples"]),
     )
     logs = config.log_dir or os.path.join(config.run, "logs")
     page = html_report(result, training_curves(logs), _rule_of(config.run), manifest)
@@ -400,6 +473,8 @@ def _summary_section(result: Mapping[str, Any]) -> str:
         ("macro F1", metrics["macro_f1"]),
         ("expected calibration error", metrics["expected_calibration_error"]),
         ("majority-class rate", metrics["majority_rate"]),
+        ("leaked examples (near-duplicate in training)", metrics["without_leaked"]["leaked"]),
+        ("top-1 accuracy without leaked examples", metrics["without_leaked"]["accuracy"]),
     ]
     cells = "".join(
         f"<tr><th>{esc(k)}</th><td>{v:.4f}</td></tr>"
@@ -465,6 +540,28 @@ def _per_class_section(metrics: Mapping[str, Any]) -> str:
     )
 
 
+def _issues_section(result: EvalResult) -> str:
+    """The likely label errors: thumbnails, given vs predicted label, and the score."""
+    count, esc = len(result.label_issues), html.escape
+    intro = (
+        f"<h2>Likely label errors ({count:,})</h2><p>Confident learning (cleanlab) on the "
+        f"{esc(result.split)} split's out-of-sample probabilities, lowest probability of the "
+        f"given label first. The full list is {label_issues.ISSUES_FILE}: review it and pass "
+        "it back as <code>--exclude-list</code> to leave those images out of the next run.</p>"
+    )
+    cells = "".join(
+        f"<figure>{_thumb(result.issue_thumbnails.get(i['index'], ''))}<figcaption>given "
+        f"<b>{esc(i['given'])}</b>, predicted {esc(i['predicted'])}<br>p(given) "
+        f"{i['label_quality']:.3f}<br>{esc(i['uri'].rsplit('/', 1)[-1])}</figcaption></figure>"
+        for i in result.label_issues[: label_issues.SHOWN]
+    )
+    return intro + (f"<div class='grid'>{cells}</div>" if cells else "")
+
+
+def _thumb(b64: str) -> str:
+    return _img("", b64, _image_kind(b64)) if b64 else ""
+
+
 def _mistakes_section(worst: Sequence[Mapping[str, Any]]) -> str:
     if not worst:
         return ""
@@ -514,6 +611,7 @@ def html_report(
         _matrix_section(result),
         _per_class_section(result.metrics),
         _mistakes_section(result.worst),
+        _issues_section(result),
     ]
     if rule is not None:
         parts.append(

@@ -74,6 +74,14 @@ def eval_dataset(paths: Sequence[str], crop: int, batch_size: int):
 
 
 def encoded_dataset(paths: Sequence[str], batch_size: int):
-    """(encoded image bytes, class index) batches, in order: what a serving signature takes."""
-    stream = records(paths).map(lambda ex: (ex["image/encoded"], ex["label"]))
+    """(encoded image bytes, class index, source URI, source SHA-256) batches, in order: what
+    a serving signature takes, and which source image each example is."""
+    keys = ("image/encoded", "label", "source/uri", "source/sha256")
+    spec = {key: FEATURE_SPEC[key] for key in keys}
+
+    def parse(serialized):
+        example = tf.io.parse_single_example(serialized, spec)
+        return tuple(example[key] for key in keys)
+
+    stream = records(paths, parse=False).map(parse, tf.data.AUTOTUNE)
     return stream.batch(batch_size)

@@ -175,6 +175,12 @@ PARAMETERS: dict[str, Param] = {
               minimum=0),
         Param("max_pixels", int, 100_000_000,
               "Images above this many pixels are rejected as decompression bombs.", minimum=1),
+        Param("exclude_list", str, "",
+              "Images to leave out (a reviewed label_issues.json, or one URI or key per "
+              "line); recorded in the analysis and the model card."),
+        Param("near_duplicates", bool, True,
+              "Find near-duplicate images (a perceptual hash of a reduced decode) and keep "
+              "each group in one split; off: analysis reads headers only."),
         Param("hyperrule_variant", str, "reference",
               "HyperRule variant: reference (BiT's code) or paper.",
               choices=hyperrule.VARIANTS),

@@ -640,9 +640,20 @@ def gather(
         few_shot=plan.few_shot,
         seed=config.seed,
         shard_limits={"bytes": config.shard_bytes, "examples": config.shard_examples},
+        leaked=_leaked(plan),
     )
     ds.write_dataset_files(config.output_dir, manifest, totals.rejects)
     return manifest
+
+
+def _leaked(plan: Plan) -> dict[str, list[str]]:
+    """Held-out split -> content hashes of its planned examples that analysis found to have
+    a near-duplicate in training."""
+    leaked: dict[str, list[str]] = collections.defaultdict(list)
+    for p in plan.items:
+        if p.reject is None and p.row.get("leaks_train"):
+            leaked[p.split].append(p.row["sha256"])
+    return {split: sorted(keys) for split, keys in sorted(leaked.items())}
 
 
 def check_accounting(plan: Plan, splits: Mapping[str, Any], rejects: Sequence[Mapping[str, Any]]):

@@ -45,6 +45,7 @@ def model_card(
             "source": manifest["source"].get("uri"),
             "splits": {s: e["examples"] for s, e in manifest["splits"].items()},
             "rejected_in_preprocessing": manifest["totals"]["rejected"],
+            "exclude_list": manifest["source"].get("exclude_list"),
         },
         "hyperrule": {k: hyperrule[k] for k in (*_CARD_HYPERRULE, "variant")},
         "metrics": {
@@ -70,6 +71,7 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         "## Data",
         f"- Examples: {splits}",
         f"- Inputs rejected in preprocessing: {data['rejected_in_preprocessing']:,}",
+        *_excluded_line(data.get("exclude_list")),
         "",
         f"## BiT-HyperRule ({rule['variant']})",
         "| resize | crop | batch | base lr | steps | MixUp alpha |",
@@ -90,6 +92,15 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         *[f"- {k}: {v}" for k, v in card["lineage"].items() if v],
     ]
     return "\n".join(lines) + "\n"
+
+
+def _excluded_line(excluded: Mapping[str, Any] | None) -> list[str]:
+    if not excluded:
+        return []
+    return [
+        f"- Left out by the exclude list {excluded['uri']} (SHA-256 {excluded['sha256'][:12]}…): "
+        f"{excluded['excluded']:,} of its {excluded['entries']:,} entries matched"
+    ]
 
 
 def claim_version(serving_root: str) -> int:

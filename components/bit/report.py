@@ -9,7 +9,7 @@ import dataclasses
 import html
 from typing import Any
 
-from components.bit import dataset, storage
+from components.bit import dataset, near_duplicates, storage
 from components.bit.hyperrule import HyperRule, format_table
 from components.bit.plots import png_base64
 
@@ -22,6 +22,7 @@ class Section:
     paragraphs: list[str] = dataclasses.field(default_factory=list)
     table: list[list[str]] | None = None  # first row is the header
     preformatted: str | None = None
+    pictures: list[tuple[str, list[str]]] = dataclasses.field(default_factory=list)  # HTML
 
 
 def sections(stats: dict[str, Any], rule: HyperRule) -> list[Section]:
@@ -96,9 +97,38 @@ def sections(stats: dict[str, Any], rule: HyperRule) -> list[Section]:
             [f"Formats: {formats}.", f"Colour modes: {modes}."],
             table=sizes,
         ),
+        *([near_section(stats)] if "near_duplicates" in stats else []),
         flagged,
         ignored,
     ]
+
+
+def near_section(stats: dict[str, Any]) -> Section:
+    """Near-duplicates: how many, between which splits, what leaked, a few pairs shown."""
+    near = stats["near_duplicates"]
+    leaked = ", ".join(f"{n:,} {split}" for split, n in near["leaked"].items()) or "none"
+    section = Section(
+        f"Near-duplicates ({near['items_in_groups']:,} images in {near['groups']:,} groups)",
+        [
+            f"{near['hash']}; near when at most {near['max_distance']} bits differ "
+            f"({near['hashed']:,} images hashed, {near['too_small']:,} under "
+            f"{near_duplicates.MIN_SIDE} px compared by content only, {near['not_decodable']:,} "
+            "could not be decoded).",
+            f"Held-out images with a near-duplicate in training (leaked): {leaked}. "
+            f"{near['moved_to_group_split']:,} images moved to their group's split so that "
+            "a group stays in one split (splits the source fixed are kept).",
+        ],
+    )
+    if near["pairs"]:
+        section.table = [["splits", "pairs"]] + [[k, f"{v:,}"] for k, v in near["pairs"].items()]
+    thumbnails = stats.get("near_duplicate_thumbnails") or [[] for _ in near["examples"]]
+    for example, pictures in zip(near["examples"], thumbnails, strict=True):
+        caption = (
+            f"{example['a']} ({example['splits'][0]}) ~ {example['b']} "
+            f"({example['splits'][1]}): {example['distance']} bits"
+        )
+        section.pictures.append((caption, [p for p in pictures if p]))
+    return section
 
 
 def _more(count: int) -> list[str]:
@@ -119,6 +149,8 @@ def markdown_report(stats: dict[str, Any], rule: HyperRule) -> str:
             lines.append("|" + "---|" * len(header))
             lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
             lines.append("")
+        if section.pictures:
+            lines += [f"- {_md(caption)}" for caption, _ in section.pictures] + [""]
     return "\n".join(lines)
 
 
@@ -143,6 +175,9 @@ def html_report(stats: dict[str, Any], rule: HyperRule) -> str:
             body.append("<table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in header) + "</tr>")
             body += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows]
             body.append("</table>")
+        for caption, pictures in section.pictures:
+            shown = "".join(f'<img alt="" src="data:image/jpeg;base64,{p}">' for p in pictures)
+            body.append(f"<figure>{shown}<figcaption>{esc(caption)}</figcaption></figure>")
     style = (
         "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
         ".plots img{max-width:49%}table{border-collapse:collapse}"

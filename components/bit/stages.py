@@ -68,6 +68,11 @@ def analyze_dataset(inputs: Inputs) -> tuple[int, str]:
         f"{totals['inputs']:,} images analysed, {totals['valid']:,} valid, "
         f"{totals['flagged']:,} flagged"
     )
+    near = result.stats.get("near_duplicates")
+    if near:
+        leaked = sum(near["leaked"].values())
+        analysis.metadata.update(near_duplicate_groups=near["groups"], leaked=leaked)
+        headline += f", {near['groups']:,} near-duplicate groups ({leaked:,} held out leaked)"
     return result.hyperrule.examples, headline
 
 
@@ -199,6 +204,9 @@ def evaluate_model(inputs: Inputs) -> tuple[bool, str]:
     for name in ("accuracy", "top5_accuracy", "loss", "macro_f1", "expected_calibration_error"):
         metrics.log_metric(name, values[name])
     metrics.log_metric("examples", values["examples"])
+    metrics.log_metric("accuracy_without_leaked", values["without_leaked"]["accuracy"])
+    metrics.log_metric("leaked_examples", values["without_leaked"]["leaked"])
+    metrics.log_metric("label_issues", len(result.label_issues))
     inputs["confusion"].log_confusion_matrix(*kfp_confusion_matrix(result))
     shutil.copyfile(os.path.join(evaluation.path, "report.html"), inputs["report"].path)
     evaluation.metadata.update(blessed=result.blessed, reason=result.reason)

@@ -219,3 +219,23 @@ def test_predict_command_answers_the_good_files_and_fails_for_the_bad(trained, t
     assert code == 2 and out.startswith(f"{image}: ") and len(out.splitlines()) == 1
     assert f"{bad}: error: not a recognised image" in err
     assert "bittune: error: 1 of 2 image(s) could not be classified" in err
+
+
+def test_accuracy_without_the_test_images_that_leaked_from_training(trained, tmp_path):
+    data = trained / "data"
+    manifest = json.loads((data / "manifest.json").read_text())
+    scored = evaluation.run_model(
+        serving.load(str(trained / "run")).serve,
+        sorted(str(p) for p in data.glob("test-*")),
+        len(manifest["labels"]),
+    )
+    leaked = scored.sha256[::4]  # as if analysis had found these near copies of training images
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "leaked": {"test": leaked}}))
+    result = evaluation.evaluate(EvalConfig(str(tmp_path), str(trained / "run"),
+                                            shard_dirs=(str(data),)))  # fmt: skip
+    kept = np.array([sha not in set(leaked) for sha in scored.sha256])
+    correct = scored.probabilities.argmax(axis=1) == scored.labels
+    without = result.metrics["without_leaked"]
+    assert without["leaked"] == len(leaked) > 0 and without["examples"] == kept.sum()
+    assert without["accuracy"] == pytest.approx(correct[kept].mean())
+    assert result.metrics["accuracy"] == pytest.approx(correct.mean())

@@ -1,0 +1,129 @@
+"""Near-duplicate search: what hashing adds to analysis, and the index against all pairs.
+
+1. Analysis with and without the perceptual hash, side by side on the same files (warm page
+   cache, same threads): large JPEGs (libjpeg decodes them at 1/8 scale) and 28x28 PNGs
+   (Fashion-MNIST's size, cut from scikit-learn's bundled photos). Target: <= 3x per image.
+2. The multi-index search against comparing all pairs (numpy, blockwise) at 70,000 hashes,
+   and the index alone at 1,000,000 (all pairs there projected from 70,000 by n^2). The
+   hashes are uniform random 64-bit values with 1% planted near copies: real hashes are
+   correlated, so buckets are uneven and the index does more work than here.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+from sklearn.datasets import load_sample_images
+
+from benchmarks.synthetic import write_large_jpegs
+from components.bit import near_duplicates as nd
+from components.bit.analysis import AnalysisConfig, analyze
+
+TARGET_HASHING_COST = 3.0
+TARGET_INDEX_SPEEDUP = 10.0
+
+
+def _timed_analysis(root: str, hashing: bool, workers: int) -> float:
+    config = AnalysisConfig(root, workers=workers, near_duplicates=hashing, progress=False)
+    analyze(config)  # warm imports and the page cache
+    start = time.perf_counter()
+    analyze(config)
+    return time.perf_counter() - start
+
+
+def _small_pngs(root: str, count: int) -> None:
+    photos = load_sample_images().images
+    rng = np.random.default_rng(0)
+    for n in range(count):
+        photo = photos[n % 2]
+        y, x = rng.integers(0, photo.shape[0] - 64), rng.integers(0, photo.shape[1] - 64)
+        tile = Image.fromarray(photo[y : y + 64, x : x + 64]).convert("L").resize((28, 28))
+        folder = os.path.join(root, f"class{n % 10}")
+        os.makedirs(folder, exist_ok=True)
+        tile.save(os.path.join(folder, f"{n:05d}.png"))
+
+
+def _hashing_cost(name: str, setup: str, write, workers: int) -> dict:
+    with tempfile.TemporaryDirectory() as root:
+        count = write(root)
+        without = _timed_analysis(root, False, workers)
+        with_hash = _timed_analysis(root, True, workers)
+    ratio = with_hash / without
+    return {
+        "name": name,
+        "setup": f"{setup}, {workers} threads, analysis with and without hashing",
+        "figures": {
+            "header-only images/s": count / without,
+            "with hashing images/s": count / with_hash,
+            "hashing ms per image": (with_hash - without) / count * 1000 * workers,
+        },
+        "ratio": ratio,
+        "ratio_label": "cost with hashing over header-only",
+        "target": TARGET_HASHING_COST,
+        "passed": ratio <= TARGET_HASHING_COST,
+    }
+
+
+def _all_pairs_seconds(hashes: np.ndarray, block: int = 2048) -> tuple[float, int]:
+    start, found = time.perf_counter(), 0
+    for lo in range(0, len(hashes), block):
+        distance = np.bitwise_count(hashes[lo : lo + block, None] ^ hashes[None, :])
+        found += int((distance <= nd.MAX_DISTANCE).sum())
+    return time.perf_counter() - start, found
+
+
+def _hashes(count: int, rng: np.random.Generator) -> np.ndarray:
+    base = rng.integers(0, 2**63, size=count, dtype=np.uint64) * np.uint64(2)
+    planted = count // 100
+    flips = rng.integers(0, 64, size=(planted, 3)).astype(np.uint64)
+    copies = base[:planted] ^ np.bitwise_or.reduce(np.uint64(1) << flips, axis=1)
+    return np.concatenate([base[: count - planted], copies])
+
+
+def _index_cost() -> dict:
+    rng = np.random.default_rng(0)
+    small, large = _hashes(70_000, rng), _hashes(1_000_000, rng)
+    start = time.perf_counter()
+    links = nd.find_links(small)
+    index_small = time.perf_counter() - start
+    pairs_small, _ = _all_pairs_seconds(small)
+    start = time.perf_counter()
+    nd.find_links(large)
+    index_large = time.perf_counter() - start
+    projected = pairs_small * (len(large) / len(small)) ** 2
+    return {
+        "name": "near-duplicate search: multi-index vs all pairs",
+        "setup": f"uniform 64-bit hashes with 1% planted copies, at most {nd.MAX_DISTANCE} bits",
+        "figures": {
+            "index s, 70k": index_small,
+            "all pairs s, 70k": pairs_small,
+            "index s, 1M": index_large,
+            "all pairs s, 1M (projected)": projected,
+            "links found, 70k": float(len(links)),
+        },
+        "ratio": projected / index_large,
+        "ratio_label": "index speed-up over all pairs at 1M",
+        "target": TARGET_INDEX_SPEEDUP,
+        "passed": projected / index_large >= TARGET_INDEX_SPEEDUP,
+    }
+
+
+def run() -> list[dict]:
+    workers = 2 * (os.cpu_count() or 1)
+    large = _hashing_cost(
+        "near-duplicate hashing, large JPEGs",
+        "16 JPEGs of 3000x4000 px",
+        lambda root: len(write_large_jpegs(root, 16, (3000, 4000))),
+        workers,
+    )
+    small = _hashing_cost(
+        "near-duplicate hashing, 28x28 PNGs",
+        "4,000 grayscale 28x28 PNGs (photo tiles)",
+        lambda root: _small_pngs(root, 4000) or 4000,
+        workers,
+    )
+    return [large, small, _index_cost()]
