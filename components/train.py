@@ -45,7 +45,7 @@ _DOCS = dict(
         "checkpoints": "Training checkpoints (a retried task resumes from the latest).",
         "logs": "TensorBoard logs.",
     },
-    returns="The last validation accuracy (NaN without a validation split).",
+    returns="The last validation accuracy (-1 without a validation split).",
 )
 _function = train_model
 train_model = component(BITTUNE_GPU_IMAGE, **_DOCS)(_function)  # GPUs (or the CPU)

@@ -167,3 +167,31 @@ def write_photo(path: pathlib.Path, seed: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     pixels = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8).repeat(6, 0).repeat(6, 1)
     Image.fromarray(pixels).save(path, quality=90)
+
+
+def photo_tiles() -> list[Image.Image]:
+    """48 distinct 96x96 RGB tiles of scikit-learn's two bundled photos (real photo content)."""
+    from sklearn.datasets import load_sample_images
+
+    return [
+        Image.fromarray(photo[y : y + 96, x : x + 96])
+        for photo in load_sample_images().images
+        for y in range(0, photo.shape[0] - 96, 100)
+        for x in range(0, photo.shape[1] - 96, 100)
+    ]
+
+
+def write_leaky_folder(root: pathlib.Path) -> int:
+    """ROOT/{train,test}/{china,flower}/: 36 training tiles, 12 test tiles, and in test a
+    resized, re-compressed copy of every fourth training tile; returns the copies' count."""
+    copies = 0
+    for n, tile in enumerate(photo_tiles()):
+        label = "china" if n < 24 else "flower"
+        split = "test" if n % 4 == 0 else "train"
+        (root / split / label).mkdir(parents=True, exist_ok=True)
+        tile.save(root / split / label / f"{n:02d}.jpg", quality=95)
+        if n % 4 == 1:
+            (root / "test" / label).mkdir(parents=True, exist_ok=True)
+            tile.resize((144, 144)).save(root / "test" / label / f"{n:02d} copy.jpg", quality=60)
+            copies += 1
+    return copies

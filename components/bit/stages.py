@@ -170,13 +170,11 @@ def train_model(inputs: Inputs) -> tuple[float, str]:
     result = train(config)
     if not devices.is_chief_replica():  # several machines: only the chief reports
         devices.end_worker_replica()
+    model.metadata.update(framework="tensorflow", steps=result.steps, model_source=inputs["model"])
+    if not result.validation:  # KFP cannot carry NaN: -1 stands for "no validation split"
+        return -1.0, f"{result.steps} steps (no validation split)"
     accuracy = result.validation_accuracy
-    model.metadata.update(
-        framework="tensorflow",
-        steps=result.steps,
-        model_source=inputs["model"],
-        validation_accuracy=accuracy,
-    )
+    model.metadata.update(validation_accuracy=accuracy)
     return accuracy, f"{result.steps} steps, validation accuracy {accuracy:.4f}"
 
 

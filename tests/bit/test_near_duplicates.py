@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from sklearn.datasets import load_sample_images
 
 from components.bit import near_duplicates as nd
 from components.bit.analysis import AnalysisConfig, analyze
+from tests.imagegen import photo_tiles
 
 COPIES = {  # how a photo is copied: re-saved, re-compressed, resized, lightly cropped
     "re-saved as PNG": lambda im: _encode(im, "PNG"),
@@ -27,16 +27,6 @@ def _encode(image: Image.Image, fmt: str, **options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
-
-
-def photo_tiles() -> list[Image.Image]:
-    """48 distinct 96x96 tiles of scikit-learn's two bundled photos."""
-    return [
-        Image.fromarray(photo[y : y + 96, x : x + 96])
-        for photo in load_sample_images().images
-        for y in range(0, photo.shape[0] - 96, 100)
-        for x in range(0, photo.shape[1] - 96, 100)
-    ]
 
 
 def test_recall_and_false_positives_at_the_documented_threshold():
