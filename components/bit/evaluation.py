@@ -190,8 +190,10 @@ def run_model(
     num_classes: int,
     batch_size: int = 64,
     leaked: Collection[str] = (),
+    keep_probabilities: bool = True,
 ) -> Scored:
-    """Stream the split's records through a serving function."""
+    """Stream the split's records through a serving function (keeping every example's
+    probabilities for the label-issue search unless told not to)."""
     from components.bit.inputs import encoded_dataset
 
     tally, unleaked = Tally(num_classes), Tally(num_classes)
@@ -206,7 +208,8 @@ def run_model(
                 f"the model predicts {probabilities.shape[1]} classes, the data has {num_classes}"
             )
         labels = labels.numpy()
-        seen["probabilities"].append(probabilities.astype(np.float32))
+        if keep_probabilities:
+            seen["probabilities"].append(probabilities.astype(np.float32))
         seen["labels"].append(labels)
         seen["uris"] += [u.decode("utf-8") for u in uris.numpy().tolist()]
         seen["sha256"] += [h.decode() for h in sha256.numpy().tolist()]
@@ -356,7 +359,9 @@ def evaluate(config: EvalConfig) -> EvalResult:
     labels = list(manifest.labels)
     model = serving.load(config.run)
     leaked = manifest.leaked.get(split, [])
-    scored = run_model(model.serve, paths, len(labels), config.batch_size, leaked)
+    size = manifest.examples(split) * len(labels)
+    searched = size <= label_issues.MAX_PROBABILITIES
+    scored = run_model(model.serve, paths, len(labels), config.batch_size, leaked, searched)
     metrics = metrics_from(scored.tally, labels)
     metrics["without_leaked"] = {
         "examples": scored.unleaked.examples,
@@ -368,10 +373,17 @@ def evaluate(config: EvalConfig) -> EvalResult:
             f"evaluated {metrics['examples']} examples, the manifest lists "
             f"{manifest.examples(split)}"
         )
-    found = label_issues.issues(
-        scored.labels, scored.probabilities, labels, scored.uris, scored.sha256
-    )
-    issues = [dataclasses.asdict(issue) for issue in found]
+    issues = []
+    if searched:
+        found = label_issues.issues(
+            scored.labels, scored.probabilities, labels, scored.uris, scored.sha256
+        )
+        issues = [dataclasses.asdict(issue) for issue in found]
+    else:
+        metrics["label_issues_skipped"] = (
+            f"{manifest.examples(split):,} examples x {len(labels):,} classes of probabilities "
+            f"exceed the {label_issues.MAX_PROBABILITIES:,} kept for the label-issue search"
+        )
     baseline_uri, baseline, note = _baseline(config), None, ""
     if baseline_uri:
         other = serving.load(baseline_uri)
@@ -543,6 +555,9 @@ def _per_class_section(metrics: Mapping[str, Any]) -> str:
 def _issues_section(result: EvalResult) -> str:
     """The likely label errors: thumbnails, given vs predicted label, and the score."""
     count, esc = len(result.label_issues), html.escape
+    skipped = result.metrics.get("label_issues_skipped")
+    if skipped:
+        return f"<h2>Likely label errors</h2><p>Not searched: {esc(skipped)}.</p>"
     intro = (
         f"<h2>Likely label errors ({count:,})</h2><p>Confident learning (cleanlab) on the "
         f"{esc(result.split)} split's out-of-sample probabilities, lowest probability of the "

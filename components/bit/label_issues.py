@@ -20,6 +20,9 @@ import numpy as np
 
 ISSUES_FILE = "label_issues.json"
 SHOWN = 12  # issues shown with thumbnails in the evaluation report
+# Probabilities kept in memory for the search (float32: 200 MB); a larger split x classes
+# product skips it, and the evaluation says so (metrics.json: label_issues_skipped).
+MAX_PROBABILITIES = 50_000_000
 
 
 @dataclasses.dataclass(frozen=True)

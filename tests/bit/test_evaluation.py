@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from components.bit import evaluation, models, push, serving
+from components.bit import evaluation, label_issues, models, push, serving
 from components.bit.errors import BittuneError
 from components.bit.evaluation import EvalConfig, Tally
 from components.bit.training import TrainConfig, train
@@ -239,3 +239,15 @@ def test_accuracy_without_the_test_images_that_leaked_from_training(trained, tmp
     assert without["leaked"] == len(leaked) > 0 and without["examples"] == kept.sum()
     assert without["accuracy"] == pytest.approx(correct[kept].mean())
     assert result.metrics["accuracy"] == pytest.approx(correct.mean())
+
+
+def test_too_many_probabilities_skip_the_label_issue_search_and_say_so(
+    trained, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(label_issues, "MAX_PROBABILITIES", 10)
+    result = evaluation.evaluate(EvalConfig(str(trained / "data"), str(trained / "run"),
+                                            str(tmp_path)))  # fmt: skip
+    assert (
+        result.label_issues == [] and "exceed the 10 kept" in result.metrics["label_issues_skipped"]
+    )
+    assert "Not searched" in (tmp_path / "report.html").read_text()
