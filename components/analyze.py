@@ -24,6 +24,8 @@ def analyze_dataset(
     max_pixels: int,
     near_duplicates: bool,
     exclude_list: str,
+    baseline_model: str,
+    serving_root: str,
     hyperrule_variant: str,
     model: str,
     hyperrule_overrides: str,

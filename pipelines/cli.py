@@ -129,6 +129,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
             f"near-duplicates: {near['items_in_groups']:,} images in {near['groups']:,} groups "
             f"(pairs: {pairs}); held out with a near-duplicate in training: {leaked}{small}"
         )
+    if "drift" in stats:
+        print(stats["drift"].get("summary") or stats["drift"]["note"])
     excluded = stats["source"].get("exclude_list")
     if excluded:
         print(
@@ -470,6 +472,8 @@ def _add_analyze(sub) -> None:
     params.add_option(p, "max_pixels")
     params.add_option(p, "near_duplicates")
     params.add_option(p, "exclude_list")
+    params.add_option(p, "baseline_model")
+    params.add_option(p, "serving_root")
     params.add_option(p, "few_shot")
     p.add_argument("--workers", type=int, default=0, help="parallel readers (default: automatic)")
     _add_overrides(p)

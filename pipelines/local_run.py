@@ -367,7 +367,10 @@ def latest_outputs(pipeline_root: str) -> dict[str, Any]:
     manifest = ds.read_manifest(dataset)
     model = os.path.join(run, "train-model", "trained_model")
     training = _json_or_empty(model, "training.json")
+    analysis = os.path.join(run, "analyze-dataset", "analysis")
+    drift = _json_or_empty(analysis, ds.STATS_FILE).get("drift", {})
     return {
+        "drift": drift.get("summary") or drift.get("note"),
         "run": run,
         "analysis": os.path.join(run, "analyze-dataset", "analysis"),
         "report_html": os.path.join(run, "analyze-dataset", "analysis", ds.REPORT_HTML),
@@ -426,6 +429,7 @@ def summary_lines(outputs: dict[str, Any]) -> list[str]:
         f"{totals['rejected']:,} rejected; {outputs['examples']:,} training examples",
         f"{outputs['test_split']} accuracy {outputs['test_accuracy']:.4f} — {verdict}: "
         f"{outputs['reason']}",
+        *([f"  {outputs['drift']}"] if outputs.get("drift") else []),
         *_leak_line(outputs.get("without_leaked") or {}),
         *(
             [

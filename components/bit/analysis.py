@@ -17,7 +17,16 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from components.bit import dataset, hyperrule, images, near_duplicates, params, sources, storage
+from components.bit import (
+    dataset,
+    drift,
+    hyperrule,
+    images,
+    near_duplicates,
+    params,
+    sources,
+    storage,
+)
 from components.bit.errors import BittuneError
 from components.bit.report import write_reports
 
@@ -44,6 +53,8 @@ class AnalysisConfig:
     max_pixels: int = images.DEFAULT_MAX_PIXELS
     near_duplicates: bool = True  # hash a reduced decode of each image; off: headers only
     exclude_list: str = ""  # a file of URIs, keys or SHA-256s to leave out (label_issues.json)
+    baseline_model: str = ""  # the served model to compare the data with (drift) …
+    serving_root: str = ""  # … or the newest version under this serving root
     workers: int = 0  # parallel header readers; 0: a sensible default for I/O-bound reads
     hyperrule_variant: str = "reference"
     model: str | None = None
@@ -154,6 +165,10 @@ def analyze(config: AnalysisConfig, output_dir: str | None = None) -> AnalysisRe
         stats["source"]["exclude_list"] = excluded
     if near is not None:
         stats["near_duplicates"] = near
+    stats["profile"] = data_profile(inspected)
+    served = served_model(config)
+    if served:
+        stats["drift"] = drift_from(served, stats["profile"])
     result = AnalysisResult(stats, rule, inspected)
     if output_dir is not None:
         write_outputs(result, output_dir)
@@ -261,6 +276,41 @@ def flag_excluded(
         "excluded": hits,
     }
     return out, provenance
+
+
+def data_profile(inspected: list[Inspected]) -> dict[str, Any]:
+    """The analysis' compact profile (drift.profile), carried to the model card."""
+    valid = [r for r in inspected if r.problem is None]
+    return drift.profile(
+        collections.Counter(r.item.label for r in valid),
+        collections.Counter(r.info.format for r in valid),
+        len(inspected),
+        len(inspected) - len(valid),
+        [(r.info.height * r.info.width) ** 0.5 for r in valid],
+    )
+
+
+def served_model(config: AnalysisConfig) -> str | None:
+    """The served model the data is compared with: the given one, or the newest version
+    under the serving root."""
+    from components.bit import serving
+
+    if config.baseline_model:
+        return config.baseline_model
+    return serving.latest_version(config.serving_root) if config.serving_root else None
+
+
+def drift_from(served: str, new_profile: Mapping[str, Any]) -> dict[str, Any]:
+    """Drift of this data from the served model's (from its model card's data profile)."""
+    import json
+
+    card = storage.join(served, "model_card.json")
+    try:
+        old = json.loads(storage.read_text(card))["data"]["profile"]
+    except (FileNotFoundError, storage.StorageError, OSError, KeyError, TypeError, ValueError):
+        return {"served": served, "note": f"no data profile in {card}: not compared"}
+    compared = drift.compare(old, new_profile)
+    return {"served": served, **compared, "summary": drift.summary(compared)}
 
 
 def group_near_duplicates(

@@ -131,6 +131,7 @@ class Manifest:
     shard_limits: dict[str, int] = dataclasses.field(default_factory=dict)
     # held-out split -> SHA-256 of its examples with a near-duplicate in training (analysis)
     leaked: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    profile: dict[str, Any] = dataclasses.field(default_factory=dict)  # drift.profile
 
     @property
     def num_classes(self) -> int:
@@ -180,6 +181,7 @@ class Manifest:
             "seed": self.seed,
             "shard_limits": dict(self.shard_limits),
             "leaked": {split: list(keys) for split, keys in self.leaked.items()},
+            "profile": dict(self.profile),
         }
 
     @classmethod
@@ -210,6 +212,7 @@ class Manifest:
             seed=data.get("seed", 0),
             shard_limits=dict(data.get("shard_limits", {})),
             leaked={split: list(keys) for split, keys in data.get("leaked", {}).items()},
+            profile=dict(data.get("profile", {})),
         )
 
 

@@ -106,6 +106,7 @@ class Plan:
     items: list[PlannedItem]
     few_shot: int | None
     source: Mapping[str, Any]
+    profile: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # analysis' profile
 
     @property
     def resize(self) -> int:
@@ -179,7 +180,8 @@ def make_plan(
         )
         for row, reason, digest in decided
     ]
-    return Plan(labels, rule, shard_counts, items, few_shot, dict(stats["source"]))
+    source, profile = dict(stats["source"]), dict(stats.get("profile", {}))
+    return Plan(labels, rule, shard_counts, items, few_shot, source, profile)
 
 
 def shard_count(examples: int, estimated_bytes: float, shard_bytes: int, shard_examples: int):
@@ -641,6 +643,7 @@ def gather(
         seed=config.seed,
         shard_limits={"bytes": config.shard_bytes, "examples": config.shard_examples},
         leaked=_leaked(plan),
+        profile=dict(plan.profile),
     )
     ds.write_dataset_files(config.output_dir, manifest, totals.rejects)
     return manifest

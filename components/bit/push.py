@@ -46,6 +46,7 @@ def model_card(
             "splits": {s: e["examples"] for s, e in manifest["splits"].items()},
             "rejected_in_preprocessing": manifest["totals"]["rejected"],
             "exclude_list": manifest["source"].get("exclude_list"),
+            "profile": manifest.get("profile", {}),  # what drift compares new data with
         },
         "hyperrule": {k: hyperrule[k] for k in (*_CARD_HYPERRULE, "variant")},
         "metrics": {

@@ -97,10 +97,44 @@ def sections(stats: dict[str, Any], rule: HyperRule) -> list[Section]:
             [f"Formats: {formats}.", f"Colour modes: {modes}."],
             table=sizes,
         ),
+        *([drift_section(stats["drift"])] if "drift" in stats else []),
         *([near_section(stats)] if "near_duplicates" in stats else []),
         flagged,
         ignored,
     ]
+
+
+def drift_section(drift: dict[str, Any]) -> Section:
+    """Drift from the served model's data: one row per field with its statistic."""
+    section = Section(f"Drift from the served model ({drift['served']})")
+    if "note" in drift:
+        section.paragraphs.append(drift["note"] + ".")
+        return section
+    section.paragraphs.append(drift["summary"] + ".")
+    balance, resolution = drift["class_balance"], drift["resolution"]
+    formats, flags = drift["formats"], drift["flag_rate"]
+    changed = ", ".join(
+        f"{what}: {', '.join(balance[key])}"
+        for what, key in (("new", "new_classes"), ("vanished", "vanished_classes"))
+        if balance[key]
+    )
+    section.table = [
+        ["field", "statistic", "p-value", "drifted"],
+        ["class balance", f"PSI {balance['psi']:.3f}; chi-square {balance['chi_square']:.1f}"
+         + (f"; {changed}" if changed else ""), f"{balance['p_value']:.2g}",
+         _yes(balance["drifted"])],
+        ["resolution", f"KS D {resolution['ks_d']:.3f}", f"{resolution['p_value']:.2g}",
+         _yes(resolution["drifted"])],
+        ["format mix", f"PSI {formats['psi']:.3f}; chi-square {formats['chi_square']:.1f}",
+         f"{formats['p_value']:.2g}", _yes(formats["drifted"])],
+        ["flag rate", f"{flags['served']:.2%} -> {flags['new']:.2%}", f"{flags['p_value']:.2g}",
+         _yes(flags["drifted"])],
+    ]  # fmt: skip
+    return section
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
 
 
 def near_section(stats: dict[str, Any]) -> Section:

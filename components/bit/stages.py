@@ -73,6 +73,10 @@ def analyze_dataset(inputs: Inputs) -> tuple[int, str]:
         leaked = sum(near["leaked"].values())
         analysis.metadata.update(near_duplicate_groups=near["groups"], leaked=leaked)
         headline += f", {near['groups']:,} near-duplicate groups ({leaked:,} held out leaked)"
+    drifted = result.stats.get("drift", {}).get("drifted")
+    if drifted is not None:
+        analysis.metadata.update(drifted=", ".join(drifted) or "none")
+        headline += f"; drift: {', '.join(drifted) or 'none'}"
     return result.hyperrule.examples, headline
 
 

@@ -4,6 +4,8 @@ with copies of training photos in test; the leak reaches the report, metrics and
 import json
 import pathlib
 
+from PIL import Image
+
 from pipelines.local_run import run_locally, summary_lines
 from tests.imagegen import write_leaky_folder
 
@@ -35,3 +37,27 @@ def test_a_leaky_dataset_runs_and_reports_accuracy_without_the_leak(tmp_path):
     training = json.loads((pathlib.Path(outputs["run"]) / "train-model" / "executor_output.json")
                           .read_text())  # fmt: skip
     assert training["parameterValues"]["Output"] == -1.0  # no validation split, not NaN
+
+
+def test_new_data_is_compared_with_the_served_model_s(tmp_path):
+    photos = tmp_path / "photos"
+    write_leaky_folder(photos)
+    common = {"pipeline_root": str(tmp_path / "root"), "serving_root": str(tmp_path / "serving"),
+              "hyperrule_overrides": json.dumps(RULE), "near_duplicates": False}  # fmt: skip
+    first = run_locally(str(photos), **common)
+    assert first["pushed"] and not first["drift"]  # nothing served yet: nothing to compare
+    for path in sorted((photos / "train" / "china").glob("*.jpg"))[6:]:
+        path.unlink()  # the balance shifts towards flower
+    for split in ("train", "test"):
+        (photos / split / "mixed").mkdir()
+        for path in sorted((photos / split / "flower").glob("*.jpg"))[:6]:
+            with Image.open(path) as image:  # a new class of new images
+                image.transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(
+                    photos / split / "mixed" / path.name
+                )
+    second = run_locally(str(photos), **common)
+    assert second["drift"].startswith("drift from the served model's data: class balance (PSI")
+    assert "new mixed" in second["drift"]
+    assert any(line.strip() == second["drift"] for line in summary_lines(second))
+    report = (pathlib.Path(second["analysis"]) / "report.md").read_text()
+    assert "## Drift from the served model" in report and "| class balance | PSI" in report
