@@ -388,7 +388,9 @@ def evaluate(config: EvalConfig) -> EvalResult:
     if baseline_uri:
         other = serving.load(baseline_uri)
         if other.labels == labels:
-            theirs = run_model(other.serve, paths, len(labels), config.batch_size)
+            theirs = run_model(
+                other.serve, paths, len(labels), config.batch_size, keep_probabilities=False
+            )
             baseline = metrics_from(theirs.tally, labels)["accuracy"]
         else:
             note = f"; {baseline_uri} predicts other classes: not compared"

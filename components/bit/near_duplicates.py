@@ -3,9 +3,9 @@
 The hash is the 64-bit DCT hash (pHash) of the ``imagehash`` library, taken from a reduced
 decode: a JPEG is decoded by libjpeg at 1/8 scale when that still leaves 32 px (Pillow's
 ``draft``), in grayscale. Two images are near-duplicates when their hashes differ in at most
-``max_distance`` bits (:data:`MAX_DISTANCE`, 6 of 64, measured in tests/bit/test_near_duplicates:
-re-saved, re-compressed and resized copies differ by 0-4 bits, 3% crops by up to 8). Images
-under :data:`MIN_SIDE` px on a side are not hashed.
+``max_distance`` bits (:data:`MAX_DISTANCE`, 8 of 64; recall and false positives on real
+photos are measured in tests/bit/test_near_duplicates and stated in docs/data-quality.md).
+Images under :data:`MIN_SIDE` px on a side are not hashed.
 
 The search is a pigeonhole multi-index: split the 64 bits into ``max_distance + k`` chunks;
 two hashes within ``max_distance`` bits agree exactly on at least ``k`` of them, so only hashes
