@@ -1,8 +1,10 @@
 """Near-duplicate search: what hashing adds to analysis, and the index against all pairs.
 
 1. Analysis with and without the perceptual hash, side by side on the same files (warm page
-   cache, same threads): large JPEGs (libjpeg decodes them at 1/8 scale) and 28x28 PNGs
-   (Fashion-MNIST's size, cut from scikit-learn's bundled photos). Target: <= 3x per image.
+   cache, same threads): large JPEGs as cameras write them (hashed from the EXIF thumbnail),
+   the same stripped of EXIF (libjpeg decodes them at 1/8 scale, which still entropy-decodes
+   the whole file), and 28x28 PNGs (Fashion-MNIST's size, cut from scikit-learn's bundled
+   photos). Target: <= 3x per image.
 2. The multi-index search against comparing all pairs (numpy, blockwise) at 70,000 hashes,
    and the index alone at 1,000,000 (all pairs there projected from 70,000 by n^2). The
    hashes are uniform random 64-bit values with 1% planted near copies: real hashes are
@@ -114,9 +116,15 @@ def _index_cost() -> dict:
 
 def run() -> list[dict]:
     workers = 2 * (os.cpu_count() or 1)
-    large = _hashing_cost(
-        "near-duplicate hashing, large JPEGs",
-        "16 JPEGs of 3000x4000 px",
+    camera = _hashing_cost(
+        "near-duplicate hashing, large camera JPEGs",
+        "16 JPEGs of 3000x4000 px with a camera's 160 px EXIF thumbnail (hashed from it)",
+        lambda root: len(write_large_jpegs(root, 16, (3000, 4000), thumbnails=True)),
+        workers,
+    )
+    stripped = _hashing_cost(
+        "near-duplicate hashing, large JPEGs without EXIF",
+        "16 JPEGs of 3000x4000 px, no thumbnail (decoded at 1/8 scale)",
         lambda root: len(write_large_jpegs(root, 16, (3000, 4000))),
         workers,
     )
@@ -126,4 +134,4 @@ def run() -> list[dict]:
         lambda root: _small_pngs(root, 4000) or 4000,
         workers,
     )
-    return [large, small, _index_cost()]
+    return [camera, stripped, small, _index_cost()]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import struct
 import time
 from collections.abc import Callable
 
@@ -10,10 +12,36 @@ import numpy as np
 from PIL import Image
 
 
+def camera_exif(image: Image.Image, orientation: int = 1) -> bytes:
+    """An EXIF block as a camera writes it (TIFF, little-endian): IFD0 with the orientation,
+    IFD1 with a 160 px JPEG thumbnail of ``image`` (JPEGInterchangeFormat and its length)."""
+    thumb = image.copy()
+    thumb.thumbnail((160, 160))
+    buffer = io.BytesIO()
+    thumb.save(buffer, format="JPEG", quality=75)
+    jpeg = buffer.getvalue()
+    entry = struct.Struct("<HHII")  # tag, type (3 SHORT, 4 LONG), count, value
+    ifd0 = struct.pack("<H", 1) + entry.pack(0x0112, 3, 1, orientation)
+    ifd1_at = 8 + len(ifd0) + 4
+    data_at = ifd1_at + 2 + 2 * entry.size + 4
+    ifd1 = (
+        struct.pack("<H", 2)
+        + entry.pack(0x0201, 4, 1, data_at)
+        + entry.pack(0x0202, 4, 1, len(jpeg))
+    )
+    tiff = b"II*\0" + struct.pack("<I", 8) + ifd0 + struct.pack("<I", ifd1_at) + ifd1
+    return b"Exif\0\0" + tiff + struct.pack("<I", 0) + jpeg
+
+
 def write_large_jpegs(
-    root: str, count: int, size: tuple[int, int] = (3000, 4000), seed: int = 0
+    root: str,
+    count: int,
+    size: tuple[int, int] = (3000, 4000),
+    seed: int = 0,
+    thumbnails: bool = False,
 ) -> list[str]:
-    """Write ``count`` JPEGs of ``size`` (height, width) at quality 90 into ``root/{a,b}/``."""
+    """Write ``count`` JPEGs of ``size`` (height, width) at quality 90 into ``root/{a,b}/``,
+    with a camera's EXIF thumbnail when ``thumbnails``."""
     height, width = size
     rng = np.random.default_rng(seed)
     ys = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
@@ -26,7 +54,9 @@ def write_large_jpegs(
         folder = os.path.join(root, "ab"[index % 2])
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"large_{index:04d}.jpg")
-        Image.fromarray(shifted).save(path, format="JPEG", quality=90)
+        photo = Image.fromarray(shifted)
+        exif = camera_exif(photo) if thumbnails else b""
+        photo.save(path, format="JPEG", quality=90, exif=exif)
         paths.append(path)
     return paths
 

@@ -243,6 +243,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         )
     if result.baseline_accuracy is not None:
         print(f"baseline {result.baseline}: accuracy {result.baseline_accuracy:.4f}")
+    served = m.get("served_data") or {}
+    if served.get("examples"):
+        print(
+            f"on {result.baseline}'s own test data ({served['examples']:,} examples): accuracy "
+            f"{served['accuracy']:.4f}, the served model {served['served_accuracy']:.4f}"
+        )
+    elif served.get("note"):
+        print(served["note"])
     print(f"{'BLESSED' if result.blessed else 'NOT BLESSED'}: {result.reason}")
     print(f"wrote metrics.json, label_issues.json and report.html to {args.output}")
 
@@ -427,7 +435,7 @@ def cmd_trigger(args: argparse.Namespace) -> None:
     )
     messages = {
         "submitted": lambda r: (
-            f"data changed: submitted run {r['run']['run_id']}: {r['run']['url']}"
+            f"data changed ({r['change']}): submitted run {r['run']['run_id']}: {r['run']['url']}"
         ),
         "unchanged": lambda r: "data unchanged since the last triggered run: nothing submitted",
         "busy": lambda r: "another trigger is submitting this change: nothing submitted",
@@ -701,7 +709,8 @@ def _add_trigger(sub) -> None:
         "trigger",
         help="start a run only when the data changed",
         description="Fingerprint the data (object names, sizes, generations); "
-        "submit a run only when it changed since the last successful trigger.",
+        "submit a run only when it changed since the last successful trigger, and say how "
+        "(folders new, removed, grown, shrunk or with files replaced).",
     )
     p.add_argument("--data", required=True, help="data prefix (gs://…), also the data_source")
     p.add_argument("--state", required=True, help="state object, gs://…/state.json")

@@ -404,6 +404,7 @@ def _evaluation(run: str) -> dict[str, Any]:
         "test_split": result["split"],
         "test_accuracy": result["metrics"]["accuracy"],
         "without_leaked": result["metrics"].get("without_leaked", {}),
+        "served_data": result["metrics"].get("served_data", {}),
         "label_issues": result.get("label_issue_count", 0),
         "blessed": result["blessed"],
         "reason": result["reason"],
@@ -420,6 +421,15 @@ def _leak_line(without: dict[str, Any]) -> list[str]:
     ]
 
 
+def _served_line(served: dict[str, Any]) -> list[str]:
+    if not served.get("examples"):
+        return [f"  {served['note']}"] if served.get("note") else []
+    return [
+        f"  on the served model's test data: accuracy {served['accuracy']:.4f}, the served "
+        f"model {served['served_accuracy']:.4f} ({served['examples']:,} examples)"
+    ]
+
+
 def summary_lines(outputs: dict[str, Any]) -> list[str]:
     """What a finished run says: accounting, accuracy and verdict, and where everything is."""
     totals = outputs["totals"]
@@ -430,6 +440,7 @@ def summary_lines(outputs: dict[str, Any]) -> list[str]:
         f"{outputs['test_split']} accuracy {outputs['test_accuracy']:.4f} — {verdict}: "
         f"{outputs['reason']}",
         *([f"  {outputs['drift']}"] if outputs.get("drift") else []),
+        *_served_line(outputs.get("served_data") or {}),
         *_leak_line(outputs.get("without_leaked") or {}),
         *(
             [

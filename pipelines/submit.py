@@ -37,6 +37,7 @@ PIPELINE_FILES = {
 }
 DEFAULT_PIPELINE_FILE = PIPELINE_FILES["kubeflow"]
 STALE_CLAIM = datetime.timedelta(minutes=15)
+MAX_CHANGES_SHOWN = 8  # folders named in the trigger's "how the data changed"
 # The oldest KFP backend the compiled pipeline runs on: the oldest release the backend-faithful
 # runner (tests/backend) passes it with.
 MINIMUM_BACKEND = (2, 14)
@@ -390,10 +391,52 @@ def submit_vertex(
 def fingerprint(data: str) -> str:
     """A digest of every object under ``data``: names, sizes and generations (local files:
     modification times)."""
+    return _digest(_listing(data))
+
+
+def _listing(data: str) -> list[tuple[str, int, int]]:
     objects = storage.object_versions(data)
     if not objects:
         raise SubmitError(f"no objects under {data}")
+    return objects
+
+
+def _digest(objects: object) -> str:
     return hashlib.sha256(json.dumps(objects).encode()).hexdigest()
+
+
+def folder_digests(objects: list[tuple[str, int, int]]) -> dict[str, list]:
+    """Per folder (an image folder's class, ``train/cat``): [objects, bytes, digest], what
+    the trigger state keeps to say how the data changed without keeping every name."""
+    folders: dict[str, list] = {}
+    for name, size, generation in objects:
+        folders.setdefault(name.rpartition("/")[0] or ".", []).append((name, size, generation))
+    return {f: [len(o), sum(x[1] for x in o), _digest(o)[:16]] for f, o in folders.items()}
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'s' if n != 1 else ''}"
+
+
+def describe_change(last: Mapping[str, Any] | None, after: dict[str, list]) -> str:
+    """How the folders changed since the last submitted run (its state), in a few words."""
+    before = (last or {}).get("folders")
+    if not before:
+        files = sum(entry[0] for entry in after.values())
+        first = "changed (the last state has no folder counts)" if last else "first triggered run"
+        return f"{first}: {_count(files, 'file')} in {_count(len(after), 'folder')}"
+    parts = [f"new {f} ({_count(after[f][0], 'file')})" for f in sorted(set(after) - set(before))]
+    parts += [
+        f"removed {f} ({_count(before[f][0], 'file')})" for f in sorted(set(before) - set(after))
+    ]
+    for f in sorted(set(before) & set(after)):
+        if before[f][2] == after[f][2]:
+            continue
+        was, now = before[f][0], after[f][0]
+        parts.append(f"{f} {was:,} -> {now:,} files" if was != now else f"{f} files replaced")
+    shown = parts[:MAX_CHANGES_SHOWN]
+    more = len(parts) - len(shown)
+    return "; ".join(shown) + (f"; and {more:,} more folders" if more else "")
 
 
 def trigger(data: str, state: str, submit_run, now: datetime.datetime | None = None) -> dict:
@@ -402,12 +445,14 @@ def trigger(data: str, state: str, submit_run, now: datetime.datetime | None = N
 
     The state object is claimed and updated with generation preconditions, so of two triggers
     racing on the same change exactly one submits; a claim left by a crashed trigger is taken
-    over after 15 minutes. Returns {"action": "submitted" | "unchanged" | "busy", …}.
+    over after 15 minutes. Returns {"action": "submitted" | "unchanged" | "busy", …}; a
+    submission says how the data changed since the last one (``change``, per folder).
     """
     if not storage.is_gcs(state):
         raise SubmitError(f"the trigger state must be a gs:// object, got {state}")
     now = now or datetime.datetime.now(datetime.UTC)
-    current = fingerprint(data)
+    objects = _listing(data)
+    current, folders = _digest(objects), folder_digests(objects)
     raw, generation = storage.read_versioned(state)
     previous = json.loads(raw) if raw else {}
     if previous.get("fingerprint") == current:
@@ -439,6 +484,8 @@ def trigger(data: str, state: str, submit_run, now: datetime.datetime | None = N
         "status": "submitted",
         "submitted_at": now.isoformat(),
         "run": run,
+        "folders": folders,
     }
     storage.write_if_generation(state, json.dumps(done).encode(), generation)
-    return {"action": "submitted", "fingerprint": current, "run": run}
+    change = describe_change(last_submitted, folders)
+    return {"action": "submitted", "fingerprint": current, "run": run, "change": change}

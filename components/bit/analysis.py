@@ -302,13 +302,13 @@ def served_model(config: AnalysisConfig) -> str | None:
 
 def drift_from(served: str, new_profile: Mapping[str, Any]) -> dict[str, Any]:
     """Drift of this data from the served model's (from its model card's data profile)."""
-    import json
+    from components.bit import serving
 
-    card = storage.join(served, "model_card.json")
-    try:
-        old = json.loads(storage.read_text(card))["data"]["profile"]
-    except (FileNotFoundError, storage.StorageError, OSError, KeyError, TypeError, ValueError):
-        return {"served": served, "note": f"no data profile in {card}: not compared"}
+    card = serving.read_card(served) or {}
+    old = (card.get("data") or {}).get("profile")
+    if not isinstance(old, dict) or not old:
+        where = storage.join(served, serving.CARD_JSON)
+        return {"served": served, "note": f"no data profile in {where}: not compared"}
     compared = drift.compare(old, new_profile)
     return {"served": served, **compared, "summary": drift.summary(compared)}
 

@@ -6,9 +6,9 @@ too, and memory does not grow with the number of classes beyond a few vectors of
 
 The gate blesses a model only when it means something: it must beat the majority-class rate of
 the evaluated split (a model at chance is never pushed), reach ``threshold`` when one is set,
-and be no worse (within ``tolerance``) than the baseline on the same data — the given baseline,
-or by default the newest version already under ``serving_root``. The verdict names the rule
-that decided.
+and be no worse (within ``tolerance``) than the baseline — the given baseline, or by default
+the newest version already under ``serving_root`` — both on the same data and on the data the
+baseline was evaluated on (its model card's shards). The verdict names the rule that decided.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class EvalConfig:
     run: str  # a training output (or a SavedModel folder)
     output_dir: str | None = None  # metrics.json and report.html
     shard_dirs: tuple[str, ...] = ()  # where the shards are (default: the dataset folder)
+    shard_uris: tuple[str, ...] = ()  # the storage URI of each of shard_dirs (default: itself)
     log_dir: str | None = None  # the run's TensorBoard logs (default: RUN/logs)
     split: str | None = None  # None: test, else validation
     baseline_model: str | None = None  # a model to beat; None or "": the newest served version
@@ -256,6 +257,82 @@ def thumbnails_at(paths: Sequence[str], indices: Sequence[int]) -> dict[int, str
 
 
 # ---------------------------------------------------------------------------------------------
+# The served model's own test data: the challenger must not get worse where the served model
+# was judged (its model card names the shards it was evaluated on).
+
+
+def count_remapped(
+    serve, paths: Sequence[str], label_map: np.ndarray, batch_size: int = 64
+) -> np.ndarray:
+    """[correct, scored, skipped] of a model on records whose labels index another class
+    list: ``label_map`` takes each to the model's class index, or -1 for a class the model
+    does not predict (those examples are skipped and counted)."""
+    from components.bit.inputs import encoded_dataset, tf
+
+    counts = np.zeros(3, np.int64)
+    for encoded, labels, _, _ in encoded_dataset(paths, batch_size):
+        mapped = label_map[labels.numpy()]
+        known = np.flatnonzero(mapped >= 0)
+        counts[2] += len(mapped) - len(known)
+        if len(known):
+            out = serve(image_bytes=tf.gather(encoded, known))
+            predicted = out["probabilities"].numpy().argmax(axis=1)
+            counts[:2] += (int((predicted == mapped[known]).sum()), len(known))
+    return counts
+
+
+def _local_shard(uri: str, folder: str) -> str:
+    """A shard as a local file: a local path as it is, a gs:// object copied into ``folder``
+    (TensorFlow's gs:// reader cannot be pointed at an emulator)."""
+    if not storage.is_gcs(uri):
+        if not os.path.exists(uri):
+            raise FileNotFoundError(uri)
+        return uri
+    local = os.path.join(folder, uri.rsplit("/", 1)[-1])
+    with open(local, "wb") as f:
+        f.write(storage.read_bytes(uri))
+    return local
+
+
+def on_served_data(challenger, served, served_uri: str, batch_size: int) -> dict[str, Any]:
+    """Both models' accuracy on the data the served version was evaluated on (its card's
+    ``data.evaluated_shards``, copied one shard at a time), on the examples of classes both
+    predict; or a note saying why there is no such figure."""
+    import tempfile
+
+    from components.bit import serving
+
+    card = serving.read_card(served_uri) or {}
+    shards = (card.get("data") or {}).get("evaluated_shards") or []
+    if not shards:
+        return {"note": f"{served_uri}'s model card names no evaluated data: not compared"}
+    if list(card.get("classes") or []) != served.labels:
+        return {"note": f"{served_uri}'s card and model list different classes: not compared"}
+    mine = np.array([challenger.labels.index(c) if c in challenger.labels else -1
+                     for c in served.labels])  # fmt: skip
+    theirs = np.where(mine >= 0, np.arange(len(mine)), -1)
+    counts = np.zeros((2, 3), np.int64)
+    for uri in shards:
+        with tempfile.TemporaryDirectory(prefix="bittune-served-data-") as folder:
+            try:
+                path = _local_shard(uri, folder)
+            except (FileNotFoundError, storage.StorageError, OSError) as exc:
+                return {"note": f"{served_uri}'s evaluated data cannot be read ({exc}): "
+                                "not compared"}  # fmt: skip
+            counts[0] += count_remapped(challenger.serve, [path], mine, batch_size)
+            counts[1] += count_remapped(served.serve, [path], theirs, batch_size)
+    (correct, examples, skipped), (served_correct, _, _) = counts.tolist()
+    return {
+        "served": served_uri,
+        "shards": list(shards),
+        "examples": examples,
+        "skipped": skipped,  # of classes the challenger does not predict
+        "accuracy": correct / max(examples, 1),
+        "served_accuracy": served_correct / max(examples, 1),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
 # The gate
 
 
@@ -274,6 +351,7 @@ class EvalResult:
     rules: list[dict[str, Any]]
     worst: list[dict[str, Any]]  # the most confident mistakes, with base64 thumbnails
     label_issues: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # ranked
+    shards: list[str] = dataclasses.field(default_factory=list)  # evaluated, storage URIs
     issue_thumbnails: dict[int, str] = dataclasses.field(default_factory=dict)  # by index
 
     def to_dict(self) -> dict[str, Any]:
@@ -301,10 +379,12 @@ def gate(
     baseline: float | None = None,
     baseline_tolerance: float = 0.0,
     baseline_name: str = "the baseline",
+    served_data: tuple[float, float] | None = None,
 ) -> Verdict:
     """Bless when every rule passes: beat the majority-class rate; reach
     ``blessing_threshold`` (when above 0); be within ``baseline_tolerance`` of the baseline's
-    accuracy (when there is one)."""
+    accuracy (when there is one), on this data and, given ``served_data`` (this model's and
+    the baseline's accuracy there), on the data the baseline was evaluated on."""
     threshold, tolerance = blessing_threshold, baseline_tolerance
     rules = []
 
@@ -323,17 +403,34 @@ def gate(
         verb = ">= threshold" if reached else "is below the threshold"
         rule("threshold", reached, f"accuracy {accuracy:.4f} {verb} {threshold:.4f}")
     if baseline is not None:
-        kept = accuracy >= baseline - tolerance
-        theirs = f"{baseline_name}'s {baseline:.4f}"
-        if kept:
-            text = f"accuracy {accuracy:.4f} is within {tolerance:.4f} of {theirs}"
-        else:
-            text = f"accuracy {accuracy:.4f} is worse than {theirs} by more than {tolerance:.4f}"
-        rule("baseline", kept, text)
+        name = f"{baseline_name}'s"
+        rule("baseline", *_within(f"accuracy {accuracy:.4f}", accuracy, baseline, name, tolerance))
+    if served_data is not None:
+        mine, theirs = served_data
+        there = f"on {baseline_name}'s own test data accuracy {mine:.4f}"
+        rule("served data", *_within(there, mine, theirs, "its", tolerance))
     failed = [r for r in rules if not r["passed"]]
     if failed:
         return Verdict(False, f"{failed[0]['detail']} (rule: {failed[0]['rule']})", rules)
     return Verdict(True, "; ".join(r["detail"] for r in rules), rules)
+
+
+def _within(
+    what: str, mine: float, theirs: float, whose: str, tolerance: float
+) -> tuple[bool, str]:
+    """Whether ``mine`` is no worse than ``theirs`` by more than ``tolerance``, and the words."""
+    if mine >= theirs - tolerance:
+        return True, f"{what} is within {tolerance:.4f} of {whose} {theirs:.4f}"
+    return False, f"{what} is worse than {whose} {theirs:.4f} by more than {tolerance:.4f}"
+
+
+def _storage_uri(path: str, config: EvalConfig) -> str:
+    """Where a shard the step read is in storage (a pipeline step reads artifacts at local
+    paths; the model card keeps the URIs the next run can read)."""
+    for folder, uri in zip(config.shard_dirs, config.shard_uris, strict=False):
+        if path.startswith(folder.rstrip("/") + "/"):
+            return uri.rstrip("/") + path[len(folder.rstrip("/")) :]
+    return path
 
 
 def _baseline(config: EvalConfig) -> str | None:
@@ -345,6 +442,24 @@ def _baseline(config: EvalConfig) -> str | None:
     if config.serving_root:
         return serving.latest_version(config.serving_root)
     return None
+
+
+def _against(
+    baseline_uri: str | None, model, labels: Sequence[str], paths: Sequence[str], batch_size: int
+) -> tuple[float | None, str, dict[str, Any]]:
+    """The baseline's accuracy on this data (None when it predicts other classes, with a
+    note saying so), and both models on the baseline's own test data (on_served_data)."""
+    from components.bit import serving
+
+    if not baseline_uri:
+        return None, "", {}
+    other, baseline, note = serving.load(baseline_uri), None, ""
+    if other.labels == list(labels):
+        theirs = run_model(other.serve, paths, len(labels), batch_size, keep_probabilities=False)
+        baseline = metrics_from(theirs.tally, labels)["accuracy"]
+    else:
+        note = f"; {baseline_uri} predicts other classes: not compared on this data"
+    return baseline, note, on_served_data(model, other, baseline_uri, batch_size)
 
 
 def evaluate(config: EvalConfig) -> EvalResult:
@@ -384,16 +499,10 @@ def evaluate(config: EvalConfig) -> EvalResult:
             f"{manifest.examples(split):,} examples x {len(labels):,} classes of probabilities "
             f"exceed the {label_issues.MAX_PROBABILITIES:,} kept for the label-issue search"
         )
-    baseline_uri, baseline, note = _baseline(config), None, ""
+    baseline_uri = _baseline(config)
+    baseline, note, served = _against(baseline_uri, model, labels, paths, config.batch_size)
     if baseline_uri:
-        other = serving.load(baseline_uri)
-        if other.labels == labels:
-            theirs = run_model(
-                other.serve, paths, len(labels), config.batch_size, keep_probabilities=False
-            )
-            baseline = metrics_from(theirs.tally, labels)["accuracy"]
-        else:
-            note = f"; {baseline_uri} predicts other classes: not compared"
+        metrics["served_data"] = served
     verdict = gate(
         metrics["accuracy"],
         majority=metrics["majority_rate"],
@@ -401,6 +510,9 @@ def evaluate(config: EvalConfig) -> EvalResult:
         baseline=baseline,
         baseline_tolerance=config.baseline_tolerance,
         baseline_name=baseline_uri or "the baseline",
+        served_data=(served["accuracy"], served["served_accuracy"])
+        if served.get("examples")
+        else None,
     )
     result = EvalResult(
         split=split,
@@ -421,6 +533,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
             for conf, _, data, t, p in scored.worst
         ],
         label_issues=issues,
+        shards=[_storage_uri(path, config) for path in paths],
         issue_thumbnails=thumbnails_at(paths, [i["index"] for i in issues[: label_issues.SHOWN]]),
     )
     if config.output_dir:
@@ -504,6 +617,40 @@ def _summary_section(result: Mapping[str, Any]) -> str:
         f"<h1>Evaluation on the {esc(result.split)} split</h1>"
         f"<p class='verdict'><b>{verdict}</b>: {esc(result.reason)}</p>"
         f"<ul>{gate_rows}</ul><table>{cells}</table>"
+    )
+
+
+def _served_section(result: EvalResult) -> str:
+    """This model and the served one, on this data and on the served model's own test data."""
+    if not result.baseline:
+        return ""
+    esc, served = html.escape, result.metrics.get("served_data") or {}
+    rows, notes = [], []
+    if result.baseline_accuracy is not None:
+        rows.append((f"this {result.split} split", result.metrics["accuracy"],
+                     result.baseline_accuracy, result.metrics["examples"]))  # fmt: skip
+    else:
+        notes.append("the served model predicts other classes: not compared on this data")
+    if served.get("examples"):
+        rows.append(("the served model's test data", served["accuracy"],
+                     served["served_accuracy"], served["examples"]))  # fmt: skip
+        if served["skipped"]:
+            notes.append(f"{served['skipped']:,} of its examples are of classes this model "
+                         "does not predict: left out for both")  # fmt: skip
+    elif served.get("note"):
+        notes.append(served["note"])
+    cells = "".join(
+        f"<tr><td>{esc(name)}</td><td>{mine:.4f}</td><td>{theirs:.4f}</td><td>{n:,}</td></tr>"
+        for name, mine, theirs, n in rows
+    )
+    table = (
+        "<table><tr><th>data</th><th>this model</th><th>served model</th><th>examples</th></tr>"
+        f"{cells}</table>"
+        if rows
+        else ""
+    )
+    return f"<h2>Against the served model</h2><p>{esc(result.baseline)}</p>{table}" + "".join(
+        f"<p>{esc(n)}</p>" for n in notes
     )
 
 
@@ -624,6 +771,7 @@ def html_report(
     mistakes, the HyperRule and the dataset summary."""
     parts = [
         _summary_section(result),
+        _served_section(result),
         _curves_section(curves),
         _matrix_section(result),
         _per_class_section(result.metrics),

@@ -1,10 +1,12 @@
 """Near-duplicate images: a perceptual hash per image and a search that scales past all pairs.
 
 The hash is the 64-bit DCT hash (pHash) of the ``imagehash`` library, taken from a reduced
-decode: a JPEG is decoded by libjpeg at 1/8 scale when that still leaves 32 px (Pillow's
-``draft``), in grayscale. Two images are near-duplicates when their hashes differ in at most
-``max_distance`` bits (:data:`MAX_DISTANCE`, 8 of 64; recall and false positives on real
-photos are measured in tests/bit/test_near_duplicates and stated in docs/data-quality.md).
+image in grayscale: a camera JPEG's EXIF thumbnail when it shows the whole frame (reading it
+costs less than the header read), else a decode that libjpeg does at 1/8 scale when that still
+leaves 32 px (Pillow's ``draft``), which still entropy-decodes the whole file. Two images are
+near-duplicates when their hashes differ in at most ``max_distance`` bits
+(:data:`MAX_DISTANCE`, 8 of 64; recall and false positives on real photos are measured in
+tests/bit/test_near_duplicates and stated in docs/data-quality.md).
 Images under :data:`MIN_SIDE` px on a side are not hashed.
 
 The search is a pigeonhole multi-index: split the 64 bits into ``max_distance + k`` chunks;
@@ -20,7 +22,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 HASH_BITS = 64
 MAX_DISTANCE = 8
@@ -28,6 +30,7 @@ MAX_DISTANCE = 8
 # of the images would group. They are compared by exact content only (analysis' duplicates).
 MIN_SIDE = 16
 _HASH_INPUT = 32  # imagehash's pHash reads a 32x32 grayscale image
+_THUMBNAIL_OFFSET, _THUMBNAIL_LENGTH = 0x0201, 0x0202  # EXIF IFD1: JPEGInterchangeFormat(Length)
 _BLOCK = 2048  # rows compared at once inside a large bucket
 _SMALL = 64  # buckets up to this size are compared by offsets, all at once
 
@@ -38,12 +41,40 @@ def perceptual_hash(data: bytes) -> int | None:
 
     try:
         with Image.open(io.BytesIO(data)) as image:
-            if image.format in ("JPEG", "MPO"):
-                image.draft("L", (_HASH_INPUT, _HASH_INPUT))
-            image = ImageOps.exif_transpose(image.convert("L"))
-            return int(str(imagehash.phash(image)), 16)
+            reduced = embedded_thumbnail(image)
+            if reduced is None:
+                if image.format in ("JPEG", "MPO"):
+                    image.draft("L", (_HASH_INPUT, _HASH_INPUT))
+                reduced = image.convert("L")
+            return int(str(imagehash.phash(ImageOps.exif_transpose(reduced))), 16)
     except Exception:  # decoding errors come in many types; the caller reports the count
         return None
+
+
+def embedded_thumbnail(image: Image.Image) -> Image.Image | None:
+    """The EXIF thumbnail a camera embeds (IFD1, a JPEG of about 160x120), in grayscale with
+    the photo's EXIF (for its orientation), when it shows the photo's whole frame: at least
+    32 px a side and the photo's aspect ratio within 2% (else it is stale or letterboxed)."""
+    raw = image.info.get("exif")
+    if image.format not in ("JPEG", "MPO") or not raw:
+        return None
+    try:
+        exif = Image.Exif()
+        exif.load(raw)
+        ifd1 = exif.get_ifd(ExifTags.IFD.IFD1)
+        offset, length = ifd1.get(_THUMBNAIL_OFFSET), ifd1.get(_THUMBNAIL_LENGTH)
+        if not offset or not length:
+            return None
+        start = 6 if raw.startswith(b"Exif\0\0") else 0  # the TIFF header's position
+        with Image.open(io.BytesIO(raw[start + offset : start + offset + length])) as thumb:
+            gray = thumb.convert("L")
+    except Exception:  # a broken thumbnail is no reason to refuse the photo: decode it
+        return None
+    (width, height), (tw, th) = image.size, gray.size
+    if min(tw, th) < _HASH_INPUT or abs(tw * height - th * width) > 0.02 * th * width:
+        return None
+    gray.info["exif"] = raw
+    return gray
 
 
 def hamming(a: int, b: int) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 from components.bit import serving, storage
 from components.bit.errors import BittuneError
 
-CARD_JSON = "model_card.json"
+CARD_JSON = serving.CARD_JSON
 CARD_MARKDOWN = "model_card.md"
 _CARD_HYPERRULE = ("resize", "crop", "batch_size", "base_lr", "total_steps", "mixup_alpha")
 _CARD_METRICS = ("accuracy", "top5_accuracy", "loss", "macro_f1", "expected_calibration_error")
@@ -47,6 +47,7 @@ def model_card(
             "rejected_in_preprocessing": manifest["totals"]["rejected"],
             "exclude_list": manifest["source"].get("exclude_list"),
             "profile": manifest.get("profile", {}),  # what drift compares new data with
+            "evaluated_shards": evaluation.get("shards", []),  # the next challenger's test
         },
         "hyperrule": {k: hyperrule[k] for k in (*_CARD_HYPERRULE, "variant")},
         "metrics": {

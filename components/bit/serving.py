@@ -25,6 +25,8 @@ SAVED_MODEL_FILE = "saved_model.pb"
 # A version is complete once its saved_model.pb is there (written last); the claim file marks a
 # version number as taken by a writer before anything else is written.
 CLAIM_FILE = ".bittune-claim"
+# What a version is (push.model_card): its data, metrics, gate and lineage, read by the next run.
+CARD_JSON = "model_card.json"
 
 
 class ServingError(BittuneError):
@@ -55,6 +57,17 @@ def latest_version(serving_root: str) -> str | None:
     """The folder of the newest complete version under ``serving_root``, if any."""
     done = versions(serving_root)
     return storage.join(serving_root, str(done[-1])) if done else None
+
+
+def read_card(version: str) -> dict[str, Any] | None:
+    """A served version's model card, or None when it has none (or not a readable one)."""
+    import json
+
+    try:
+        card = json.loads(storage.read_text(storage.join(version, CARD_JSON)))
+    except (FileNotFoundError, storage.StorageError, OSError, ValueError):
+        return None
+    return card if isinstance(card, dict) else None
 
 
 def _serving_module(model, labels: Sequence[str], crop: int, top_k: int):

@@ -198,6 +198,7 @@ def evaluate_model(inputs: Inputs) -> tuple[bool, str]:
         run=inputs["trained_model"].path,
         output_dir=evaluation.path,
         shard_dirs=tuple(a.path for a in inputs["holdout_shards"]),
+        shard_uris=tuple(a.uri for a in inputs["holdout_shards"]),
         log_dir=inputs["logs"].path,
         serving_root=inputs["serving_root"] or None,
     )
@@ -209,6 +210,10 @@ def evaluate_model(inputs: Inputs) -> tuple[bool, str]:
     metrics.log_metric("accuracy_without_leaked", values["without_leaked"]["accuracy"])
     metrics.log_metric("leaked_examples", values["without_leaked"]["leaked"])
     metrics.log_metric("label_issues", len(result.label_issues))
+    served = values.get("served_data") or {}
+    if served.get("examples"):
+        metrics.log_metric("accuracy_on_served_data", served["accuracy"])
+        metrics.log_metric("served_accuracy_on_served_data", served["served_accuracy"])
     inputs["confusion"].log_confusion_matrix(*kfp_confusion_matrix(result))
     shutil.copyfile(os.path.join(evaluation.path, "report.html"), inputs["report"].path)
     evaluation.metadata.update(blessed=result.blessed, reason=result.reason)

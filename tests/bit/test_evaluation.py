@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from components.bit import evaluation, label_issues, models, push, serving
+from components.bit import dataset as ds
+from components.bit import evaluation, label_issues, models, push, serving, storage
 from components.bit.errors import BittuneError
 from components.bit.evaluation import EvalConfig, Tally
 from components.bit.training import TrainConfig, train
@@ -145,6 +146,53 @@ def test_the_served_version_is_the_default_baseline(trained, tmp_path):
     assert second.baseline == str(tmp_path / "serving" / "1")
     assert second.baseline_accuracy == second.metrics["accuracy"]
     assert any(r["rule"] == "baseline" and r["passed"] for r in second.rules)
+    # the card names the data the served version was judged on; the next run scores both there
+    card = serving.read_card(second.baseline)
+    assert card["data"]["evaluated_shards"] == first.shards and first.shards
+    served = second.metrics["served_data"]
+    assert served["examples"] == second.metrics["examples"] and served["skipped"] == 0
+    assert served["accuracy"] == served["served_accuracy"] == second.metrics["accuracy"]
+    assert any(r["rule"] == "served data" and r["passed"] for r in second.rules)
+
+
+def test_served_data_maps_classes_by_name_and_leaves_out_unknown_ones(trained, tmp_path):
+    data, run = str(trained / "data"), str(trained / "run")
+    paths = ds.read_manifest(data).shard_paths("test", [data])
+    model = serving.load(run)
+    identity = np.arange(10)
+    correct, scored, skipped = evaluation.count_remapped(model.serve, paths, identity)
+    without_3 = np.where(identity == 3, -1, identity)
+    _, scored_3, skipped_3 = evaluation.count_remapped(model.serve, paths, without_3)
+    assert (skipped, scored_3 + skipped_3) == (0, scored) and skipped_3 > 0
+    shifted, _, _ = evaluation.count_remapped(model.serve, paths, (identity + 1) % 10)
+    assert shifted < correct  # the labels no longer name what the model predicts
+    assert evaluation.gate(0.9, majority=0.1, baseline=None, served_data=(0.8, 0.85))
+    verdict = evaluation.gate(0.9, majority=0.1, served_data=(0.8, 0.85), baseline_name="v1")
+    assert not verdict.blessed and verdict.reason.endswith("(rule: served data)")
+    assert "v1's own test data accuracy 0.8000" in verdict.reason
+
+
+def test_served_data_is_read_from_gcs_and_missing_data_is_a_note(trained, tmp_path, gcs):
+    data, run = str(trained / "data"), str(trained / "run")
+    evaluated = evaluation.evaluate(EvalConfig(data, run))
+    bucket = gcs.new_bucket()
+    shards = gcs.upload_tree(trained / "data", f"gs://{bucket}/data")
+    card = {"classes": evaluated.labels, "data": {"evaluated_shards": [
+        f"{shards}/{p.rsplit('/', 1)[-1]}" for p in evaluated.shards]}}  # fmt: skip
+    version = gcs.upload_tree(trained / "run" / "saved_model", f"gs://{bucket}/serving/1")
+    storage.write_text(f"{version}/{serving.CARD_JSON}", json.dumps(card))
+    model = serving.load(run)
+    served = evaluation.on_served_data(model, serving.load(version), version, 64)
+    assert served["examples"] == evaluated.metrics["examples"]
+    assert served["accuracy"] == pytest.approx(evaluated.metrics["accuracy"])
+    card["data"]["evaluated_shards"] = [f"gs://{bucket}/gone/test-00000.tfrecord"]
+    storage.write_text(f"{version}/{serving.CARD_JSON}", json.dumps(card))
+    missing = evaluation.on_served_data(model, serving.load(version), version, 64)
+    assert "cannot be read" in missing["note"] and "examples" not in missing
+    result = evaluation.evaluate(EvalConfig(data, run, str(tmp_path), baseline_model=version))
+    assert not any(r["rule"] == "served data" for r in result.rules)
+    page = (tmp_path / "report.html").read_text()
+    assert "<h2>Against the served model" in page and "cannot be read" in page
 
 
 def test_push_versions_and_card(trained, tmp_path, gcs):

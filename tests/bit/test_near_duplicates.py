@@ -9,7 +9,9 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from sklearn.datasets import load_sample_images
 
+from benchmarks.synthetic import camera_exif
 from components.bit import near_duplicates as nd
 from components.bit.analysis import AnalysisConfig, analyze
 from tests.imagegen import photo_tiles
@@ -46,6 +48,21 @@ def test_recall_and_false_positives_at_the_documented_threshold():
     assert false_positive_rate == 0.0 and min(distinct) > 2 * nd.MAX_DISTANCE
 
 
+def test_a_camera_thumbnail_hashes_close_to_the_pixels():
+    # the same photo with a camera's EXIF thumbnail (quality 75, hashed from it) and without
+    tiles = [t.resize((400, 400)) for t in photo_tiles()]
+    distances = [
+        nd.hamming(
+            nd.perceptual_hash(_encode(t, "JPEG", quality=90, exif=camera_exif(t))),
+            nd.perceptual_hash(_encode(t, "JPEG", quality=90)),
+        )
+        for t in tiles
+    ]
+    recall = float(np.mean(np.asarray(distances) <= nd.MAX_DISTANCE))
+    print(f"thumbnail against pixels: recall {recall}, median {np.median(distances)} bits")
+    assert recall >= 0.85 and np.median(distances) <= 2
+
+
 @pytest.mark.parametrize("max_distance", [0, 3, 8, 12])
 def test_index_finds_the_groups_brute_force_finds(max_distance):
     rng = np.random.default_rng(max_distance)
@@ -61,6 +78,26 @@ def test_index_finds_the_groups_brute_force_finds(max_distance):
     assert all(distance[a, b] == d <= max_distance for a, b, d in links.tolist())
     with pytest.raises(ValueError, match="max_distance"):
         nd.find_links(hashes, 64)
+
+
+def test_camera_thumbnails_are_used_only_when_they_show_the_whole_photo():
+    photo = Image.fromarray(load_sample_images().images[0])  # 640x427
+    with Image.open(io.BytesIO(_encode(photo, "JPEG", exif=camera_exif(photo)))) as image:
+        assert nd.embedded_thumbnail(image).size == (160, 107)
+    # orientation 6: the camera stored the frame turned; the hash is of the upright photo
+    turned = photo.transpose(Image.Transpose.ROTATE_90)
+    stored = _encode(turned, "JPEG", exif=camera_exif(turned, orientation=6))
+    upright = nd.perceptual_hash(_encode(photo, "JPEG", quality=95))
+    assert nd.hamming(nd.perceptual_hash(stored), upright) <= nd.MAX_DISTANCE
+    # a stale thumbnail (the photo was cropped after) and a broken one: the pixels are hashed
+    crop = photo.crop((0, 0, 300, 300))
+    plain = nd.perceptual_hash(_encode(crop, "JPEG", quality=90))
+    stale = _encode(crop, "JPEG", quality=90, exif=camera_exif(photo))
+    broken = _encode(crop, "JPEG", quality=90, exif=camera_exif(crop)[:-200])
+    for data in (stale, broken):
+        with Image.open(io.BytesIO(data)) as image:
+            assert nd.embedded_thumbnail(image) is None
+        assert nd.perceptual_hash(data) == plain
 
 
 def test_undecodable_pixels_have_no_hash():

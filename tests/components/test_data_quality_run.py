@@ -61,3 +61,11 @@ def test_new_data_is_compared_with_the_served_model_s(tmp_path):
     assert any(line.strip() == second["drift"] for line in summary_lines(second))
     report = (pathlib.Path(second["analysis"]) / "report.md").read_text()
     assert "## Drift from the served model" in report and "| class balance | PSI" in report
+    # the challenger knows one class more, so it is judged on the served model's own test data
+    served = second["served_data"]
+    first_test = json.loads((pathlib.Path(first["evaluation"]) / "metrics.json").read_text())
+    assert (served["examples"], served["skipped"]) == (first_test["metrics"]["examples"], 0)
+    assert "served model's test data: accuracy" in "\n".join(summary_lines(second))
+    assert "on this data" in second["reason"]  # other classes: not compared on the new data
+    page = (pathlib.Path(second["evaluation"]) / "report.html").read_text()
+    assert "the served model&#x27;s test data" in page

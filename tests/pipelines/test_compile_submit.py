@@ -268,12 +268,17 @@ def test_trigger_runs_only_on_change(gcs, kfp_server, compiled):
         values = {"data_source": f"gs://{bucket}/data", "data_fingerprint": fingerprint}
         return submit.submit(kfp_server.url, values, "t", str(compiled))
 
-    assert submit.trigger(f"gs://{bucket}/data", state, run)["action"] == "submitted"
+    first = submit.trigger(f"gs://{bucket}/data", state, run)
+    assert first["change"] == "first triggered run: 2 files in 2 folders"
     assert submit.trigger(f"gs://{bucket}/data", state, run)["action"] == "unchanged"
-    _data(gcs, bucket, ["a/3.jpg"])
-    assert submit.trigger(f"gs://{bucket}/data", state, run)["action"] == "submitted"
+    _data(gcs, bucket, ["a/3.jpg", "c/4.jpg"])
+    storage.gcs_client().bucket(bucket).blob("data/b/2.jpg").delete()
+    changed = submit.trigger(f"gs://{bucket}/data", state, run)
+    assert changed["action"] == "submitted"
+    assert changed["change"] == "new c (1 file); removed b (1 file); a 1 -> 2 files"
     _data(gcs, bucket, ["a/3.jpg"])  # rewritten: a new generation is a change
-    assert submit.trigger(f"gs://{bucket}/data", state, run)["action"] == "submitted"
+    again = submit.trigger(f"gs://{bucket}/data", state, run)
+    assert (again["action"], again["change"]) == ("submitted", "a files replaced")
     assert len(kfp_server.runs) == 3
     saved = json.loads(storage.read_text(state))
     assert saved["status"] == "submitted" and saved["run"]["run_id"] in kfp_server.runs
@@ -401,7 +406,10 @@ def test_cli_submit_and_trigger(gcs, kfp_server, compiled, tmp_path):
         kfp_server.url,
         *pipeline,
     ]
-    assert "submitted run" in cli(*trigger).stdout
+    assert (
+        "data changed (first triggered run: 1 file in 1 folder): submitted run"
+        in cli(*trigger).stdout
+    )
     assert "data unchanged" in cli(*trigger).stdout
     bad = cli("submit", "--host", kfp_server.url, *pipeline, "--param", "nope=1")
     assert bad.returncode == 2 and "unknown parameter 'nope'" in bad.stderr
