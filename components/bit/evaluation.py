@@ -430,7 +430,7 @@ def _storage_uri(path: str, config: EvalConfig) -> str:
     for folder, uri in zip(config.shard_dirs, config.shard_uris, strict=False):
         if path.startswith(folder.rstrip("/") + "/"):
             return uri.rstrip("/") + path[len(folder.rstrip("/")) :]
-    return path
+    return path if "://" in path else os.path.abspath(path)
 
 
 def _baseline(config: EvalConfig) -> str | None:

@@ -191,7 +191,9 @@ def test_cli_submit_and_trigger_vertex(vertex, vertex_yaml, gcs, capsys):
     assert "submitted run bit-finetune-" in capsys.readouterr().out
     trigger = ["trigger", "--data", f"gs://{bucket}/data", "--state", f"gs://{bucket}/s.json"]
     assert cli.main([*trigger, *common]) == 0
-    assert "data changed: submitted run" in capsys.readouterr().out
+    assert "data changed (first triggered run: 1 file in 1 folder): submitted run" in (
+        capsys.readouterr().out
+    )
     assert cli.main([*trigger, *common]) == 0
     assert "data unchanged" in capsys.readouterr().out
     bodies = [json.loads(r["body"]) for r in vertex.requests if r["method"] == "POST"]
