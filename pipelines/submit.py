@@ -406,12 +406,12 @@ def _digest(objects: object) -> str:
 
 
 def folder_digests(objects: list[tuple[str, int, int]]) -> dict[str, list]:
-    """Per folder (an image folder's class, ``train/cat``): [objects, bytes, digest], what
-    the trigger state keeps to say how the data changed without keeping every name."""
+    """Per folder (an image folder's class, ``train/cat``): [objects, digest], what the
+    trigger state keeps to say how the data changed without keeping every name."""
     folders: dict[str, list] = {}
     for name, size, generation in objects:
         folders.setdefault(name.rpartition("/")[0] or ".", []).append((name, size, generation))
-    return {f: [len(o), sum(x[1] for x in o), _digest(o)[:16]] for f, o in folders.items()}
+    return {f: [len(o), _digest(o)[:16]] for f, o in folders.items()}
 
 
 def _count(n: int, noun: str) -> str:
@@ -430,7 +430,7 @@ def describe_change(last: Mapping[str, Any] | None, after: dict[str, list]) -> s
         f"removed {f} ({_count(before[f][0], 'file')})" for f in sorted(set(before) - set(after))
     ]
     for f in sorted(set(before) & set(after)):
-        if before[f][2] == after[f][2]:
+        if before[f][1] == after[f][1]:
             continue
         was, now = before[f][0], after[f][0]
         parts.append(f"{f} {was:,} -> {now:,} files" if was != now else f"{f} files replaced")
