@@ -119,7 +119,10 @@ def build(target: str = "kubeflow", machine: TrainingMachine | None = None):
 
         planned = plan_workers(**_args(plan_workers, p, analysis=analysis))
         _storage_bound(planned, "plan workers", "1", "2G", target).set_caching_options(True)
-        with dsl.ParallelFor(planned.output, name="preprocess-workers") as index:
+        # Unnamed: before KFP 2.16.0 the loop's drivers record it under its display name and the
+        # collecting consumers look it up by its key (for-loop-1), so a named loop fails there
+        # (kubeflow/pipelines issue 11964, PR 12808). Its tasks keep their display names.
+        with dsl.ParallelFor(planned.output) as index:
             wired = {"analysis": analysis, "worker_index": index}
             shards = write_shards(**_args(write_shards, p, **wired))
             _storage_bound(shards, "write TFRecord shards", "4", "8G", target)

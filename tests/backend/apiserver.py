@@ -28,20 +28,25 @@ _WANTED = {
 
 
 def runtime_parameters(
-    spec: Mapping[str, Any], given: Mapping[str, Any], run_id: str, created: dt.datetime
+    spec: Mapping[str, Any],
+    given: Mapping[str, Any],
+    run_id: str,
+    created: dt.datetime,
+    check_literals: bool = True,
 ) -> dict[str, Any]:
     """The root DAG's parameters for a run: string values get the run macros expanded, then
     every value is checked against its declared type, unknown parameters are refused and
     required ones must be given -- apiserver/template/v2_template.go ``RunWorkflow``,
     ``validatePipelineJobInputs`` (raises ``SubmissionError``). Missing ones then take their
-    IR default, or null when optional -- compiler/argocompiler/argo.go ``Compile``."""
+    IR default, or null when optional -- compiler/argocompiler/argo.go ``Compile``. Literals
+    are checked only when ``check_literals`` (from 2.16: ``releases.validates_literals``)."""
     params = {k: to_pb(v) for k, v in given.items()}
     for key, value in params.items():
         if isinstance(value, str) and value:
             params[key] = format_macros(value, run_id, created)
     declared = spec["root"].get("inputDefinitions", {}).get("parameters", {})
     for name, pspec in declared.items():
-        _validate_input(name, pspec, params)
+        _validate_input(name, pspec, params, check_literals)
     extra = [name for name in params if name not in declared]
     if extra:
         raise SubmissionError(
@@ -56,7 +61,9 @@ def runtime_parameters(
     return params
 
 
-def _validate_input(name: str, pspec: Mapping[str, Any], params: Mapping[str, Any]) -> None:
+def _validate_input(
+    name: str, pspec: Mapping[str, Any], params: Mapping[str, Any], check_literals: bool
+) -> None:
     """``validatePipelineJobInputs`` for one declared root input."""
     ptype = pspec.get("parameterType", "PARAMETER_TYPE_ENUM_UNSPECIFIED")
     if name not in params:
@@ -77,7 +84,7 @@ def _validate_input(name: str, pspec: Mapping[str, Any], params: Mapping[str, An
             f"{_INVALID}input parameter {name} requires type {wanted[1]}, but "
             f"{article} is not of {wanted[2]}"
         )
-    literals = pspec.get("literals")
+    literals = pspec.get("literals") if check_literals else None
     if literals and not any(to_pb(lit) == params[name] for lit in literals):
         raise SubmissionError(
             f"{_INVALID}input parameter {name!r} value {params[name]!r} does not match "

@@ -1,10 +1,14 @@
 """Scheduling as the Argo workflow the KFP compiler writes runs it: DAG dependencies, skipped
 and omitted tasks, failFast, and retries of the executor pod on a simulated clock
-(backend/src/v2/compiler/argocompiler/dag.go, container.go; argo-workflows v3.6.19
-workflow/controller/operator.go)."""
+(backend/src/v2/compiler/argocompiler/dag.go, container.go; argo-workflows
+workflow/controller/operator.go at the version each release installs -- v3.6.7 for KFP 2.14,
+v3.7.3 for 2.15 and 2.16, v4.0.5 for 2.17, ``releases.ARGO_VERSIONS``. The rules used here read
+the same in all three)."""
 
 from __future__ import annotations
 
+import decimal
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -74,31 +78,73 @@ def parse_duration_seconds(text: Any) -> int:
     return int(float(match.group(1)))
 
 
+def go_float_text(value: float) -> str:
+    """Go's ``fmt.Sprintf("%v", float64)`` (strconv 'g', shortest digits): "2" for 2.0, "1.5",
+    "1e+06" -- what ``wfapi.AnyStringPtr`` makes of the IR's ``backoffFactor``."""
+    if not math.isfinite(value):
+        return {math.inf: "+Inf", -math.inf: "-Inf"}.get(value, "NaN")
+    if value == 0:
+        return "0"
+    digits = decimal.Decimal(repr(value)).normalize()
+    exponent = digits.adjusted()
+    sign, mantissa = ("-" if digits < 0 else ""), "".join(map(str, digits.as_tuple().digits))
+    if exponent < -4 or exponent >= 6:  # strconv 'g' with the shortest digits: eprec 6
+        tail = f".{mantissa[1:]}" if len(mantissa) > 1 else ""
+        return f"{sign}{mantissa[0]}{tail}e{'-' if exponent < 0 else '+'}{abs(exponent):02d}"
+    return format(digits, "f")
+
+
+def argo_factor(value: Any) -> tuple[int, str]:
+    """The backoff factor as Argo reads it: the KFP compiler passes the IR's double through
+    ``wfapi.AnyStringPtr`` (argocompiler/container.go ``getTaskRetryParametersWithValues``,
+    ``getTaskRetryStrategyFromInput``: ``Factor`` is an IntOrString of that text), and Argo's
+    ``processNodeRetries`` parses it with util/intstr ``Int32`` (``strconv.Atoi``). Returns
+    (factor, "") or (0, the error). An absent factor is 0 (``GetBackoffFactor()``).
+
+    release -> backoff factor -> source
+      2.14 (Argo v3.6.7), 2.15, 2.16 (v3.7.3), 2.17 (v4.0.5) -> a whole number is the
+          factor (``duration * factor**(n-1)``; 0 or less: ``duration`` every time); any
+          fractional one (1.5) errors the retry node at the first retry decision, "value '1.5'
+          cannot be resolved to an int", and nothing is retried -> workflow/controller/
+          operator.go ``processNodeRetries``; util/intstr/parametrizable.go ``Int``, ``Int32``
+    The same in every release: not gated, but wrong in this runner before (it took 1.5)."""
+    text = go_float_text(float(value or 0.0))
+    if re.fullmatch(r"[+-]?[0-9]+", text) is None:
+        return 0, f"value '{text}' cannot be resolved to an int"
+    return int(text), ""
+
+
 class RetryPolicy(NamedTuple):
     """A task's ``retryPolicy`` as Argo applies it (durations in whole seconds):
     argocompiler/container.go ``getTaskRetryParametersWithValues``."""
 
     max_retries: int
     base: float
-    factor: float
+    factor: int
     max_duration: float
+    factor_error: str = ""
 
     @classmethod
     def of(cls, policy: Mapping[str, Any]) -> RetryPolicy:
         """The policy of a task's ``retryPolicy`` (none: no retries)."""
         if not policy:
-            return cls(0, 0.0, 2.0, 0.0)
+            return cls(0, 0.0, 0, 0.0)
         duration = policy.get("backoffMaxDuration")
+        factor, error = argo_factor(policy.get("backoffFactor"))
         return cls(
             max_retries=int(policy.get("maxRetryCount", 0) or 0),
             base=parse_duration_seconds(policy.get("backoffDuration")),
-            factor=float(policy.get("backoffFactor", 2.0) or 0.0),
+            factor=factor,
             max_duration=parse_duration_seconds(duration) if duration else 0,
+            factor_error=error,
         )
 
     def delay(self, number: int) -> float:
-        """The backoff after attempt ``number``: ``duration * factor**(number-1)``."""
-        return self.base * (self.factor ** (number - 1)) if self.base else 0.0
+        """The backoff after attempt ``number``: ``duration * factor**(number-1)`` (a factor
+        of 0 or less: ``duration``)."""
+        if self.factor <= 0:
+            return self.base
+        return self.base * (self.factor ** (number - 1))
 
 
 class RetryClock:
@@ -142,19 +188,22 @@ class RetryClock:
 
     def refusal(self, attempt: AttemptResult, number: int) -> str | None:
         """Why Argo does not retry a failed attempt ("" when retries are simply used up), or
-        None to retry. argo-workflows v3.6.19 workflow/controller/operator.go
-        ``processNodeRetries``: past first start + ``maxDuration`` -> "Max duration limit
-        exceeded"; the next start (this attempt's end + ``duration * factor**(n-1)``) past it ->
-        "Backoff would exceed max duration limit"; then the retry policy: the KFP compiler sets
-        none (argocompiler/container.go ``getTaskRetryStrategyFromInput``), so
-        ``RetryPolicyActual`` (pkg/apis/workflow/v1alpha1/workflow_types.go) is OnFailure, which
-        retries Failed nodes and not Error ones (a deleted pod)."""
+        None to retry. argo-workflows workflow/controller/operator.go ``processNodeRetries``
+        (v3.6.7, v3.7.3, v4.0.5 alike): past first start + ``maxDuration`` -> "Max duration
+        limit exceeded"; a factor that is not a whole number -> the retry node errors
+        (``argo_factor``); the next start (this attempt's end + ``duration * factor**(n-1)``)
+        past it -> "Backoff would exceed max duration limit"; then the retry policy: the KFP
+        compiler sets none (argocompiler/container.go ``getTaskRetryStrategyFromInput``), so
+        ``RetryPolicyActual`` (pkg/apis/workflow/v1alpha1/workflow_types.go) is OnFailure,
+        which retries Failed nodes and not Error ones (a deleted pod)."""
         policy = self.policy
         if not policy.max_retries:
             return ""
         limit = policy.max_duration
         if limit and self.clock > limit:
             return "Max duration limit exceeded"
+        if policy.factor_error:
+            return f"retry node Error: {policy.factor_error}"
         if limit and self.clock + policy.delay(number) > limit:
             return "Backoff would exceed max duration limit"
         if attempt.phase == "Error":

@@ -18,7 +18,7 @@ from .stores import ObjectStore, StoreError
 
 __all__ = ["BACKEND_VERSIONS", "DEFAULT_PIPELINE_ROOT", "Cluster", "KillHook", "Run"]
 
-BACKEND_REFERENCE = "kubeflow/pipelines 2.17.0 (4a3592cb2dd0)"
+BACKEND_REFERENCE = "kubeflow/pipelines 2.14.0, 2.15.0, 2.16.0, 2.17.0 (4a3592cb2dd0)"
 # The releases whose rules differ where this runner says so (``backend_version``).
 BACKEND_VERSIONS = ("2.14", "2.15", "2.16", "2.17")
 LATEST_VERSION = BACKEND_VERSIONS[-1]

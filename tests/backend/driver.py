@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from . import argo, cache, launcher, pod, podspec
+from . import argo, cache, launcher, pod, podspec, releases
 from .cel import CelError, evaluate_condition
 from .cluster import Cluster, Run
 from .ir import is_loop
@@ -141,7 +141,9 @@ def _record_execution(
 
 
 def _drive_dag(cluster: Cluster, run: Run, dag: Execution, key: str, task: dict[str, Any]) -> None:
-    """driver.DAG for a sub-DAG, condition group or loop, then its tasks (or iterations).
+    """driver.DAG for a sub-DAG, condition group or loop, then its tasks (or iterations). The
+    execution is recorded under the task key, a loop's before 2.16 under its display name
+    (``releases.loop_record_name``).
 
     A loop's iterations run in order; after a failure the remaining ones never start. An
     ``artifactIterator`` fails as in dag.go: "ArtifactIterator is not implemented"."""
@@ -163,7 +165,7 @@ def _drive_dag(cluster: Cluster, run: Run, dag: Execution, key: str, task: dict[
     node = _record_execution(
         cluster, run, dag, result, task, (params, arts), triggered, iteration_count=count
     )
-    dag.children[key] = node
+    dag.children[releases.loop_record_name(cluster, key, task) if loop else key] = node
     result.iteration_count = count
     if not triggered:
         dag.argo[key] = "Skipped"
@@ -318,9 +320,9 @@ def _drive_container(
         result.pod_spec = podspec.pod_spec(
             cluster, run, dag, key, container, prepared.executor_input, k8s
         )
-        user_command = podspec.resolve_container_args(
-            [*container.get("command", []), *container.get("args", [])], prepared.executor_input
-        )
+        user_command = [*container.get("command", []), *container.get("args", [])]
+        if releases.driver_resolves_container_args(cluster):
+            user_command = podspec.resolve_container_args(user_command, prepared.executor_input)
     except DriverError as err:
         run.fail(result, dag, prefix + str(err))
         return

@@ -31,7 +31,7 @@ class Execution:
     artifacts: dict[str, list[ArtifactRecord]] = field(default_factory=dict)  # input artifacts
     out_params: dict[str, Any] = field(default_factory=dict)
     out_artifacts: dict[str, ArtifactRecord] = field(default_factory=dict)
-    children: dict[str, Execution] = field(default_factory=dict)  # by task key
+    children: dict[str, Execution] = field(default_factory=dict)  # by recorded task name
     iterations: list[Execution] = field(default_factory=list)
     iteration_index: int | None = None
     iteration_count: int | None = None

@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from . import releases
 from .cluster import Cluster, Run
 from .metadata import Execution
 from .resolve import NullParameter, resolve_parameter
@@ -98,7 +99,8 @@ def _k8s_pod_spec(
     """k8s.go ``extendPodSpecPatch``'s node selector and tolerations from a parameter
     (``nodeSelectorJson``, ``tolerationJson``; resolve.go ``resolveK8sJsonParameter``), the
     forms bittune's pipeline uses (``kubernetes.add_node_selector_json``,
-    ``add_toleration_json``); static labels and tolerations are refused."""
+    ``add_toleration_json``); static labels and tolerations are refused. A null parameter is
+    skipped, or fails the driver on 2.14 (``releases.null_k8s_parameter_fails``)."""
     pod: dict[str, Any] = {}
     if k8s.get("nodeSelector", {}).get("labels"):
         raise DriverError("static node selectors are not supported by this runner")
@@ -106,7 +108,11 @@ def _k8s_pod_spec(
     if selector is not None:
         try:
             value = resolve_parameter(cluster, run, dag, key, selector)
-        except NullParameter:
+        except NullParameter as null:
+            if releases.null_k8s_parameter_fails(cluster):
+                raise DriverError(
+                    f"failed to resolve node selector: failed to resolve k8s parameter: {null}"
+                ) from None
             value = None
         except DriverError as err:
             raise DriverError(
@@ -146,7 +152,9 @@ def _tolerations(
         raise DriverError("static tolerations are not supported by this runner")
     try:
         value = resolve_parameter(cluster, run, dag, key, toleration["tolerationJson"])
-    except NullParameter:
+    except NullParameter as null:
+        if releases.null_k8s_parameter_fails(cluster):
+            raise DriverError(f"failed to resolve toleration: {null}") from None
         return []
     except DriverError as err:
         raise DriverError(f"failed to resolve toleration: {err}") from None

@@ -9,6 +9,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from . import releases
 from .cluster import Cluster, Run
 from .metadata import Execution
 from .results import ArtifactRecord, DriverError, TaskResult
@@ -22,8 +23,6 @@ _RUNTIME_PLACEHOLDERS = (
     "{{$.pipeline_job_uuid}}",
     "{{$.pipeline_task_name}}",
     "{{$.pipeline_task_uuid}}",
-    "{{$.pipeline_job_create_time_utc}}",
-    "{{$.pipeline_job_schedule_time_utc}}",
 )
 _KIND_TYPES = {
     "string": ("STRING",),
@@ -124,7 +123,8 @@ def _bind_inputs(
     params: dict[str, Any],
 ) -> dict[str, ArtInput]:
     """The task's own bindings: parameters into ``params`` (a null one is skipped when the
-    component input is optional; ``literals`` are enforced), artifacts returned."""
+    component input is optional; ``literals`` are enforced from 2.16,
+    ``releases.validates_literals``), artifacts returned."""
     declared = run.ir.component(task).get("inputDefinitions", {}).get("parameters", {})
     for name, binding in task.get("inputs", {}).get("parameters", {}).items():
         comp_param = declared.get(name) or {}
@@ -134,7 +134,7 @@ def _bind_inputs(
             if comp_param.get("isOptional"):
                 continue
             raise
-        literals = comp_param.get("literals")
+        literals = comp_param.get("literals") if releases.validates_literals(cluster) else None
         if literals and not any(to_pb(lit) == value for lit in literals):
             raise DriverError(
                 f"validating parameter {json.dumps(name)}: input parameter "
@@ -232,6 +232,8 @@ def resolve_parameter(
             raise DriverError(wrap + str(err)) from None
     if "runtimeValue" in binding:
         constant = binding["runtimeValue"].get("constant")
+        if isinstance(constant, str) and constant in releases.JOB_TIME_PLACEHOLDERS:
+            return releases.job_time_placeholder(cluster, constant, run.created)
         if isinstance(constant, str) and constant in _RUNTIME_PLACEHOLDERS:
             return _runtime_placeholder(run, dag, key, constant)
         return to_pb(constant)
@@ -243,16 +245,14 @@ def _runtime_placeholder(run: Run, dag: Execution, key: str, constant: str) -> s
     only when they are the whole constant: ``{{$.pipeline_job_name}}`` (run display name),
     ``{{$.pipeline_job_resource_name}}`` (workflow name), ``{{$.pipeline_job_uuid}}`` (run id),
     ``{{$.pipeline_task_name}}`` (task name), ``{{$.pipeline_task_uuid}}`` (the PARENT DAG's
-    execution id), ``{{$.pipeline_job_create_time_utc}}``, ``{{$.pipeline_job_schedule_time_utc}}``
-    (empty for a one-off run)."""
+    execution id). The create/schedule times differ by release
+    (``releases.job_time_placeholder``)."""
     return {
         "{{$.pipeline_job_name}}": run.result.display_name,
         "{{$.pipeline_job_resource_name}}": run.result.run_name,
         "{{$.pipeline_job_uuid}}": run.result.run_id,
         "{{$.pipeline_task_name}}": key,
         "{{$.pipeline_task_uuid}}": str(dag.id),
-        "{{$.pipeline_job_create_time_utc}}": run.created.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "{{$.pipeline_job_schedule_time_utc}}": "",
     }[constant]
 
 

@@ -4,9 +4,9 @@ Metadata and the cache in memory.
 
 ``kfp.local`` is lenient; a cluster is not. The runner follows the backend's source rule by rule
 so that tests see cluster-only failures on this machine. The reference is kubeflow/pipelines at
-tag 2.17.0 (commit 4a3592cb2dd0, the backend matching kfp 2.17.x) and argo-workflows v3.6.19;
-each rule cites its source file and function where it is implemented, in the module that
-mirrors that source:
+tags 2.14.0, 2.15.0, 2.16.0 and 2.17.0 (2.17.0 is commit 4a3592cb2dd0, the backend matching kfp
+2.17.x) and the Argo each installs (v3.6.7, v3.7.3, v3.7.3, v4.0.5); each rule cites its source
+file and function where it is implemented, in the module that mirrors that source:
 
   apiserver.py  submission (apiserver/template/v2_template.go, common/util/parameter_formatter.go)
   argo.py       scheduling and retries (compiler/argocompiler/dag.go, container.go; Argo's
@@ -17,8 +17,11 @@ mirrors that source:
   launcher.py   the launcher (component/launcher_v2.go); pod.py how a pod runs here
   metadata.py   ML Metadata (metadata/client.go, converter.go); cel.py conditions (expression.go)
 
-Backend versions (``backend_version``, default 2.17) differ in the artifact ``dsl.OneOf``
-(resolve.py), DAG state propagation (metadata.py) and the executor output file (driver.py).
+Backend versions (``backend_version``, default 2.17) differ where the Go source differs, each
+rule with its release table: releases.py (the name a loop is recorded under, a null node
+selector or toleration, the create/schedule-time placeholders, literal validation, who resolves
+placeholders in container args), the artifact ``dsl.OneOf`` (resolve.py), DAG state
+propagation (metadata.py) and the executor output file (driver.py).
 
 Not reproduced: exit handlers and final-status tasks, importer tasks, PVC create/delete tasks,
 workspaces, OCI/modelcar artifacts, ``parameterExpressionSelector``, TaskConfig inputs, log
@@ -37,7 +40,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from . import apiserver, argo, driver
+from . import apiserver, argo, driver, releases
 from .cluster import BACKEND_VERSIONS, DEFAULT_PIPELINE_ROOT, Cluster, KillHook, Run
 from .ir import Binding, PipelineIR, binding_problems, load_ir, parameter_bindings
 from .metadata import Execution, generate_output_uri
@@ -129,7 +132,9 @@ class BackendRunner(Cluster):
         created = dt.datetime.now(dt.UTC).replace(microsecond=0)
         run_id = run_id or str(uuid.uuid4())
         run_name = apiserver.workflow_name(ir.name)
-        params = apiserver.runtime_parameters(ir.spec, parameters or {}, run_id, created)
+        params = apiserver.runtime_parameters(
+            ir.spec, parameters or {}, run_id, created, releases.validates_literals(self)
+        )
         root = pipeline_root or self.default_pipeline_root
         result = RunResult(
             run_id=run_id,

@@ -6,11 +6,13 @@ S3 API for ``minio://``/``s3://``, fake-gcs-server for ``gs://``)."""
 
 import json
 import pathlib
+import re
 import sys
 import time
 
 import pytest
-from kfp import compiler, dsl
+import yaml
+from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Artifact, Dataset, Input, Output
 
 from tests.backend.runner import (
@@ -19,6 +21,7 @@ from tests.backend.runner import (
     SubmissionError,
     TaskDirs,
     binding_problems,
+    load_ir,
     parameter_bindings,
 )
 from tests.backend.stores import GcsStore, MotoS3Server
@@ -158,6 +161,23 @@ def on_accelerator() -> str:
     return "trained"
 
 
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def job_times(create: str, schedule: str) -> str:
+    return f"{create}|{schedule}"
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def pick(mode: str) -> str:
+    return mode
+
+
+@dsl.container_component
+def echo_word(out: dsl.OutputPath(str), word: str = "default"):
+    return dsl.ContainerSpec(
+        image=IMAGE, command=["sh", "-c", 'printf %s "$0" > "$1"'], args=[word, out]
+    )
+
+
 # --- toy pipelines -------------------------------------------------------------------------------
 
 
@@ -262,6 +282,53 @@ def placeholders():
         job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         task=dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
     ).set_caching_options(False)
+
+
+@dsl.pipeline(name="named-loop")
+def named_loop():
+    with dsl.ParallelFor([1], name="workers") as n:
+        files = write_number(n=n)
+    join_numbers(parts=dsl.Collected(files.outputs["out"]))
+
+
+@dsl.pipeline(name="unnamed-loop")
+def unnamed_loop():
+    with dsl.ParallelFor([1]) as n:
+        files = write_number(n=n)
+    join_numbers(parts=dsl.Collected(files.outputs["out"]))
+
+
+@dsl.pipeline(name="null-selector")
+def null_selector(selector: dict = None):
+    kubernetes.add_node_selector_json(on_accelerator(), selector)
+
+
+@dsl.pipeline(name="null-toleration")
+def null_toleration(tolerations: list = None):
+    kubernetes.add_toleration_json(on_accelerator(), tolerations)
+
+
+@dsl.pipeline(name="job-times")
+def job_times_pipeline():
+    job_times(
+        create=dsl.PIPELINE_JOB_CREATE_TIME_UTC_PLACEHOLDER,
+        schedule=dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER,
+    ).set_caching_options(False)
+
+
+@dsl.pipeline(name="literal-modes")
+def literal_modes(mode: str = "a"):
+    pick(mode=mode)
+
+
+@dsl.pipeline(name="default-arg")
+def default_arg():
+    echo_word()
+
+
+@dsl.pipeline(name="fractional-backoff")
+def fractional_backoff():
+    sleepy(seconds=1.0).set_retry(num_retries=2, backoff_duration="1s", backoff_factor=1.5)
 
 
 # --- fixtures ------------------------------------------------------------------------------------
@@ -521,16 +588,21 @@ def test_a_collected_list_keeps_one_artifact_inside_a_sub_pipeline(runner, tmp_p
     assert len(inside.outputs["Output"].split(",")) == 1
 
 
-@pytest.mark.parametrize("version", ["2.16", "2.17"])
-def test_artifact_one_of_took_the_last_selector_before_2_17(moto, tmp_path, version):
-    runner = BackendRunner(
+def _at(version, moto, tmp_path):
+    """A runner emulating backend release ``version``."""
+    return BackendRunner(
         [moto.store()],
-        workdir=tmp_path / "runner",
+        workdir=tmp_path / f"runner-{version}",
         python_bin=pathlib.Path(sys.executable).parent,
         backoff_scale=0.0,
         task_timeout_s=60,
         backend_version=version,
     )
+
+
+@pytest.mark.parametrize("version", ["2.16", "2.17"])
+def test_artifact_one_of_took_the_last_selector_before_2_17(moto, tmp_path, version):
+    runner = _at(version, moto, tmp_path)
     result = runner.run(_compile(branches, tmp_path), {"n": 1}, raise_on_failure=False)
     if version == "2.17":
         assert result.task("show").outputs == {"Output": "H/H"}
@@ -606,3 +678,101 @@ def test_run_from_fake_api_and_placeholders(runner, tmp_path):
         assert fake.runs[run.run_id]["state"] == "SUCCEEDED"
     job, job_id, task = result.task("job-info").outputs["Output"].split("|")
     assert (job, job_id, task) == ("my run", run.run_id, "job-info")
+
+
+# --- rules gated by release (tests/backend/releases.py): each on both sides of its boundary -----
+
+
+@pytest.mark.parametrize(
+    ("version", "pipeline", "resolves"),
+    [("2.15", named_loop, False), ("2.16", named_loop, True), ("2.14", unnamed_loop, True)],
+)
+def test_a_named_loop_is_not_found_by_its_consumer_before_2_16(
+    moto, tmp_path, version, pipeline, resolves
+):
+    """Before 2.16.0 the loop is recorded under its display name, looked up by its key."""
+    path = _compile(pipeline, tmp_path)
+    loop_key = next(iter(load_ir(path).spec["root"]["dag"]["tasks"].keys() - {"join-numbers"}))
+    result = _at(version, moto, tmp_path).run(path, raise_on_failure=False)
+    assert result.task(f"{loop_key}[0]/write-number").state == "SUCCEEDED"
+    if resolves:
+        assert result.task("join-numbers").outputs == {"Output": "1"}
+    else:
+        assert result.failed_task == "join-numbers"
+        assert f'cannot find producer task "{loop_key}_' in result.error
+        assert result.task("join-numbers").attempts == []  # the driver failed: no pod
+
+
+@pytest.mark.parametrize("version", ["2.14", "2.15"])
+@pytest.mark.parametrize("pipeline", [null_selector, null_toleration])
+def test_a_null_node_selector_or_toleration_fails_only_2_14(moto, tmp_path, version, pipeline):
+    result = _at(version, moto, tmp_path).run(_compile(pipeline, tmp_path), raise_on_failure=False)
+    task = result.task("on-accelerator")
+    if version == "2.14":
+        assert result.failed_task == "on-accelerator" and task.attempts == []
+        what = "node selector" if pipeline is null_selector else "toleration"
+        assert f"failed to resolve {what}:" in result.error
+        assert "the resolved input parameter is null" in result.error
+    else:
+        assert task.state == "SUCCEEDED"
+        assert not task.pod_spec.get("nodeSelector") and not task.pod_spec.get("tolerations")
+
+
+@pytest.mark.parametrize("version", ["2.15", "2.16", "2.17"])
+def test_job_time_placeholders_by_release(moto, tmp_path, version):
+    result = _at(version, moto, tmp_path).run(_compile(job_times_pipeline, tmp_path))
+    create, schedule = result.task("job-times").outputs["Output"].split("|")
+    if version == "2.15":  # not recognised: the text itself
+        assert (create, schedule) == (
+            dsl.PIPELINE_JOB_CREATE_TIME_UTC_PLACEHOLDER,
+            dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER,
+        )
+    elif version == "2.16":  # recognised, never filled
+        assert (create, schedule) == ("", "")
+    else:  # a one-off run's schedule time is its create time
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", create) and schedule == create
+
+
+def _with_literals(path):
+    """The compiled IR with ``mode`` limited to "a" or "b" (the SDK writes no literals)."""
+    ir = yaml.safe_load(pathlib.Path(path).read_text())
+    for spec in (ir["root"], ir["components"]["comp-pick"]):
+        spec["inputDefinitions"]["parameters"]["mode"]["literals"] = ["a", "b"]
+    return ir
+
+
+@pytest.mark.parametrize("version", ["2.15", "2.16"])
+def test_literals_are_enforced_from_2_16(moto, tmp_path, version):
+    ir = _with_literals(_compile(literal_modes, tmp_path))
+    runner = _at(version, moto, tmp_path)
+    if version == "2.15":
+        assert runner.run(ir, {"mode": "c"}).task("pick").outputs == {"Output": "c"}
+        return
+    with pytest.raises(SubmissionError, match="does not match any of the allowed literal"):
+        runner.run(ir, {"mode": "c"})  # the API server
+    del ir["root"]["inputDefinitions"]["parameters"]["mode"]["literals"]
+    result = runner.run(ir, {"mode": "c"}, raise_on_failure=False)  # the driver
+    assert result.failed_task == "pick" and 'validating parameter "mode"' in result.error
+
+
+@pytest.mark.parametrize("version", ["2.16", "2.17"])
+def test_an_unpassed_default_in_container_args_by_release(moto, tmp_path, version):
+    """Before 2.17 only the launcher resolves args, after adding defaults; 2.17's driver
+    resolves them first, without defaults."""
+    result = _at(version, moto, tmp_path).run(
+        _compile(default_arg, tmp_path), raise_on_failure=False
+    )
+    if version == "2.16":
+        assert result.task("echo-word").outputs == {"out": "default"}
+    else:
+        assert result.failed_task == "echo-word" and result.task("echo-word").attempts == []
+        assert 'parameter "word" not found in executor input' in result.error
+
+
+def test_a_fractional_backoff_factor_stops_argo_retrying(runner, tmp_path):
+    """Argo parses the factor with intstr.Int32 (every release's Argo): 1.5 errors the node."""
+    runner.kill_on("sleepy", _kill_at_start)
+    result = runner.run(_compile(fractional_backoff, tmp_path), raise_on_failure=False)
+    task = result.task("sleepy")
+    assert result.state == "FAILED" and len(task.attempts) == 1
+    assert "value '1.5' cannot be resolved to an int" in " ".join(task.warnings)
