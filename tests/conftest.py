@@ -13,7 +13,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 import imagegen  # noqa: E402
 
-from components.bit import storage  # noqa: E402
+from components.bit import storage, tf_env  # noqa: E402
+
+# Test modules that import TensorFlow directly get the kernels bittune's own import selects.
+tf_env.prepare_environment()
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,12 @@ applies. :func:`import_tensorflow` passes stderr through a filter that drops exa
 lines; everything else, errors included, goes through unchanged. Entry points (the ``bittune``
 command, every component) turn the filter on with :func:`filter_native_noise` before anything
 imports TensorFlow; ``BITTUNE_TF_NOISE=show`` turns it off.
+
+TensorFlow 2.21 turns its oneDNN CPU kernels on by default only on CPUs with AVX-512 VNNI/BF16,
+AVX-VNNI or AMX; elsewhere (AVX2 cloud CPUs, most laptops) it falls back to Eigen kernels that
+run BiT's training step about 3x slower (BENCHMARKS.md, "CPU kernels"). :func:`import_tensorflow`
+therefore sets ``TF_ENABLE_ONEDNN_OPTS=1`` before the import unless the user set it;
+:func:`cpu_kernels` says which kernels a run got, for the training header and the benchmarks.
 """
 
 from __future__ import annotations
@@ -57,10 +63,18 @@ def filter_native_noise() -> None:
     atexit.register(restore)
 
 
-def import_tensorflow():
-    """Import and return TensorFlow with tf.keras bound to tf-keras (Keras 2)."""
+def prepare_environment() -> None:
+    """The variables TensorFlow reads once, at import: tf-keras, quiet logs, oneDNN kernels.
+
+    A value the user set wins (``TF_ENABLE_ONEDNN_OPTS=0`` turns oneDNN off)."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
+def import_tensorflow():
+    """Import and return TensorFlow with tf.keras bound to tf-keras (Keras 2)."""
+    prepare_environment()
     import tensorflow as tf
 
     if not tf.keras.__name__.startswith("tf_keras"):
@@ -69,3 +83,57 @@ def import_tensorflow():
             "TF_USE_LEGACY_KERAS=1, or import bittune's training code first"
         )
     return tf
+
+
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")
+
+
+def cpu_model() -> str:
+    """The CPU's model name and the vector extensions that decide TensorFlow's CPU kernels,
+    e.g. ``AMD EPYC 7B13 (avx2 fma)``; from /proc/cpuinfo (Linux), else the platform's name."""
+    import platform
+
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                if name and flags:
+                    break
+    except OSError:
+        pass
+    return f"{name} ({' '.join(f for f in VECTOR_FLAGS if f in flags) or 'no AVX2'})"
+
+
+def onednn_enabled() -> bool:
+    """Whether this process's TensorFlow runs its oneDNN CPU kernels (TensorFlow's own answer,
+    ``IsMklEnabled``, which reads ``TF_ENABLE_ONEDNN_OPTS`` and the CPU's features)."""
+    import_tensorflow()
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def cpu_kernels() -> str:
+    """One phrase for headers: ``oneDNN on, AMD EPYC 7B13 (avx2 fma)``."""
+    return f"oneDNN {'on' if onednn_enabled() else 'off'}, {cpu_model()}"
+
+
+def usable_cpus() -> int:
+    """CPUs this process may really use: its affinity mask, capped by a cgroup v2 CPU quota."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as limit:
+            quota, period = limit.read().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) / int(period) + 0.5)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)

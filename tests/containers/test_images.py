@@ -177,7 +177,10 @@ def test_cpu_image_runs_bittune_as_non_root(cpu_image):
 
 
 def test_whole_pipeline_runs_in_docker(cpu_image):
-    """`bittune run --runner docker` on the embedded default: every step in the CPU image."""
+    """`bittune run --runner docker` on the embedded default: every step in the CPU image.
+
+    A third of the demo schedule (100 steps): what is shown here is that every step runs in the
+    image and its artifacts come back; the full schedule's accuracy is test_main_job's."""
     # Outside pytest's private tmp folder: the containers' user must be able to reach it.
     output = pathlib.Path(tempfile.mkdtemp(prefix="bittune-docker-run-", dir="/tmp"))
     output.chmod(0o755)
@@ -189,6 +192,8 @@ def test_whole_pipeline_runs_in_docker(cpu_image):
             "docker",
             "--output",
             str(output / "runs"),
+            "--hyperrule-overrides",
+            json.dumps({"total_steps": 100, "warmup_steps": 10, "decay_steps": [50, 75, 90]}),
         )
         log = result.stdout + result.stderr
         assert result.returncode == 0, log[-6000:]
@@ -198,7 +203,7 @@ def test_whole_pipeline_runs_in_docker(cpu_image):
         assert len(log.splitlines()) <= 60
         assert "pipeline finished: 1,797 inputs = 1,797 written + 0 rejected" in result.stdout
         accuracy = float(re.search(r"test accuracy ([0-9.]+)", result.stdout).group(1))
-        assert accuracy >= 0.9 and "— BLESSED" in result.stdout
+        assert accuracy >= 0.8 and "— BLESSED" in result.stdout
         model = next((output / "runs").glob("bit-finetune-*/train-model/trained_model/saved_model"))
         if os.geteuid() == 0:  # the steps ran as the image's non-root user
             assert model.stat().st_uid == 1000
