@@ -89,23 +89,25 @@ VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnn
 
 
 def cpu_model() -> str:
-    """The CPU's model name and the vector extensions that decide TensorFlow's CPU kernels,
-    e.g. ``AMD EPYC 7B13 (avx2 fma)``; from /proc/cpuinfo (Linux), else the platform's name."""
+    """The CPU's model name, family/model numbers and the vector extensions that decide
+    TensorFlow's CPU kernels, e.g. ``AMD EPYC, family 25 model 1 (avx2 fma)``; from
+    /proc/cpuinfo (Linux), else the platform's name."""
     import platform
 
-    name, flags = platform.processor() or platform.machine(), set()
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as info:
             for line in info:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    name = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                if name and flags:
+                if not line.strip():  # the first processor's block is enough
                     break
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
     except OSError:
         pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        name += f", family {fields['cpu family']} model {fields['model']}"
+    flags = set(fields.get("flags", "").split())
     return f"{name} ({' '.join(f for f in VECTOR_FLAGS if f in flags) or 'no AVX2'})"
 
 
