@@ -18,10 +18,36 @@ def default_cache_dir() -> str:
 
 
 def materialize_digits(root: str | None = None) -> str:
-    """Write the digits as an image folder (once) and return its path."""
+    """Write the digits as an image folder (once) and return its path.
+
+    The folder is written beside ``root`` and renamed into place when complete, so that runs
+    started at the same time never read a half-written image."""
     root = root or os.path.join(default_cache_dir(), DIGITS_NAME)
     if os.path.exists(os.path.join(root, _COMPLETE_MARKER)):
         return root
+    import shutil
+    import tempfile
+
+    parent = os.path.dirname(os.path.abspath(root))
+    os.makedirs(parent, exist_ok=True)
+    partial = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}-", dir=parent)
+    try:
+        count = _write_digits(partial)
+        with open(os.path.join(partial, _COMPLETE_MARKER), "w") as marker:
+            marker.write(f"{count}\n")
+        if os.path.isdir(root) and not os.path.exists(os.path.join(root, _COMPLETE_MARKER)):
+            shutil.rmtree(root, ignore_errors=True)  # left incomplete by an older bittune
+        try:
+            os.rename(partial, root)
+        except OSError:  # another run put its complete copy there first
+            if not os.path.exists(os.path.join(root, _COMPLETE_MARKER)):
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return root
+
+
+def _write_digits(folder: str) -> int:
     import numpy as np
     from PIL import Image
     from sklearn.datasets import load_digits
@@ -29,12 +55,10 @@ def materialize_digits(root: str | None = None) -> str:
     digits = load_digits()
     pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
     for index, (image, target) in enumerate(zip(pixels, digits.target, strict=True)):
-        folder = os.path.join(root, str(int(target)))
-        os.makedirs(folder, exist_ok=True)
-        Image.fromarray(image, mode="L").save(os.path.join(folder, f"{index:04d}.png"))
-    with open(os.path.join(root, _COMPLETE_MARKER), "w") as marker:
-        marker.write(f"{len(pixels)}\n")
-    return root
+        label = os.path.join(folder, str(int(target)))
+        os.makedirs(label, exist_ok=True)
+        Image.fromarray(image, mode="L").save(os.path.join(label, f"{index:04d}.png"))
+    return len(pixels)
 
 
 # The embedded default's demo schedule: a shortened HyperRule so that the whole pipeline runs in
