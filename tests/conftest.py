@@ -129,3 +129,23 @@ def longer_data(digits_folder, tmp_path_factory) -> pathlib.Path:
     from tests.training_helpers import LONGER_RULE
 
     return prepare_dataset(digits_folder, tmp_path_factory.mktemp("resume-data"), LONGER_RULE)
+
+
+# The longest test files first: `./dev test` hands whole files to two workers as they free up,
+# so a long file started last would leave one worker idle at the end (docs/testing.md).
+LONGEST_FIRST = (
+    "containers/test_images.py",
+    "pipelines/test_cluster.py",
+    "components/test_data_quality_run.py",
+    "reliability/test_preemption.py",
+    "test_main_job.py",
+    "components/test_pipeline_components.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::", 1)[0].removeprefix("tests/")
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: every file keeps its own order
