@@ -195,3 +195,20 @@ def write_leaky_folder(root: pathlib.Path) -> int:
             tile.resize((144, 144)).save(root / "test" / label / f"{n:02d} copy.jpg", quality=60)
             copies += 1
     return copies
+
+
+def look_alike_shapes(count: int, seed: int = 0, side: int = 28) -> list[Image.Image]:
+    """``count`` distinct but look-alike grayscale images, as product shots on a plain
+    background are: one bright rounded blob each, its size, place and shade varied a little,
+    with faint noise. Their pHashes sit a few bits apart, so hash links alone chain them."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:side, 0:side].astype(np.float32)
+    out = []
+    for _ in range(count):
+        cy, cx = side / 2 + rng.uniform(-1.5, 1.5, size=2)
+        ry, rx = side * rng.uniform(0.28, 0.4), side * rng.uniform(0.22, 0.34)
+        inside = ((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2
+        shade = rng.uniform(150, 230) * np.clip(1.3 - inside, 0, 1) ** 0.5
+        pixels = shade + rng.normal(0, 8, size=(side, side))
+        out.append(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L"))
+    return out

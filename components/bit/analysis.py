@@ -23,6 +23,7 @@ from components.bit import (
     hyperrule,
     images,
     near_duplicates,
+    near_verify,
     params,
     sources,
     storage,
@@ -36,6 +37,9 @@ DUPLICATE = "duplicate"
 LABEL_CONFLICT = "label_conflict"
 EXCLUDED = "excluded"
 MAX_PAIRS_SHOWN = 8  # near-duplicate pairs shown with thumbnails in the report
+# A group is placed in one split only when no class of it holds more than this share of the
+# class's images (or 2 images): a larger one would skew that split's class balance.
+PLACE_SHARE = 0.02
 
 
 class AnalysisError(BittuneError):
@@ -93,6 +97,7 @@ class Inspected:
     phash: int | None = None  # the perceptual hash (near_duplicates), None if not decodable
     group: str | None = None  # the key of its near-duplicate group's first member, if any
     leaks_train: bool = False  # held out, with a near-duplicate in the training split
+    fingerprint: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def row(self) -> dict[str, Any]:
         """The item's line in items.jsonl."""
@@ -165,6 +170,8 @@ def analyze(config: AnalysisConfig, output_dir: str | None = None) -> AnalysisRe
         stats["source"]["exclude_list"] = excluded
     if near is not None:
         stats["near_duplicates"] = near
+    if not listing.has_splits:
+        stats["split_balance"] = split_balance(inspected, fractions, near)
     stats["profile"] = data_profile(inspected)
     served = served_model(config)
     if served:
@@ -218,8 +225,9 @@ def _inspect_one(item: sources.Item, split: str, max_pixels: int, hashing: bool)
     if isinstance(outcome, images.Problem):
         return Inspected(item, split, None, outcome)
     hashable = hashing and min(outcome.height, outcome.width) >= near_duplicates.MIN_SIDE
-    phash = near_duplicates.perceptual_hash(data) if hashable else None
-    return Inspected(item, split, outcome, None, phash=phash)
+    found = near_duplicates.fingerprint(data) if hashable else None
+    phash = found.phash if found else None
+    return Inspected(item, split, outcome, None, phash=phash, fingerprint=found)
 
 
 def flag_duplicates(inspected: list[Inspected]) -> list[Inspected]:
@@ -316,37 +324,68 @@ def drift_from(served: str, new_profile: Mapping[str, Any]) -> dict[str, Any]:
 def group_near_duplicates(
     inspected: list[Inspected], fractions: Sequence[float]
 ) -> tuple[list[Inspected], dict[str, Any]]:
-    """Group valid items whose perceptual hashes are near, keep each group in one split
-    where the source did not fix the split, and summarise what is left: pairs per split pair
-    and the held-out items that have a near-duplicate in training (leaked)."""
-    hashed = [i for i, r in enumerate(inspected) if r.problem is None and r.phash is not None]
-    links = near_duplicates.find_links([inspected[i].phash for i in hashed])
+    """Find near-duplicates (hash candidates verified on pixels against the dataset's own
+    threshold, :mod:`components.bit.near_verify`), group them in stars, keep each group in one
+    split where the source did not fix the split (unless the group is too large to place
+    without skewing a split: then it is reported, not moved), and mark held-out items with a
+    verified near-duplicate in training (leaked)."""
+    hashed = [i for i, r in enumerate(inspected) if r.problem is None and r.fingerprint]
+    prints = [inspected[i].fingerprint for i in hashed]
+    rows = near_verify.candidate_pairs([p.hashes for p in prints])
+    scores = near_verify.similarities(prints, rows)
+    calibration = near_verify.calibrate(prints)
+    pairs, similarity = _verified(rows, scores, 1 - calibration.threshold)
+    roots = near_verify.star_groups(len(hashed), pairs)
     members: dict[int, list[int]] = collections.defaultdict(list)
-    for index, root in zip(hashed, near_duplicates.groups(len(hashed), links), strict=True):
+    for index, root in zip(hashed, roots, strict=True):
         members[root].append(index)
-    out, moved = list(inspected), 0
+    class_sizes = collections.Counter(r.item.label for r in inspected if r.problem is None)
+    out, moved, unplaced = list(inspected), 0, []
     for group in (sorted(g, key=lambda i: inspected[i].key) for g in members.values()):
         if len(group) < 2:
             continue
+        first = inspected[group[0]]
         fixed = [inspected[i].item.split for i in group if inspected[i].item.split]
-        split = fixed[0] if fixed else sources.split_of(inspected[group[0]].item, fractions)
+        split = fixed[0] if fixed else sources.split_of(first.item, fractions)
+        labels = collections.Counter(inspected[i].item.label for i in group)
+        place = all(n <= max(2, PLACE_SHARE * class_sizes[c]) for c, n in labels.items())
+        if not fixed and not place:
+            unplaced.append({"group": first.key, "images": len(group), "classes": dict(labels)})
         for i in group:
             r = out[i]
-            moved += not r.item.split and r.split != split
-            out[i] = dataclasses.replace(
-                r, split=r.item.split or split, group=inspected[group[0]].key
-            )
-        in_train = any(out[i].split == "train" for i in group)
-        for i in group:
-            if in_train and out[i].split != "train":
-                out[i] = dataclasses.replace(out[i], leaks_train=True)
-    return out, near_summary(out, links, hashed, moved)
+            new = r.item.split or (split if place else r.split)
+            moved += new != r.split
+            out[i] = dataclasses.replace(r, split=new, group=first.key)
+    for a, b in pairs.tolist():
+        ia, ib = hashed[a], hashed[b]
+        for held, other in ((ia, ib), (ib, ia)):
+            if out[held].split != "train" and out[other].split == "train":
+                out[held] = dataclasses.replace(out[held], leaks_train=True)
+    found = {"candidates": len(rows), "verified": len(pairs), "unplaced": unplaced}
+    found["calibration"] = calibration.summary()
+    return out, near_summary(out, (pairs, similarity, prints), hashed, moved, found)
+
+
+def _verified(rows, scores, minimum: float):
+    """Unique verified pairs (i, j) and their best similarity."""
+    import numpy as np
+
+    keep = scores >= minimum
+    if not keep.any():
+        return np.zeros((0, 2), dtype=np.int64), np.zeros(0)
+    chosen, best = rows[keep][:, :2], scores[keep]
+    order = np.lexsort((-best, chosen[:, 1], chosen[:, 0]))
+    chosen, best = chosen[order], best[order]
+    first = np.ones(len(chosen), dtype=bool)
+    first[1:] = np.any(chosen[1:] != chosen[:-1], axis=1)
+    return chosen[first], best[first]
 
 
 def near_summary(
-    inspected: list[Inspected], links, hashed: list[int], moved: int
+    inspected: list[Inspected], verified, hashed: list[int], moved: int, found: dict[str, Any]
 ) -> dict[str, Any]:
     """The near-duplicate section of stats.json: counts, pairs per split pair, examples."""
+    pairs_found, similarity, prints = verified
     grouped: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for r in inspected:
         if r.group:
@@ -358,36 +397,86 @@ def near_summary(
             pairs[f"{a}-{a}"] += counts[a] * (counts[a] - 1) // 2
             for b in present[n + 1 :]:
                 pairs[f"{a}-{b}"] += counts[a] * counts[b]
+    links = [(a, b, float(s)) for (a, b), s in zip(pairs_found.tolist(), similarity, strict=True)]
     shown = sorted(
-        links.tolist(),
+        links,
         key=lambda link: (
             inspected[hashed[link[0]]].split == inspected[hashed[link[1]]].split,
-            -link[2],
+            link[2],
         ),
     )[:MAX_PAIRS_SHOWN]
     valid = [r for r in inspected if r.problem is None]
     small = sum(1 for r in valid if min(r.info.height, r.info.width) < near_duplicates.MIN_SIDE)
+    sizes = sorted((sum(c.values()) for c in grouped.values()), reverse=True)
     return {
-        "hash": f"pHash, {near_duplicates.HASH_BITS} bits (imagehash)",
+        "hash": f"pHash, {near_duplicates.HASH_BITS} bits (imagehash's), candidates verified "
+        "by pixel correlation",
         "max_distance": near_duplicates.MAX_DISTANCE,
         "hashed": len(hashed),
         "too_small": small,
         "not_decodable": len(valid) - len(hashed) - small,
+        "candidates": found["candidates"],
+        "verified_pairs": found["verified"],
+        "calibration": found["calibration"],
         "groups": len(grouped),
-        "items_in_groups": sum(sum(c.values()) for c in grouped.values()),
+        "items_in_groups": sum(sizes),
+        "largest_group": sizes[0] if sizes else 0,
+        "large_groups": sum(1 for n in sizes if n > near_verify.LARGE_GROUP),
         "pairs": {k: v for k, v in sorted(pairs.items()) if v},
         "leaked": dict(collections.Counter(r.split for r in inspected if r.leaks_train)),
         "moved_to_group_split": moved,
+        "unplaced_groups": found["unplaced"],
         "examples": [
             {
                 "a": inspected[hashed[a]].key,
                 "b": inspected[hashed[b]].key,
                 "splits": [inspected[hashed[a]].split, inspected[hashed[b]].split],
-                "distance": distance,
+                "distance": near_duplicates.hamming(prints[a].phash, prints[b].phash),
+                "similarity": round(s, 4),
             }
-            for a, b, distance in shown
+            for a, b, s in shown
         ],
     }
+
+
+def split_balance(
+    inspected: list[Inspected], fractions: Sequence[float], near: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """How far each class's split shares are from the target fractions (bittune's own
+    splits), in points, and the near-duplicate groups left unplaced to avoid a skew."""
+    target = dict(zip(sources.SPLITS, fractions, strict=True))
+    counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for r in inspected:
+        if r.problem is None:
+            counts[r.item.label][r.split] += 1
+    per_class, worst = {}, {"points": 0.0}
+    for label in sorted(counts):
+        total = sum(counts[label].values())
+        shares = {s: counts[label][s] / total for s in sources.SPLITS}
+        per_class[label] = {s: round(v, 4) for s, v in shares.items()}
+        for s in sources.SPLITS:
+            points = 100 * abs(shares[s] - target[s])
+            if points > worst["points"]:
+                worst = {"points": round(points, 2), "class": label, "split": s,
+                         "share": round(shares[s], 4), "target": target[s]}  # fmt: skip
+    unplaced = (near or {}).get("unplaced_groups", [])
+    return {"target": target, "max_deviation_points": worst["points"], "worst": worst,
+            "per_class": per_class, "unplaced_groups": len(unplaced)}  # fmt: skip
+
+
+def balance_line(balance: Mapping[str, Any]) -> str:
+    """One line: the largest distance of a class's split share from its target."""
+    worst = balance["worst"]
+    line = f"split balance: every class within {balance['max_deviation_points']:.1f} points"
+    line += " of the target fractions"
+    if "class" in worst:
+        line += (
+            f" (largest: {worst['class']!r} {worst['split']} {100 * worst['share']:.1f}% "
+            f"against {100 * worst['target']:.0f}%)"
+        )
+    if balance["unplaced_groups"]:
+        line += f"; {balance['unplaced_groups']} near-duplicate groups too large to place"
+    return line
 
 
 def _flag(r: Inspected, code: str, reason: str) -> Inspected:

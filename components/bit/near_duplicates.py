@@ -16,6 +16,8 @@ sharing the values of some ``k`` chunks are compared. Identical hashes are colla
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import io
 import itertools
 import math
@@ -24,31 +26,134 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
+from components.bit import images
+
 HASH_BITS = 64
 MAX_DISTANCE = 8
 # Smaller images carry too little for a perceptual hash: on scikit-learn's 8x8 digits a quarter
 # of the images would group. They are compared by exact content only (analysis' duplicates).
 MIN_SIDE = 16
 _HASH_INPUT = 32  # imagehash's pHash reads a 32x32 grayscale image
+SIDE = 32  # the fingerprint's pixels: at most this many a side
+CROP = 0.04  # the centre hash leaves this share off each side
+SMALL = 64  # images at most this many px a side also get hashes of themselves moved
+SHIFT = 2  # … by this many px (their own pixels) in each of 8 directions
+SHIFTS = [(dy, dx) for dy in (-SHIFT, 0, SHIFT) for dx in (-SHIFT, 0, SHIFT) if dy or dx]
+KINDS = ("whole", "centre", *(f"moved {dy},{dx}" for dy, dx in SHIFTS))  # what hashes are of
 _THUMBNAIL_OFFSET, _THUMBNAIL_LENGTH = 0x0201, 0x0202  # EXIF IFD1: JPEGInterchangeFormat(Length)
 _BLOCK = 2048  # rows compared at once inside a large bucket
 _SMALL = 64  # buckets up to this size are compared by offsets, all at once
 
 
+@dataclasses.dataclass(frozen=True)
+class Fingerprint:
+    """What near-duplicate search keeps of an image: its pixels in grayscale, at most
+    :data:`SIDE` px a side (a small image at its own size, so that its shifts stay whole
+    pixels), and 64-bit pHashes, the candidates' keys, one per kind of :data:`KINDS`: of the
+    whole image, of its centre (:data:`CROP` off each side: what a cropped copy shows whole),
+    and, for an image at most :data:`SMALL` px a side, of the image moved by :data:`SHIFT` px
+    in each of 8 directions (where a few pixels are a large part of the image)."""
+
+    pixels: np.ndarray
+    hashes: tuple[int, ...]
+    size: tuple[int, int]  # the decoded image's (width, height)
+
+    @property
+    def phash(self) -> int:
+        return self.hashes[0]
+
+
 def perceptual_hash(data: bytes) -> int | None:
     """The image's 64-bit pHash, or None when its pixels cannot be decoded."""
-    import imagehash
+    found = fingerprint(data)
+    return found.phash if found else None
 
+
+def fingerprint(data: bytes) -> Fingerprint | None:
+    """The image's :class:`Fingerprint`, or None when its pixels cannot be decoded."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             reduced = embedded_thumbnail(image)
             if reduced is None:
                 if image.format in ("JPEG", "MPO"):
                     image.draft("L", (_HASH_INPUT, _HASH_INPUT))
-                reduced = image.convert("L")
-            return int(str(imagehash.phash(ImageOps.exif_transpose(reduced))), 16)
+                alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+                    image.mode == "P" and "transparency" in image.info
+                )  # composited on the background training sees, as images.to_rgb does
+                reduced = (images.to_rgb(image) if alpha else image).convert("L")
+            gray = ImageOps.exif_transpose(reduced)
+            return fingerprint_of(gray)
     except Exception:  # decoding errors come in many types; the caller reports the count
         return None
+
+
+def fingerprint_of(gray: Image.Image) -> Fingerprint:
+    """The fingerprint of a decoded grayscale image. One resize to 32x32 (pHash's input);
+    the centre and the moved images are sampled from it inside the DCT's matrices."""
+    width, height = gray.size
+    whole = gray.resize((_HASH_INPUT, _HASH_INPUT), Image.Resampling.LANCZOS)
+    values = np.asarray(whole, dtype=np.float64)
+    rows, cols = [_DCT, _DCT_CENTRE], [_DCT, _DCT_CENTRE]
+    if max(width, height) <= SMALL:
+        for dy, dx in SHIFTS:
+            rows.append(_moved(dy * _HASH_INPUT / height))
+            cols.append(_moved(dx * _HASH_INPUT / width))
+    low = np.stack(rows) @ values @ np.stack(cols).transpose(0, 2, 1)
+    if width > SIDE and height > SIDE:
+        pixels = np.asarray(whole)
+    elif max(width, height) > SIDE:
+        pixels = np.asarray(gray.resize((min(width, SIDE), min(height, SIDE))))
+    else:
+        pixels = np.asarray(gray)
+    return Fingerprint(np.array(pixels, dtype=np.uint8), _bits(low), (width, height))
+
+
+def _dct_rows(size: int = _HASH_INPUT, keep: int = 8) -> np.ndarray:
+    """The first ``keep`` rows of the unnormalised DCT-II (scipy.fftpack.dct's default)."""
+    k, n = np.arange(keep)[:, None], np.arange(size)[None, :]
+    return 2 * np.cos(np.pi * k * (2 * n + 1) / (2 * size))
+
+
+def _centre_sampler(size: int = _HASH_INPUT, crop: float = CROP) -> np.ndarray:
+    """The (size, size) matrix that samples the centre (``crop`` off each side) of a row of
+    ``size`` pixels back to ``size`` pixels, by linear interpolation."""
+    out = np.arange(size) + 0.5
+    where = crop * size + out * (1 - 2 * crop) - 0.5
+    lo = np.clip(np.floor(where).astype(int), 0, size - 1)
+    hi = np.clip(lo + 1, 0, size - 1)
+    frac = where - np.floor(where)
+    matrix = np.zeros((size, size))
+    np.add.at(matrix, (np.arange(size), lo), 1 - frac)
+    np.add.at(matrix, (np.arange(size), hi), frac)
+    return matrix
+
+
+@functools.lru_cache(maxsize=256)
+def _moved(shift: float, size: int = _HASH_INPUT) -> np.ndarray:
+    """The DCT rows of a row of pixels moved by ``shift`` px (linear interpolation; the
+    edge pixel fills what comes in)."""
+    where = np.arange(size) - shift
+    lo = np.clip(np.floor(where).astype(int), 0, size - 1)
+    hi = np.clip(np.floor(where).astype(int) + 1, 0, size - 1)
+    frac = where - np.floor(where)
+    matrix = np.zeros((size, size))
+    np.add.at(matrix, (np.arange(size), lo), 1 - frac)
+    np.add.at(matrix, (np.arange(size), hi), frac)
+    return _DCT @ matrix
+
+
+_DCT = _dct_rows()
+_DCT_CENTRE = _DCT @ _centre_sampler()
+
+
+def _bits(low: np.ndarray) -> tuple[int, ...]:
+    """pHash bits of each (8, 8) block of lowest DCT frequencies: above their median, first
+    bit the most significant (as ``str(imagehash.phash(...))`` reads)."""
+    flat = low.reshape(len(low), -1)
+    ordered = np.sort(flat, axis=1)
+    median = (ordered[:, HASH_BITS // 2 - 1] + ordered[:, HASH_BITS // 2]) / 2
+    packed = np.packbits(flat > median[:, None], axis=1)
+    return tuple(int.from_bytes(row.tobytes(), "big") for row in packed)
 
 
 def embedded_thumbnail(image: Image.Image) -> Image.Image | None:
@@ -92,7 +197,7 @@ def find_links(hashes: Sequence[int] | np.ndarray, max_distance: int = MAX_DISTA
     order = np.argsort(inverse, kind="stable")  # items grouped by hash, in input order
     same = inverse[order][1:] == inverse[order][:-1]
     chain = np.stack([order[:-1][same], order[1:][same], np.zeros(same.sum(), np.int64)], 1)
-    close = _close_unique(unique, max_distance)
+    close = close_pairs(unique, max_distance)
     linked = np.stack([first[close[:, 0]], first[close[:, 1]], close[:, 2]], axis=1)
     links = np.concatenate([chain.astype(np.int64), linked.astype(np.int64)])
     links[:, :2] = np.sort(links[:, :2], axis=1)
@@ -105,7 +210,7 @@ def _chunks(count: int) -> list[tuple[int, int]]:
     return [(lo, hi - lo) for lo, hi in zip(edges, edges[1:], strict=False)]
 
 
-def _close_unique(unique: np.ndarray, max_distance: int) -> np.ndarray:
+def close_pairs(unique: np.ndarray, max_distance: int) -> np.ndarray:
     """Pairs (u, v, distance), u < v, of distinct hashes within ``max_distance`` bits.
 
     With ``max_distance + k`` chunks, two such hashes agree on at least ``k`` of them, so each

@@ -91,7 +91,7 @@ def sections(stats: dict[str, Any], rule: HyperRule) -> list[Section]:
             else []
         ),
         rule_section,
-        Section("Examples per split and class", table=balance),
+        Section("Examples per split and class", _balance_text(stats), table=balance),
         Section(
             "Image sizes (valid images, px)",
             [f"Formats: {formats}.", f"Colour modes: {modes}."],
@@ -102,6 +102,15 @@ def sections(stats: dict[str, Any], rule: HyperRule) -> list[Section]:
         flagged,
         ignored,
     ]
+
+
+def _balance_text(stats: dict[str, Any]) -> list[str]:
+    """The split balance line (bittune's own splits), as analysis words it."""
+    if "split_balance" not in stats:
+        return []
+    from components.bit.analysis import balance_line
+
+    return [balance_line(stats["split_balance"]).capitalize() + "."]
 
 
 def drift_section(drift: dict[str, Any]) -> Section:
@@ -144,13 +153,18 @@ def near_section(stats: dict[str, Any]) -> Section:
     section = Section(
         f"Near-duplicates ({near['items_in_groups']:,} images in {near['groups']:,} groups)",
         [
-            f"{near['hash']}; near when at most {near['max_distance']} bits differ "
+            f"{near['hash']}; candidates when at most {near['max_distance']} bits differ, "
+            f"near-duplicates when their pixels correlate at least "
+            f"{near.get('calibration', {}).get('min_similarity', 0):.4f} (from the data) "
             f"({near['hashed']:,} images hashed, {near['too_small']:,} under "
             f"{near_duplicates.MIN_SIDE} px compared by content only, {near['not_decodable']:,} "
             "could not be decoded).",
             f"Held-out images with a near-duplicate in training (leaked): {leaked}. "
             f"{near['moved_to_group_split']:,} images moved to their group's split so that "
             "a group stays in one split (splits the source fixed are kept).",
+            f"Largest group: {near.get('largest_group', 0):,} images; groups too large to "
+            f"place in one split without skewing it (reported, not moved): "
+            f"{len(near.get('unplaced_groups', [])):,}.",
         ],
     )
     if near["pairs"]:
@@ -159,7 +173,8 @@ def near_section(stats: dict[str, Any]) -> Section:
     for example, pictures in zip(near["examples"], thumbnails, strict=True):
         caption = (
             f"{example['a']} ({example['splits'][0]}) ~ {example['b']} "
-            f"({example['splits'][1]}): {example['distance']} bits"
+            f"({example['splits'][1]}): {example['distance']} bits, "
+            f"similarity {example.get('similarity', 0):.4f}"
         )
         section.pictures.append((caption, [p for p in pictures if p]))
     return section
@@ -194,12 +209,27 @@ def _md(text: str) -> str:
 
 def html_report(stats: dict[str, Any], rule: HyperRule) -> str:
     """A standalone page (no external URLs) with the class balance and resolution plots."""
-    esc = html.escape
     body = ["<h1>Dataset analysis</h1><div class='plots'>"]
     body.append(f'<img alt="class balance" src="data:image/png;base64,{_class_plot(stats)}">')
     body.append(f'<img alt="resolution histogram" src="data:image/png;base64,{_area_plot(stats)}">')
     body.append("</div>")
-    for section in sections(stats, rule):
+    body += sections_html(sections(stats, rule))
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
+        ".plots img{max-width:49%}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}"
+    )
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>bittune dataset analysis</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    )
+
+
+def sections_html(parts: list[Section]) -> list[str]:
+    """Sections as HTML: a heading each, then paragraphs, preformatted text, a table (first
+    row the header) and pictures (base64 PNG or JPEG) with captions."""
+    esc, body = html.escape, []
+    for section in parts:
         body.append(f"<h2>{esc(section.title)}</h2>")
         body += [f"<p>{esc(p)}</p>" for p in section.paragraphs]
         if section.preformatted:
@@ -210,17 +240,14 @@ def html_report(stats: dict[str, Any], rule: HyperRule) -> str:
             body += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows]
             body.append("</table>")
         for caption, pictures in section.pictures:
-            shown = "".join(f'<img alt="" src="data:image/jpeg;base64,{p}">' for p in pictures)
+            shown = "".join(f'<img alt="" src="{_data_uri(p)}">' for p in pictures)
             body.append(f"<figure>{shown}<figcaption>{esc(caption)}</figcaption></figure>")
-    style = (
-        "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
-        ".plots img{max-width:49%}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}"
-    )
-    return (
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>bittune dataset analysis</title>"
-        f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
-    )
+    return body
+
+
+def _data_uri(b64: str) -> str:
+    kind = "png" if b64.startswith("iVBORw0KGgo") else "jpeg"  # the PNG signature in base64
+    return f"data:image/{kind};base64,{b64}"
 
 
 def _class_plot(stats: dict[str, Any]) -> str:

@@ -13,8 +13,9 @@ from sklearn.datasets import load_sample_images
 
 from benchmarks.synthetic import camera_exif
 from components.bit import near_duplicates as nd
-from components.bit.analysis import AnalysisConfig, analyze
-from tests.imagegen import photo_tiles
+from components.bit import near_verify as nv
+from components.bit.analysis import AnalysisConfig, analyze, balance_line
+from tests.imagegen import look_alike_shapes, photo_tiles
 
 COPIES = {  # how a photo is copied: re-saved, re-compressed, resized, lightly cropped
     "re-saved as PNG": lambda im: _encode(im, "PNG"),
@@ -142,3 +143,111 @@ def test_fixed_splits_report_the_leak(tmp_path):
     assert "Near-duplicates" in (out / "report.md").read_text()
     page = (out / "report.html").read_text()
     assert page.count("<figure>") == len(near["examples"]) and "data:image/jpeg" in page
+
+
+def _moved(image: Image.Image, dy: int, dx: int) -> Image.Image:
+    moved = Image.new(image.mode, image.size)
+    moved.paste(image, (dx, dy))
+    return moved
+
+
+SMALL_COPIES = {  # a 28x28 look-alike image copied as users' data holds copies
+    "jpeg": lambda im: _encode(im, "JPEG", quality=75),
+    "resize 80%": lambda im: _encode(im.resize((22, 22), Image.Resampling.LANCZOS), "PNG"),
+    "crop 1 px a side": lambda im: _encode(im.crop((1, 1, 27, 27)), "PNG"),
+    "shift 2 px": lambda im: _encode(_moved(im, 2, -2), "PNG"),
+    "brighter": lambda im: _encode(im.point(lambda v: min(255, int(v * 1.2 + 10))), "PNG"),
+}
+
+
+def _verified_groups(prints):
+    rows = nv.candidate_pairs([p.hashes for p in prints])
+    scores = nv.similarities(prints, rows)
+    calibration = nv.calibrate(prints)
+    keep = scores >= 1 - calibration.threshold
+    return rows[keep][:, :2], nv.star_groups(len(prints), rows[keep][:, :2]), calibration
+
+
+def test_look_alikes_that_hashes_chain_are_not_grouped_and_their_copies_are():
+    shapes = look_alike_shapes(150)
+    prints = [nd.fingerprint(_encode(im, "PNG")) for im in shapes]
+    # the failure being fixed: hash links alone chain distinct look-alikes into one group
+    chained = nd.groups(len(prints), nd.find_links([p.phash for p in prints]))
+    assert max(np.bincount(chained)) > 30
+    copies = list(zip(range(50), list(SMALL_COPIES) * 10, strict=True))  # 10 of each kind
+    prints += [nd.fingerprint(SMALL_COPIES[kind](shapes[n])) for n, kind in copies]
+    pairs, roots, calibration = _verified_groups(prints)
+    assert calibration.threshold < nv.MAX_DISTANCE  # stricter than on distinct photos
+    found = {kind: [] for kind in SMALL_COPIES}
+    for m, (n, kind) in enumerate(copies, start=len(shapes)):
+        found[kind].append(roots[m] == roots[n] or [n, m] in pairs.tolist())
+    print({kind: float(np.mean(hits)) for kind, hits in found.items()})
+    assert all(np.mean(hits) >= 0.8 for hits in found.values())
+    distinct = {tuple(p) for p in pairs.tolist() if p[1] < len(shapes)}
+    assert len(distinct) <= 2  # look-alikes are not near-duplicates of each other
+    assert max(np.bincount(roots)) <= 1 + len(SMALL_COPIES)
+
+
+def test_a_cropped_photo_is_found_by_its_centre_hash():
+    tiles = photo_tiles()[:24]
+    originals = [nd.fingerprint(_encode(t, "JPEG", quality=95)) for t in tiles]
+    crops = [nd.fingerprint(_encode(t.crop((4, 4, 92, 92)), "JPEG", quality=90)) for t in tiles]
+    pairs = zip(originals, crops, strict=True)
+    whole = [nd.hamming(a.phash, b.phash) <= nd.MAX_DISTANCE for a, b in pairs]
+    rows = nv.candidate_pairs([p.hashes for p in originals + crops])
+    found = {(i, j - len(tiles)) for i, j, _, _ in rows.tolist() if j >= len(tiles)}
+    scores = nv.similarities(originals + crops, [(n, n + len(tiles)) for n in range(len(tiles))])
+    assert np.mean([(n, n) in found for n in range(len(tiles))]) >= 0.75 > np.mean(whole) + 0.2
+    assert np.min(scores) >= 0.95 and np.median(scores) >= 0.98
+
+
+def test_candidate_pairs_are_every_pair_of_close_hashes():
+    rng = np.random.default_rng(3)
+    hashes = [tuple(int(v) for v in rng.integers(0, 2**63, size=3)) for _ in range(300)]
+    hashes += [(h[0] ^ 0b1011, h[0] ^ 1, h[2]) for h in hashes[:40]]
+    rows = nv.candidate_pairs(hashes, 4)
+    expected = set()
+    for i in range(len(hashes)):
+        for j in range(i + 1, len(hashes)):
+            for ki, a in enumerate(hashes[i]):
+                for kj, b in enumerate(hashes[j]):
+                    if nd.hamming(a, b) <= 4 and 0 in (ki, kj):
+                        expected.add((i, j, ki, kj))
+    assert {tuple(r) for r in rows.tolist()} == expected and len(expected) >= 80
+
+
+def test_star_groups_never_chain():
+    # 0-1, 1-2, 2-3, 3-4 verified: a chain. A star keeps each member next to its head.
+    pairs = np.array([[0, 1], [1, 2], [2, 3], [3, 4], [5, 6]])
+    roots = nv.star_groups(8, pairs)
+    verified = {tuple(sorted(p)) for p in pairs.tolist()}
+    for item, root in enumerate(roots):
+        assert root == item or tuple(sorted((item, root))) in verified
+    assert roots[7] == 7 and roots[5] == roots[6]
+    assert len({roots[i] for i in range(5)}) >= 2  # the chain is cut
+
+
+def test_own_splits_report_the_balance_and_leave_a_too_large_group_in_place(tmp_path):
+    shapes = look_alike_shapes(120, seed=5)
+    for n, image in enumerate(shapes):
+        _write(tmp_path / f"c{n % 2}" / f"{n:03d}.png", _encode(image, "PNG"))
+    for n in range(6):  # one image with 6 copies: 7 of the 60 in its class (over 2%)
+        _write(tmp_path / "c0" / f"000 copy {n}.jpg", _encode(shapes[0], "JPEG", quality=70 + n))
+    result = analyze(AnalysisConfig(str(tmp_path), split_fractions=(0.5, 0.2, 0.3)))
+    near, balance = result.stats["near_duplicates"], result.stats["split_balance"]
+    assert near["largest_group"] >= 6 and len(near["unplaced_groups"]) == 1
+    assert near["unplaced_groups"][0]["images"] == near["largest_group"]
+    assert balance["unplaced_groups"] == 1
+    splits = {r.split for r in result.valid if r.group == near["unplaced_groups"][0]["group"]}
+    leaked = [r for r in result.valid if r.leaks_train]
+    assert all(r.split != "train" for r in leaked)
+    # left where the hash put each image: a member held out next to one in train is a leak
+    assert ("train" in splits and len(splits) > 1) == bool(leaked)
+    assert set(balance["per_class"]) == {"c0", "c1"}
+    worst = max(
+        100 * abs(share - balance["target"][split])
+        for shares in balance["per_class"].values()
+        for split, share in shares.items()
+    )
+    assert balance["max_deviation_points"] == pytest.approx(worst, abs=0.01)
+    assert "split balance: every class within" in balance_line(balance)

@@ -1,0 +1,218 @@
+"""Near-duplicates a user can trust: hash candidates, verified on pixels, calibrated, grouped.
+
+The perceptual hashes (:mod:`components.bit.near_duplicates`) only propose candidates: on
+look-alike data (product shots on plain backgrounds, icons, scans) many distinct images hash
+within a few bits of each other. Every candidate pair is confirmed on the fingerprints'
+pixels (at most 32 px a side, a small image at its own size) by its **similarity**: the
+Pearson correlation of the two at the smaller one's size, aligned as the matching hashes say
+(whole against whole; the centre of one, ``near_duplicates.CROP`` off each side, against the
+other whole, for a cropped copy; moved by the hash's shift, with a 1-px search, for a moved
+copy). Correlation ignores brightness and contrast.
+
+The threshold comes from the data (:func:`calibrate`): the similarity of a sample of images to
+their nearest neighbour (an image that is not a copy) says how alike the dataset's distinct
+images are (the 3rd nearest, so that an image's own copies, up to two, are passed over). A
+pair is a near-duplicate only when its distance, 1 - similarity, is at most :data:`FACTOR`
+times the median of those distances (and between :data:`MIN_DISTANCE`
+and :data:`MAX_DISTANCE`). Groups are stars (:func:`star_groups`): every member is verified
+against its group's representative, so distinct images never chain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from components.bit import near_duplicates as nd
+
+FACTOR = 0.2  # a pair's distance must be this share of the typical nearest neighbour's, or less
+MIN_DISTANCE = 0.002  # (correlation 0.998): re-encoding alone costs about this much
+MAX_DISTANCE = 0.05  # (correlation 0.95): never looser, however distinct the dataset is
+SAMPLE = 300  # images whose nearest neighbour is measured
+REFERENCE = 3000  # … among this many (all of them in a smaller dataset)
+NEIGHBOUR = 3  # the typical neighbour is the 3rd nearest: an image's own copies come first
+MAX_SHARED = 256  # hashes sharing one value: only the first this many are paired
+LARGE_GROUP = 8  # groups larger than this are listed in the report for a look
+_COARSE = 16  # side of the vectors the nearest-neighbour search compares first
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """The dataset's threshold and how it was reached."""
+
+    threshold: float  # the most distance (1 - similarity) a verified pair may have
+    typical: float  # the median distance of a sampled image to its 3rd nearest neighbour
+    sampled: int  # images whose nearest neighbour was measured
+    reference: int  # … among this many
+
+    def summary(self) -> dict[str, float | int]:
+        return {
+            "min_similarity": round(1 - self.threshold, 5),
+            "typical_neighbour_similarity": round(1 - self.typical, 5),
+            "factor": FACTOR,
+            "sampled": self.sampled,
+            "reference": self.reference,
+        }
+
+
+def candidate_pairs(
+    hashes: Sequence[Sequence[int]], max_distance: int = nd.MAX_DISTANCE
+) -> np.ndarray:
+    """Rows (i, j, kind_i, kind_j), i < j: hash ``kind_i`` of item i (``hashes[i]``, kinds
+    as in ``near_duplicates.KINDS``) is within ``max_distance`` bits of hash ``kind_j`` of item
+    j. Every pair of hashes sharing a value, and every pair across two close values (the
+    multi-index search, ``near_duplicates.close_pairs``)."""
+    owners = np.fromiter((i for i, h in enumerate(hashes) for _ in h), dtype=np.int64)
+    kinds = np.fromiter((k for h in hashes for k in range(len(h))), dtype=np.int64)
+    flat = np.fromiter((v for h in hashes for v in h), dtype=np.uint64, count=len(owners))
+    if not len(flat):
+        return np.zeros((0, 4), dtype=np.int64)
+    unique, inverse = np.unique(flat, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    starts = np.searchsorted(inverse[order], np.arange(len(unique) + 1))
+    close = nd.close_pairs(unique, max_distance)[:, :2]
+    close = np.concatenate([np.repeat(np.arange(len(unique)), 2).reshape(-1, 2), close])
+    sizes = np.minimum(np.diff(starts), MAX_SHARED)
+    su, sv = sizes[close[:, 0]], sizes[close[:, 1]]
+    which = np.repeat(np.arange(len(close)), su * sv)
+    within = np.arange(len(which)) - np.repeat(np.cumsum(su * sv) - su * sv, su * sv)
+    first = starts[close[which, 0]] + within // sv[which]
+    second = starts[close[which, 1]] + within % sv[which]
+    ends = np.stack([order[first], order[second]], axis=1)
+    ends = ends[owners[ends[:, 0]] != owners[ends[:, 1]]]
+    swap = owners[ends[:, 0]] > owners[ends[:, 1]]
+    ends[swap] = ends[swap][:, ::-1]
+    rows = np.stack(
+        [owners[ends[:, 0]], owners[ends[:, 1]], kinds[ends[:, 0]], kinds[ends[:, 1]]], 1
+    )
+    rows = rows[(rows[:, 2] == 0) | (rows[:, 3] == 0)]  # one side whole: the alignments used
+    return np.unique(rows, axis=0) if len(rows) else rows.reshape(0, 4)
+
+
+def similarities(prints: Sequence[nd.Fingerprint], rows: np.ndarray) -> np.ndarray:
+    """The similarity of each candidate row (i, j, kind_i, kind_j) of ``prints``: the
+    correlation of the two fingerprints at the smaller one's size, aligned as the kinds say
+    (the centre of one against the other whole; moved by the kinds' shifts, with a 1-px
+    search), or, for rows (i, j) alone, the best over every alignment."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.ndim == 2 and rows.shape[1] == 2 and len(rows):
+        every = [(i, j, ki, kj) for i, j in rows.tolist() for ki, kj in _EVERY]
+        best = similarities(prints, np.asarray(every))
+        return best.reshape(len(rows), len(_EVERY)).max(axis=1)
+    out = np.zeros(len(rows))
+    if not len(rows):
+        return out
+    i, j, ki, kj = rows.T
+    shapes = np.array([p.pixels.shape for p in prints])
+    sizes = np.array([p.size[::-1] for p in prints])  # (height, width)
+    smaller = (shapes[i].prod(axis=1) <= shapes[j].prod(axis=1))[:, None]
+    target = np.where(smaller, shapes[i], shapes[j])
+    shift = _MOVES[ki] * target / sizes[i] - _MOVES[kj] * target / sizes[j]
+    keys = np.column_stack([target, ki == 1, kj == 1, np.round(shift), (ki > 1) | (kj > 1)])
+    unique, inverse = np.unique(keys.astype(np.int64), axis=0, return_inverse=True)
+    views: dict[tuple[int, tuple, bool], np.ndarray] = {}
+    for n, (h, w, zoom_a, zoom_b, dy, dx, search) in enumerate(unique.tolist()):
+        members = np.flatnonzero(inverse.ravel() == n)
+        a = np.stack([_view(prints, x, (h, w), zoom_a, views) for x in i[members].tolist()])
+        b = np.stack([_view(prints, x, (h, w), zoom_b, views) for x in j[members].tolist()])
+        reach = 1 if search else 0
+        best = np.full(len(members), -1.0)
+        for sy in range(dy - reach, dy + reach + 1):
+            for sx in range(dx - reach, dx + reach + 1):
+                best = np.maximum(best, _correlation(a, b, sy, sx))
+        out[members] = best
+    return out
+
+
+_MOVES = np.array([(0, 0), (0, 0), *nd.SHIFTS], dtype=float)
+_EVERY = [(0, 0), (1, 0), (0, 1)] + [(0, k) for k in range(2, len(nd.KINDS))]
+
+
+def _view(prints, index: int, shape: tuple[int, int], zoom: bool, cache: dict) -> np.ndarray:
+    """The fingerprint at ``shape``: whole, or its centre (``CROP`` off each side)."""
+    key = (index, shape, zoom)
+    if key not in cache:
+        pixels = prints[index].pixels
+        h, w = pixels.shape
+        if pixels.shape == shape and not zoom:
+            cache[key] = pixels.astype(np.float32)
+        else:
+            box = (w * nd.CROP, h * nd.CROP, w * (1 - nd.CROP), h * (1 - nd.CROP)) if zoom else None
+            image = Image.fromarray(pixels).resize(
+                (shape[1], shape[0]), Image.Resampling.LANCZOS, box
+            )
+            cache[key] = np.asarray(image, dtype=np.float32)
+    return cache[key]
+
+
+def _correlation(a: np.ndarray, b: np.ndarray, sy: int, sx: int) -> np.ndarray:
+    """Pearson correlation of a[p] and b[p + (sy, sx)] over their overlap, per pair; 0
+    where either side is flat."""
+    h, w = a.shape[1:]
+    if abs(sy) >= h - 1 or abs(sx) >= w - 1:
+        return np.zeros(len(a))
+    pa = a[:, max(-sy, 0) : h - max(sy, 0), max(-sx, 0) : w - max(sx, 0)].reshape(len(a), -1)
+    pb = b[:, max(sy, 0) : h + min(sy, 0), max(sx, 0) : w + min(sx, 0)].reshape(len(a), -1)
+    pa = pa - pa.mean(axis=1, keepdims=True)
+    pb = pb - pb.mean(axis=1, keepdims=True)
+    norm = np.sqrt(np.einsum("ij,ij->i", pa, pa) * np.einsum("ij,ij->i", pb, pb))
+    dot = np.einsum("ij,ij->i", pa, pb)
+    return np.divide(dot, norm, out=np.zeros(len(a)), where=norm > 1e-6)
+
+
+def calibrate(prints: Sequence[nd.Fingerprint], seed: int = 0) -> Calibration:
+    """The threshold from the dataset's own nearest neighbours (see the module): for up to
+    :data:`SAMPLE` images, the most similar of up to :data:`REFERENCE` others (a coarse
+    16x16 correlation picks 6, the similarity ranks them; the 3rd nearest counts, so that up
+    to two copies of an image do not pass for its typical neighbour)."""
+    count = len(prints)
+    if count < 3:
+        return Calibration(MAX_DISTANCE, 1.0, 0, count)
+    rng = np.random.default_rng(seed)
+    reference = np.sort(rng.permutation(count)[:REFERENCE])
+    sample = reference[rng.permutation(len(reference))[:SAMPLE]]
+    coarse = np.stack([_coarse(prints[i].pixels) for i in reference])
+    scores = coarse[np.searchsorted(reference, sample)] @ coarse.T
+    scores[np.arange(len(sample)), np.searchsorted(reference, sample)] = -np.inf
+    top = np.argsort(-scores, axis=1)[:, : 2 * NEIGHBOUR]
+    pairs = np.stack([np.repeat(sample, top.shape[1]), reference[top].ravel()], axis=1)
+    found = np.sort(similarities(prints, pairs).reshape(len(sample), -1), axis=1)
+    typical = float(np.median(1 - found[:, -min(NEIGHBOUR, found.shape[1])]))
+    threshold = float(np.clip(FACTOR * typical, MIN_DISTANCE, MAX_DISTANCE))
+    return Calibration(threshold, typical, len(sample), len(reference))
+
+
+def _coarse(pixels: np.ndarray) -> np.ndarray:
+    side = (_COARSE, _COARSE)
+    vector = np.asarray(Image.fromarray(pixels).resize(side, Image.Resampling.BILINEAR), float)
+    vector = vector.ravel() - vector.mean()
+    norm = np.linalg.norm(vector)
+    return vector / norm if norm > 1e-6 else vector
+
+
+def star_groups(count: int, pairs: np.ndarray) -> list[int]:
+    """For each of ``count`` items, its group's representative (itself when it has no
+    verified near-duplicate). ``pairs`` are verified (i, j) pairs. The item with the most
+    verified partners still ungrouped becomes a representative, with those partners as its
+    group; repeated until every verified pair's items are placed. No member joins through
+    another member: a group is a star, never a chain."""
+    partners: list[set[int]] = [set() for _ in range(count)]
+    for i, j in np.asarray(pairs, dtype=np.int64).reshape(-1, 2).tolist():
+        partners[i].add(j)
+        partners[j].add(i)
+    root = list(range(count))
+    placed = [False] * count
+    order = sorted((i for i in range(count) if partners[i]), key=lambda i: (-len(partners[i]), i))
+    for head in order:
+        if placed[head]:
+            continue
+        members = [j for j in partners[head] if not placed[j]]
+        if not members:
+            continue
+        placed[head] = True
+        for j in members:
+            placed[j], root[j] = True, head
+    return root
