@@ -1,8 +1,13 @@
 """The prepared GPU benchmark: R50x1 at 480 px, bfloat16, XLA — images/s and model FLOP
-utilisation, for each batch size asked for. One command on a GPU machine:
-``python -m benchmarks.gpu_benchmark --batch 64 128 --output BENCHMARKS.md`` (writes the
-"GPU" section of BENCHMARKS.md; target MFU >= 40% on a recent data-centre GPU).
+utilisation, for each batch size asked for, and the input pipeline's ceiling on the same
+machine's CPUs (can it feed the GPU?). One command on a fresh GPU machine, install included
+(``benchmarks/gpu.sh``; about 3 minutes of install and 2 of measuring on one H100):
 
+    bash benchmarks/gpu.sh            # = venv + pip install -c constraints.txt -e . \
+                                      #   'tensorflow[and-cuda]==2.21.*', then the line below
+    python -m benchmarks.gpu_benchmark --batch 64 128 --output BENCHMARKS.md
+
+It writes the "GPU" section of BENCHMARKS.md; target MFU >= 40% on a recent data-centre GPU.
 MFU = (3 x forward FLOPs per image x images/s) / the card's dense bf16 peak.
 """
 
@@ -57,7 +62,15 @@ def measure(batch: int, size: int, steps: int, name: str) -> dict:
     }
 
 
-def section(results: list[dict]) -> str:
+def input_ceiling() -> float:
+    """Images/s the training input pipeline delivers on this machine's CPUs at 512/480 px
+    (pre-resized TFRecords -> decode, crop, flip), measured without the GPU."""
+    from benchmarks.training_speed import input_pipelines
+
+    return input_pipelines()["bittune pipeline images/s"]
+
+
+def section(results: list[dict], ceiling: float | None = None) -> str:
     """The "GPU" section of BENCHMARKS.md."""
     lines = ["## GPU", "", "| device | batch | px | images/s | GFLOPs/image (train) | MFU |",
              "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
@@ -69,6 +82,13 @@ def section(results: list[dict]) -> str:
     best = max((r["mfu"] or 0) for r in results)
     lines += ["", f"R50x1, bfloat16, XLA; target MFU {TARGET_MFU:.0%}: "
               f"{'met' if best >= TARGET_MFU else 'NOT met'} (best {best:.1%})."]  # fmt: skip
+    if ceiling is not None:
+        fastest = max(r["images_per_second"] for r in results)
+        verdict = "keeps up" if ceiling >= fastest else "is the bottleneck"
+        lines.append(
+            f"Input pipeline ceiling on this machine's CPUs: {ceiling:,.0f} images/s at "
+            f"512/480 px: it {verdict} (training {fastest:,.0f} images/s)."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -87,10 +107,12 @@ def main() -> None:
     tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
     results = [measure(batch, args.size, args.steps, name) for batch in args.batch]
     print(json.dumps(results, indent=2))
+    ceiling = input_ceiling()
+    print(f"input pipeline ceiling: {ceiling:,.0f} images/s")
     if args.output:
         path = pathlib.Path(args.output)
         text = path.read_text(encoding="utf-8") if path.exists() else ""
-        text = text.split("\n## GPU\n")[0].rstrip("\n") + "\n\n" + section(results)
+        text = text.split("\n## GPU\n")[0].rstrip("\n") + "\n\n" + section(results, ceiling)
         path.write_text(text, encoding="utf-8")
 
 
