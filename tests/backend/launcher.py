@@ -142,7 +142,7 @@ def _execute(
     )
     started = time.monotonic()
     try:
-        _download_inputs(cluster, local_input, pod_root, attempt)
+        _download_inputs(cluster, local_input, pod_root, attempt, run.result.run_root)
         _prepare_output_folders(local_input, pod_root)
         dirs = task_dirs(result.path, local_input, pod_root, cwd)
         env = pod_env(cluster, run, node, container, pod_root, number)
@@ -161,16 +161,43 @@ def _execute(
     return attempt
 
 
+def _opened_buckets(artifacts: Mapping[str, Any], default: str) -> set[str]:
+    """``fetchNonDefaultBuckets``: the non-default buckets opened before any download -- one
+    per input, from its list's FIRST artifact only (``artifactList.Artifacts[0]``, "TODO:
+    Support multiple artifacts someday"), when that artifact is not under the run's root."""
+    opened = set()
+    for lst in artifacts.values():
+        first = (lst.get("artifacts") or [{}])[0].get("uri", "")
+        if first and not first.startswith(default) and "://" in first:
+            opened.add(_bucket_key(first))
+    return opened
+
+
+def _bucket_key(uri: str) -> str:
+    """``ParseBucketConfigForArtifactURI(uri).PrefixedBucket()``: ``scheme://bucket``."""
+    scheme, _, rest = uri.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
 def _download_inputs(
     cluster: Cluster,
     executor_input: Mapping[str, Any],
     pod_root: pathlib.Path,
     attempt: AttemptResult,
+    run_root: str,
 ) -> None:
     """``downloadArtifacts``: before the command, every input artifact whose URI has a
     ``gs://``, ``minio://`` or ``s3://`` scheme is DOWNLOADED to its local path
-    (``LocalPathForURI``); other schemes are skipped with a warning."""
-    for name, lst in executor_input.get("inputs", {}).get("artifacts", {}).items():
+    (``LocalPathForURI``); other schemes are skipped with a warning. The default bucket is the
+    RUN's root (``execution.GetPipeline().GetPipelineRoot()``: ``<root>/<pipeline>/<run id>``,
+    metadata/client.go ``GetPipeline``), so an artifact of another run (a cache hit) needs a
+    bucket ``fetchNonDefaultBuckets`` opened -- which it does only from each input list's FIRST
+    artifact: a collected list whose first artifact is this run's and a later one a cache hit
+    fails (component/launcher_v2.go ``downloadArtifacts``, 2.14.0-2.17.0 alike)."""
+    artifacts = executor_input.get("inputs", {}).get("artifacts", {})
+    default = _prefixed_bucket(run_root)
+    opened = _opened_buckets(artifacts, default)
+    for name, lst in artifacts.items():
         for artifact in lst.get("artifacts", []):
             uri = artifact.get("uri", "")
             try:
@@ -181,6 +208,11 @@ def _download_inputs(
                     f"URI {json.dumps(uri)}. Skipping downloading to local path."
                 )
                 continue
+            if not uri.startswith(default) and _bucket_key(uri) not in opened:
+                raise LauncherError(
+                    f"failed to get bucket when downloading input artifact {name} with bucket "
+                    f"key {_bucket_key(uri)}: %!w(<nil>)"
+                )
             try:
                 files = cluster.store_for(uri).download_dir(uri, local)
             except StoreError as err:

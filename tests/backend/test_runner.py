@@ -89,6 +89,15 @@ def write_number(n: int, out: Output[Artifact]):
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
+def write_item(item: str, out: Output[Artifact]):
+    import os
+
+    os.makedirs(out.path)
+    with open(os.path.join(out.path, "n.txt"), "w") as f:
+        f.write(item)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def join_numbers(parts: Input[list[Artifact]]) -> str:
     import os
 
@@ -295,6 +304,13 @@ def named_loop():
 def unnamed_loop():
     with dsl.ParallelFor([1]) as n:
         files = write_number(n=n)
+    join_numbers(parts=dsl.Collected(files.outputs["out"]))
+
+
+@dsl.pipeline(name="loop-over-items")
+def loop_over_items(items: list = ["1"]):  # noqa: B006 (a pipeline default, not a Python one)
+    with dsl.ParallelFor(items) as item:
+        files = write_item(item=item)
     join_numbers(parts=dsl.Collected(files.outputs["out"]))
 
 
@@ -776,3 +792,15 @@ def test_a_fractional_backoff_factor_stops_argo_retrying(runner, tmp_path):
     task = result.task("sleepy")
     assert result.state == "FAILED" and len(task.attempts) == 1
     assert "value '1.5' cannot be resolved to an int" in " ".join(task.warnings)
+
+
+def test_a_collected_list_of_a_new_then_a_cached_artifact_cannot_be_downloaded(runner, tmp_path):
+    """fetchNonDefaultBuckets opens another run's bucket only for a list's first artifact."""
+    path = _compile(loop_over_items, tmp_path)
+    runner.run(path, {"items": ["2"]})  # "2" is cached from here on, under this run's root
+    mixed = runner.run(path, {"items": ["1", "2"]}, raise_on_failure=False)
+    assert [t.cache_hit for t in mixed.tasks_named("write-item")] == [False, True]
+    assert mixed.failed_task == "join-numbers"
+    assert "failed to get bucket when downloading input artifact parts" in mixed.error
+    cached_first = runner.run(path, {"items": ["2", "3"]})
+    assert cached_first.task("join-numbers").outputs == {"Output": "2,3"}
