@@ -99,8 +99,9 @@ def job_time_placeholder(cluster: Cluster, constant: str, created: dt.datetime) 
 
 
 def validates_literals(cluster: Cluster) -> bool:
-    """Whether a parameter's ``literals`` (``typing.Literal`` inputs) are enforced, by the API
-    server for a run's parameters and by the driver for every task input.
+    """Whether a parameter's ``literals`` (its allowed values in the IR; the kfp 2.17 SDK's
+    compiler writes none, so the tests add them) are enforced, by the API server for a run's
+    parameters and by the driver for every task input.
 
     release -> literals -> source
       2.14.0, 2.15.0 -> not checked: any value of the type passes -> nothing in backend/src
