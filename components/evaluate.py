@@ -9,7 +9,8 @@ from components.image import BITTUNE_IMAGE
 @component(
     BITTUNE_IMAGE,
     "Evaluate on the test split (validation if none) and decide whether to bless the model: "
-    "it must beat the majority class, the threshold if set, and the serving version.",
+    "it must beat the majority class, reach the threshold if set, and be no worse than the "
+    "serving version with confidence (paired on the same examples), per class too.",
     {
         "dataset": "The dataset's manifest (gather step).",
         "holdout_shards": "Every worker's validation and test shards.",
@@ -30,7 +31,11 @@ def evaluate_model(
     baseline_model: str,
     serving_root: str,
     blessing_threshold: float,
+    threshold_on_lower_bound: bool,
     baseline_tolerance: float,
+    confidence_level: float,
+    class_recall_margin: float,
+    calibration_margin: float,
     metrics: dsl.Output[dsl.Metrics],
     confusion: dsl.Output[dsl.ClassificationMetrics],
     report: dsl.Output[dsl.HTML],

@@ -251,6 +251,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         )
     elif served.get("note"):
         print(served["note"])
+    for c in result.comparisons:
+        print(f"paired with {result.baseline} {c['sentence']}")
     print(f"{'BLESSED' if result.blessed else 'NOT BLESSED'}: {result.reason}")
     print(f"wrote metrics.json, label_issues.json and report.html to {args.output}")
 
@@ -559,9 +561,15 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--split", choices=("train", "validation", "test"), help="default: test")
     params.add_option(p, "baseline_model")
     params.add_option(p, "serving_root")
-    params.add_option(p, "blessing_threshold")
-    params.add_option(p, "baseline_tolerance")
+    for name in gate_parameters():  # every gate rule's knob, named as in the table
+        params.add_option(p, name)
     p.set_defaults(func=cmd_evaluate)
+
+
+def gate_parameters() -> tuple[str, ...]:
+    from components.bit.evaluation.rules import PARAMETERS
+
+    return PARAMETERS
 
 
 def _add_predict(sub) -> None:

@@ -405,6 +405,7 @@ def _evaluation(run: str) -> dict[str, Any]:
         "test_accuracy": result["metrics"]["accuracy"],
         "without_leaked": result["metrics"].get("without_leaked", {}),
         "served_data": result["metrics"].get("served_data", {}),
+        "comparisons": result.get("comparisons", []),  # paired with the served model
         "label_issues": result.get("label_issue_count", 0),
         "blessed": result["blessed"],
         "reason": result["reason"],
@@ -441,6 +442,10 @@ def summary_lines(outputs: dict[str, Any]) -> list[str]:
         f"{outputs['reason']}",
         *([f"  {outputs['drift']}"] if outputs.get("drift") else []),
         *_served_line(outputs.get("served_data") or {}),
+        *[
+            f"  paired with the served model {c['sentence']}"
+            for c in outputs.get("comparisons", [])
+        ],
         *_leak_line(outputs.get("without_leaked") or {}),
         *(
             [

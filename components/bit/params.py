@@ -249,7 +249,20 @@ PARAMETERS: dict[str, Param] = {
               "Model to beat (a run or SavedModel); '' compares with the newest version "
               "under serving_root."),
         Param("baseline_tolerance", float, 0.0,
-              "How much below the baseline's accuracy is still blessed.", minimum=0, maximum=1),
+              "How much below the baseline's accuracy is still blessed: the lower bound of "
+              "the paired accuracy difference's interval must not be below -tolerance.",
+              minimum=0, maximum=1),
+        Param("confidence_level", float, 0.95,
+              "Confidence level of the gate's intervals (accuracy, paired difference, "
+              "per-class recall).", minimum=0.5, maximum=0.999),
+        Param("threshold_on_lower_bound", bool, False,
+              "blessing_threshold judges the lower bound of accuracy's interval, not accuracy."),
+        Param("class_recall_margin", float, 0.05,
+              "Refuse when a class's recall dropped by more than this against the baseline, "
+              "with confidence.", minimum=0, maximum=1),
+        Param("calibration_margin", float, 0.05,
+              "How much worse than the baseline's the expected calibration error may be.",
+              minimum=0, maximum=1),
         Param("serving_root", str, "",
               "Versioned serving location (gs://...); '' keeps versions in the push artifact."),
     )

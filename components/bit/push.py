@@ -24,6 +24,8 @@ CARD_JSON = serving.CARD_JSON
 CARD_MARKDOWN = "model_card.md"
 _CARD_HYPERRULE = ("resize", "crop", "batch_size", "base_lr", "total_steps", "mixup_alpha")
 _CARD_METRICS = ("accuracy", "top5_accuracy", "loss", "macro_f1", "expected_calibration_error")
+_CARD_COMPARISON = ("where", "examples", "accuracy", "other_accuracy", "difference", "low", "high",
+                    "confidence", "p_value", "tolerance", "passed", "sentence")  # fmt: skip
 
 
 class PushError(BittuneError):
@@ -54,7 +56,15 @@ def model_card(
             "split": evaluation["split"],
             **{k: metrics[k] for k in _CARD_METRICS},
         },
-        "gate": {"blessed": evaluation["blessed"], "reason": evaluation["reason"]},
+        "gate": {
+            "blessed": evaluation["blessed"],
+            "reason": evaluation["reason"],
+            "compared_with": evaluation.get("baseline"),  # the served version, if any
+            "comparisons": [  # paired, on the same examples: how sure the verdict is
+                {k: c[k] for k in _CARD_COMPARISON if k in c}
+                for c in evaluation.get("comparisons", [])
+            ],
+        },
         "lineage": dict(lineage),
     }
 
@@ -89,11 +99,22 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         "",
         "## Gate",
         f"{'Blessed' if card['gate']['blessed'] else 'Not blessed'}: {card['gate']['reason']}",
+        *_compared_lines(card["gate"]),
         "",
         "## Lineage",
         *[f"- {k}: {v}" for k, v in card["lineage"].items() if v],
     ]
     return "\n".join(lines) + "\n"
+
+
+def _compared_lines(gate: Mapping[str, Any]) -> list[str]:
+    """What the version was compared with, and how sure the comparison is."""
+    if not gate.get("compared_with"):
+        return ["", "Compared with: no served version (nothing to compare with)."]
+    found = [f"- {c['sentence']}" for c in gate.get("comparisons", [])]
+    return ["", f"Compared with {gate['compared_with']}:"] + (
+        found or ["- on no common examples (other classes, and no test data named on its card)"]
+    )
 
 
 def _excluded_line(excluded: Mapping[str, Any] | None) -> list[str]:

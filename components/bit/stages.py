@@ -214,11 +214,17 @@ def evaluate_model(inputs: Inputs) -> tuple[bool, str]:
     if served.get("examples"):
         metrics.log_metric("accuracy_on_served_data", served["accuracy"])
         metrics.log_metric("served_accuracy_on_served_data", served["served_accuracy"])
+    for c in result.comparisons:  # paired with the served model: the difference and its interval
+        where = "" if c["rule"] == "baseline" else "_on_served_data"
+        for name, key in (("difference", "difference"), ("difference_low", "low"),
+                          ("difference_high", "high"), ("mcnemar_p", "p_value")):  # fmt: skip
+            metrics.log_metric(f"accuracy_{name}{where}", c[key])
     inputs["confusion"].log_confusion_matrix(*kfp_confusion_matrix(result))
     shutil.copyfile(os.path.join(evaluation.path, "report.html"), inputs["report"].path)
     evaluation.metadata.update(blessed=result.blessed, reason=result.reason)
     verdict = "BLESSED" if result.blessed else "NOT BLESSED"
-    return result.blessed, f"{result.split} accuracy {values['accuracy']:.4f}, {verdict}"
+    compared = "".join(f"; {c['sentence']}" for c in result.comparisons)
+    return result.blessed, f"{result.split} accuracy {values['accuracy']:.4f}, {verdict}{compared}"
 
 
 @stage

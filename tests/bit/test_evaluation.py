@@ -68,19 +68,19 @@ def test_metrics_match_an_independent_recomputation(classes):
     assert got["expected_calibration_error"] == pytest.approx(ece)
 
 
-def test_gate():
-    verdict = evaluation.gate(0.9, majority=0.3, blessing_threshold=0.8)
+def test_gate_without_a_served_model():
+    def alone(accuracy, threshold):
+        settings = evaluation.GateSettings(blessing_threshold=threshold)
+        metrics = {"accuracy": accuracy, "examples": 100, "majority_rate": 0.3}
+        return evaluation.Evidence(metrics, settings)
+
+    verdict = evaluation.gate(alone(0.9, 0.8))
     assert verdict.blessed and [r["rule"] for r in verdict.rules] == ["majority", "threshold"]
-    verdict = evaluation.gate(0.7, majority=0.3, blessing_threshold=0.8)
+    assert verdict.rules[1]["figures"]["low"] < 0.9 < verdict.rules[1]["figures"]["high"]
+    verdict = evaluation.gate(alone(0.7, 0.8))
     assert not verdict.blessed and "below the threshold 0.8000 (rule: threshold)" in verdict.reason
-    verdict = evaluation.gate(0.3, majority=0.3)  # chance: always the most frequent class
+    verdict = evaluation.gate(alone(0.3, 0))  # chance: always the most frequent class
     assert not verdict.blessed and verdict.reason.endswith("(rule: majority)")
-    assert evaluation.gate(0.89, majority=0.1, baseline=0.9, baseline_tolerance=0.02).blessed
-    verdict = evaluation.gate(
-        0.85, majority=0.1, baseline=0.9, baseline_tolerance=0.02, baseline_name="v1"
-    )
-    assert not verdict.blessed and "worse than v1's 0.9000" in verdict.reason
-    assert evaluation.gate(0.5, majority=1.0).blessed  # one class: the rule cannot judge
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +109,8 @@ def test_evaluate_counts_every_test_example_and_writes_a_report(trained, tmp_pat
     page = (tmp_path / "report.html").read_text()
     assert "http://" not in page and "https://" not in page
     assert "majority-class rate" in page
+    assert page.index("BLESSED: ") < page.index("<h2>Metrics")  # the verdict first
+    assert "<td>majority</td>" in page  # the rules table
     for heading in ("Training", "Confusion matrix", "Per class", "BiT-HyperRule", "Dataset"):
         assert f"<h2>{heading}" in page
     assert page.count("data:image/png;base64,") >= 2
@@ -146,6 +148,10 @@ def test_the_served_version_is_the_default_baseline(trained, tmp_path):
     assert second.baseline == str(tmp_path / "serving" / "1")
     assert second.baseline_accuracy == second.metrics["accuracy"]
     assert any(r["rule"] == "baseline" and r["passed"] for r in second.rules)
+    # the same model: every example agrees, so the paired interval is the point 0
+    compared = {c["rule"]: c for c in second.comparisons}
+    assert (compared["baseline"]["low"], compared["baseline"]["high"]) == (0, 0)
+    assert compared["baseline"]["examples"] == second.metrics["examples"]
     # the card names the data the served version was judged on; the next run scores both there
     card = serving.read_card(second.baseline)
     assert card["data"]["evaluated_shards"] == first.shards and first.shards
@@ -162,14 +168,13 @@ def test_served_data_maps_classes_by_name_and_leaves_out_unknown_ones(trained, t
     identity = np.arange(10)
     correct, scored, skipped = evaluation.count_remapped(model.serve, paths, identity)
     without_3 = np.where(identity == 3, -1, identity)
-    _, scored_3, skipped_3 = evaluation.count_remapped(model.serve, paths, without_3)
+    correct_3, scored_3, skipped_3 = evaluation.count_remapped(model.serve, paths, without_3)
     assert (skipped, scored_3 + skipped_3) == (0, scored) and skipped_3 > 0
     shifted, _, _ = evaluation.count_remapped(model.serve, paths, (identity + 1) % 10)
     assert shifted < correct  # the labels no longer name what the model predicts
-    assert evaluation.gate(0.9, majority=0.1, baseline=None, served_data=(0.8, 0.85))
-    verdict = evaluation.gate(0.9, majority=0.1, served_data=(0.8, 0.85), baseline_name="v1")
-    assert not verdict.blessed and verdict.reason.endswith("(rule: served data)")
-    assert "v1's own test data accuracy 0.8000" in verdict.reason
+    right, labels, skipped_again = evaluation.score_remapped(model.serve, paths, without_3)
+    assert (int(right.sum()), len(right), skipped_again) == (correct_3, scored_3, skipped_3)
+    assert 3 not in labels.tolist()
 
 
 def test_served_data_is_read_from_gcs_and_missing_data_is_a_note(trained, tmp_path, gcs):
@@ -182,17 +187,19 @@ def test_served_data_is_read_from_gcs_and_missing_data_is_a_note(trained, tmp_pa
     version = gcs.upload_tree(trained / "run" / "saved_model", f"gs://{bucket}/serving/1")
     storage.write_text(f"{version}/{serving.CARD_JSON}", json.dumps(card))
     model = serving.load(run)
-    served = evaluation.on_served_data(model, serving.load(version), version, 64)
-    assert served["examples"] == evaluated.metrics["examples"]
+    served, paired = evaluation.on_served_data(model, serving.load(version), version, 64)
+    assert served["examples"] == evaluated.metrics["examples"] == len(paired.mine)
     assert served["accuracy"] == pytest.approx(evaluated.metrics["accuracy"])
+    assert (paired.mine == paired.theirs).all() and paired.where == f"{version}'s own test data"
     card["data"]["evaluated_shards"] = [f"gs://{bucket}/gone/test-00000.tfrecord"]
     storage.write_text(f"{version}/{serving.CARD_JSON}", json.dumps(card))
-    missing = evaluation.on_served_data(model, serving.load(version), version, 64)
-    assert "cannot be read" in missing["note"] and "examples" not in missing
+    missing, nothing = evaluation.on_served_data(model, serving.load(version), version, 64)
+    assert "cannot be read" in missing["note"] and "examples" not in missing and nothing is None
     result = evaluation.evaluate(EvalConfig(data, run, str(tmp_path), baseline_model=version))
     assert not any(r["rule"] == "served data" for r in result.rules)
     page = (tmp_path / "report.html").read_text()
     assert "<h2>Against the served model" in page and "cannot be read" in page
+    assert "<th>interval</th>" in page and "[+0.0000, +0.0000]" in page  # paired on this data
 
 
 def test_push_versions_and_card(trained, tmp_path, gcs):

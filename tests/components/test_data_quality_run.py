@@ -55,7 +55,7 @@ def test_new_data_is_compared_with_the_served_model_s(tmp_path):
                 image.transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(
                     photos / split / "mixed" / path.name
                 )
-    second = run_locally(str(photos), **common)
+    second = run_locally(str(photos), **common, baseline_tolerance=1.0)  # blessed: a card
     assert second["drift"].startswith("drift from the served model's data: class balance (PSI")
     assert "new mixed" in second["drift"]
     assert any(line.strip() == second["drift"] for line in summary_lines(second))
@@ -69,3 +69,16 @@ def test_new_data_is_compared_with_the_served_model_s(tmp_path):
     assert "on this data" in second["reason"]  # other classes: not compared on the new data
     page = (pathlib.Path(second["evaluation"]) / "report.html").read_text()
     assert "the served model&#x27;s test data" in page
+    # paired with the served model there: the interval in the summary, report, metrics, card
+    (paired,) = second["comparisons"]
+    assert paired["rule"] == "served data" and paired["examples"] == served["examples"]
+    assert paired["low"] <= paired["difference"] <= paired["high"]
+    interval = f"95% CI [{paired['low']:+.4f}, {paired['high']:+.4f}]"
+    assert any(interval in line for line in summary_lines(second)) and interval in second["reason"]
+    assert f"<td>[{paired['low']:+.4f}, {paired['high']:+.4f}]</td>" in page
+    task = json.loads((pathlib.Path(second["evaluation"]).parent / "executor_output.json")
+                      .read_text())  # fmt: skip
+    logged = task["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    assert logged["accuracy_difference_low_on_served_data"] == paired["low"]
+    card = (pathlib.Path(second["pushed"]) / "model_card.md").read_text()
+    assert "Compared with " in card and interval in card
