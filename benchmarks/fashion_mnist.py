@@ -126,9 +126,11 @@ def altered(image: Image.Image, kind: str) -> tuple[bytes, str]:
     """A copy of ``image`` as a user's data holds one: (bytes, extension)."""
     import io
 
+    from components.bit import images
+
     buffer = io.BytesIO()
     if kind == "jpeg":
-        image.convert("RGB").save(buffer, format="JPEG", quality=75)
+        images.to_rgb(image).save(buffer, format="JPEG", quality=75)  # alpha composited
         return buffer.getvalue(), ".jpg"
     if kind == "resize80":
         size = (max(1, round(image.width * 0.8)), max(1, round(image.height * 0.8)))

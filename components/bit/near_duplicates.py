@@ -21,7 +21,9 @@ import functools
 import io
 import itertools
 import math
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
@@ -43,6 +45,7 @@ KINDS = ("whole", "centre", *(f"moved {dy},{dx}" for dy, dx in SHIFTS))  # what 
 _THUMBNAIL_OFFSET, _THUMBNAIL_LENGTH = 0x0201, 0x0202  # EXIF IFD1: JPEGInterchangeFormat(Length)
 _BLOCK = 2048  # rows compared at once inside a large bucket
 _SMALL = 64  # buckets up to this size are compared by offsets, all at once
+_BUCKET = 8  # the most hashes a bucket holds on average (uniform hashes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,13 +95,8 @@ def fingerprint_of(gray: Image.Image) -> Fingerprint:
     the centre and the moved images are sampled from it inside the DCT's matrices."""
     width, height = gray.size
     whole = gray.resize((_HASH_INPUT, _HASH_INPUT), Image.Resampling.LANCZOS)
-    values = np.asarray(whole, dtype=np.float64)
-    rows, cols = [_DCT, _DCT_CENTRE], [_DCT, _DCT_CENTRE]
-    if max(width, height) <= SMALL:
-        for dy, dx in SHIFTS:
-            rows.append(_moved(dy * _HASH_INPUT / height))
-            cols.append(_moved(dx * _HASH_INPUT / width))
-    low = np.stack(rows) @ values @ np.stack(cols).transpose(0, 2, 1)
+    rows, cols = _kind_matrices(width, height)
+    low = rows @ np.asarray(whole, dtype=np.float64) @ cols
     if width > SIDE and height > SIDE:
         pixels = np.asarray(whole)
     elif max(width, height) > SIDE:
@@ -126,6 +124,18 @@ def _centre_sampler(size: int = _HASH_INPUT, crop: float = CROP) -> np.ndarray:
     np.add.at(matrix, (np.arange(size), lo), 1 - frac)
     np.add.at(matrix, (np.arange(size), hi), frac)
     return matrix
+
+
+@functools.lru_cache(maxsize=1024)
+def _kind_matrices(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per hash kind, the DCT rows for the image's rows and (transposed) for its columns:
+    whole, centre, and for a small image moved by each of :data:`SHIFTS`."""
+    rows, cols = [_DCT, _DCT_CENTRE], [_DCT, _DCT_CENTRE]
+    if max(width, height) <= SMALL:
+        for dy, dx in SHIFTS:
+            rows.append(_moved(dy * _HASH_INPUT / height))
+            cols.append(_moved(dx * _HASH_INPUT / width))
+    return np.stack(rows), np.stack(cols).transpose(0, 2, 1).copy()
 
 
 @functools.lru_cache(maxsize=256)
@@ -214,25 +224,50 @@ def close_pairs(unique: np.ndarray, max_distance: int) -> np.ndarray:
     """Pairs (u, v, distance), u < v, of distinct hashes within ``max_distance`` bits.
 
     With ``max_distance + k`` chunks, two such hashes agree on at least ``k`` of them, so each
-    choice of ``k`` chunks keys buckets; ``k`` = ceil(max_distance / 3) makes keys of ~16-17
-    bits (buckets of ~5-15 hashes per million). Small buckets are compared by offsets in key
-    order, all at once; a bucket over :data:`_SMALL` hashes is compared block by block."""
-    agree = max(1, math.ceil(max_distance / 3))
+    choice of ``k`` chunks keys buckets. ``k`` is the smallest that keeps buckets of uniform
+    hashes at most :data:`_BUCKET` on average, up to ceil(max_distance / 3) (keys of ~16-17
+    bits: buckets of ~5-15 hashes per million): fewer choices where there are fewer hashes.
+    Small buckets are compared by offsets in key order, all at once; a bucket over
+    :data:`_SMALL` hashes is compared block by block."""
+    agree, most = 1, max(1, math.ceil(max_distance / 3))
+    while agree < most and len(unique) > _BUCKET * 2 ** (
+        HASH_BITS * agree / (max_distance + agree)
+    ):
+        agree += 1
     layout = _chunks(max_distance + agree)
     chunks = [(unique >> np.uint64(shift)) & np.uint64((1 << width) - 1) for shift, width in layout]
-    found = [np.zeros((0, 3), dtype=np.int64)]
-    for chosen in itertools.combinations(range(len(chunks)), agree):
+
+    def search(chosen: tuple[int, ...]) -> list[np.ndarray]:
         key = np.zeros(len(unique), dtype=np.uint64)
         for c in chosen:
             key = (key << np.uint64(layout[c][1])) | chunks[c]
-        found += _bucket_pairs(unique, key, max_distance)
+        return _bucket_pairs(unique, key, max_distance)
+
+    found = [np.zeros((0, 3), dtype=np.int64)]
+    choices = itertools.combinations(range(len(chunks)), agree)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for part in pool.map(search, choices):  # numpy's sorts run outside the GIL
+            found += part
     pairs = np.concatenate(found).astype(np.int64)
-    return np.unique(pairs, axis=0) if len(pairs) else pairs
+    return unique_rows(pairs, len(unique))
+
+
+def unique_rows(rows: np.ndarray, bound: int) -> np.ndarray:
+    """The distinct rows of a non-negative int64 array whose first two columns are below
+    ``bound`` (and the others below 64), sorted; one sort of one int64 key per row, much
+    cheaper than ``np.unique(axis=0)``."""
+    if not len(rows):
+        return rows
+    key = rows[:, 0] * bound + rows[:, 1]
+    for column in range(2, rows.shape[1]):
+        key = key * HASH_BITS + rows[:, column]
+    _, first = np.unique(key, return_index=True)
+    return rows[first]
 
 
 def _bucket_pairs(unique: np.ndarray, key: np.ndarray, max_distance: int) -> list[np.ndarray]:
     """Close pairs among hashes sharing a key."""
-    order = np.argsort(key, kind="stable")
+    order = np.argsort(key)
     ordered = key[order]
     starts = np.flatnonzero(np.diff(ordered, prepend=ordered[:1] ^ np.uint64(1)) != 0)
     sizes = np.diff(np.append(starts, len(order)))
@@ -240,10 +275,14 @@ def _bucket_pairs(unique: np.ndarray, key: np.ndarray, max_distance: int) -> lis
         _within(unique, np.sort(order[start : start + size]), max_distance)
         for start, size in zip(starts[sizes > _SMALL], sizes[sizes > _SMALL], strict=True)
     ]
-    small = np.repeat(sizes <= _SMALL, sizes)
-    for offset in range(1, min(_SMALL, int(sizes.max(initial=1)))):
-        same = (ordered[offset:] == ordered[:-offset]) & small[offset:]
-        u, v = order[:-offset][same], order[offset:][same]
+    size_at = np.repeat(sizes, sizes)
+    rank = np.arange(len(order)) - np.repeat(starts, sizes)
+    at = np.flatnonzero((size_at > 1) & (size_at <= _SMALL))
+    for offset in range(1, _SMALL):
+        at = at[rank[at] + offset < size_at[at]]  # positions with a partner this far on
+        if not len(at):
+            break
+        u, v = order[at], order[at + offset]
         distance = np.bitwise_count(unique[u] ^ unique[v]).astype(np.int64)
         near = distance <= max_distance
         found.append(np.stack([np.minimum(u, v), np.maximum(u, v), distance], 1)[near])

@@ -31,7 +31,7 @@ from components.bit import near_duplicates as nd
 FACTOR = 0.2  # a pair's distance must be this share of the typical nearest neighbour's, or less
 MIN_DISTANCE = 0.002  # (correlation 0.998): re-encoding alone costs about this much
 MAX_DISTANCE = 0.05  # (correlation 0.95): never looser, however distinct the dataset is
-SAMPLE = 300  # images whose nearest neighbour is measured
+SAMPLE = 200  # images whose nearest neighbour is measured
 REFERENCE = 3000  # … among this many (all of them in a smaller dataset)
 NEIGHBOUR = 3  # the typical neighbour is the 3rd nearest: an image's own copies come first
 MAX_SHARED = 256  # hashes sharing one value: only the first this many are paired
@@ -89,14 +89,15 @@ def candidate_pairs(
         [owners[ends[:, 0]], owners[ends[:, 1]], kinds[ends[:, 0]], kinds[ends[:, 1]]], 1
     )
     rows = rows[(rows[:, 2] == 0) | (rows[:, 3] == 0)]  # one side whole: the alignments used
-    return np.unique(rows, axis=0) if len(rows) else rows.reshape(0, 4)
+    return nd.unique_rows(rows, len(hashes)) if len(rows) else rows.reshape(0, 4)
 
 
 def similarities(prints: Sequence[nd.Fingerprint], rows: np.ndarray) -> np.ndarray:
     """The similarity of each candidate row (i, j, kind_i, kind_j) of ``prints``: the
     correlation of the two fingerprints at the smaller one's size, aligned as the kinds say
     (the centre of one against the other whole; moved by the kinds' shifts, with a 1-px
-    search), or, for rows (i, j) alone, the best over every alignment."""
+    search), or, for rows (i, j) alone, the best of whole against whole and the centre of
+    either against the other."""
     rows = np.asarray(rows, dtype=np.int64)
     if rows.ndim == 2 and rows.shape[1] == 2 and len(rows):
         every = [(i, j, ki, kj) for i, j in rows.tolist() for ki, kj in _EVERY]
@@ -114,10 +115,16 @@ def similarities(prints: Sequence[nd.Fingerprint], rows: np.ndarray) -> np.ndarr
     keys = np.column_stack([target, ki == 1, kj == 1, np.round(shift), (ki > 1) | (kj > 1)])
     unique, inverse = np.unique(keys.astype(np.int64), axis=0, return_inverse=True)
     views: dict[tuple[int, tuple, bool], np.ndarray] = {}
+    stacked: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+    for shape in {tuple(x) for x in target.tolist()}:
+        own = np.flatnonzero((shapes == shape).all(axis=1))
+        where = np.full(len(prints), -1)
+        where[own] = np.arange(len(own))
+        stacked[shape] = (np.stack([prints[x].pixels for x in own]).astype(np.float32), where)
     for n, (h, w, zoom_a, zoom_b, dy, dx, search) in enumerate(unique.tolist()):
         members = np.flatnonzero(inverse.ravel() == n)
-        a = np.stack([_view(prints, x, (h, w), zoom_a, views) for x in i[members].tolist()])
-        b = np.stack([_view(prints, x, (h, w), zoom_b, views) for x in j[members].tolist()])
+        a = _views(prints, i[members], (h, w), zoom_a, views, stacked)
+        b = _views(prints, j[members], (h, w), zoom_b, views, stacked)
         reach = 1 if search else 0
         best = np.full(len(members), -1.0)
         for sy in range(dy - reach, dy + reach + 1):
@@ -128,7 +135,15 @@ def similarities(prints: Sequence[nd.Fingerprint], rows: np.ndarray) -> np.ndarr
 
 
 _MOVES = np.array([(0, 0), (0, 0), *nd.SHIFTS], dtype=float)
-_EVERY = [(0, 0), (1, 0), (0, 1)] + [(0, k) for k in range(2, len(nd.KINDS))]
+_EVERY = [(0, 0), (1, 0), (0, 1)]  # whole, and the centre of either against the other whole
+
+
+def _views(prints, indices, shape, zoom: bool, cache: dict, stacked: dict) -> np.ndarray:
+    """The fingerprints ``indices`` at ``shape`` (whole or centre), stacked."""
+    pixels, where = stacked[shape]
+    if not zoom and (where[indices] >= 0).all():
+        return pixels[where[indices]]
+    return np.stack([_view(prints, x, shape, zoom, cache) for x in indices.tolist()])
 
 
 def _view(prints, index: int, shape: tuple[int, int], zoom: bool, cache: dict) -> np.ndarray:
@@ -174,23 +189,41 @@ def calibrate(prints: Sequence[nd.Fingerprint], seed: int = 0) -> Calibration:
     rng = np.random.default_rng(seed)
     reference = np.sort(rng.permutation(count)[:REFERENCE])
     sample = reference[rng.permutation(len(reference))[:SAMPLE]]
-    coarse = np.stack([_coarse(prints[i].pixels) for i in reference])
+    coarse = _coarse([prints[i].pixels for i in reference])
     scores = coarse[np.searchsorted(reference, sample)] @ coarse.T
     scores[np.arange(len(sample)), np.searchsorted(reference, sample)] = -np.inf
-    top = np.argsort(-scores, axis=1)[:, : 2 * NEIGHBOUR]
+    keep = min(2 * NEIGHBOUR, len(reference) - 1)
+    top = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
     pairs = np.stack([np.repeat(sample, top.shape[1]), reference[top].ravel()], axis=1)
+    pairs = np.pad(pairs, ((0, 0), (0, 2)))  # whole against whole: enough for a neighbour
     found = np.sort(similarities(prints, pairs).reshape(len(sample), -1), axis=1)
     typical = float(np.median(1 - found[:, -min(NEIGHBOUR, found.shape[1])]))
     threshold = float(np.clip(FACTOR * typical, MIN_DISTANCE, MAX_DISTANCE))
     return Calibration(threshold, typical, len(sample), len(reference))
 
 
-def _coarse(pixels: np.ndarray) -> np.ndarray:
-    side = (_COARSE, _COARSE)
-    vector = np.asarray(Image.fromarray(pixels).resize(side, Image.Resampling.BILINEAR), float)
-    vector = vector.ravel() - vector.mean()
-    norm = np.linalg.norm(vector)
-    return vector / norm if norm > 1e-6 else vector
+def _coarse(pixels: Sequence[np.ndarray]) -> np.ndarray:
+    """Each image as a 16x16 vector of area means, centred and of unit length."""
+    out = np.zeros((len(pixels), _COARSE * _COARSE))
+    shapes: dict[tuple[int, int], list[int]] = {}
+    for n, p in enumerate(pixels):
+        shapes.setdefault(p.shape, []).append(n)
+    for (h, w), members in shapes.items():
+        stack = np.stack([pixels[n] for n in members]).astype(np.float64)
+        small = _area(h) @ stack @ _area(w).T
+        out[members] = small.reshape(len(members), -1)
+    out -= out.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(out, axis=1, keepdims=True)
+    return np.divide(out, norm, out=np.zeros_like(out), where=norm > 1e-6)
+
+
+def _area(size: int, out: int = _COARSE) -> np.ndarray:
+    """The (out, size) matrix of area means: output cell i covers input [i, i + 1) * size / out."""
+    edges = np.arange(out + 1) * size / out
+    lo, hi = edges[:-1, None], edges[1:, None]
+    cells = np.arange(size)[None, :]
+    overlap = np.clip(np.minimum(hi, cells + 1) - np.maximum(lo, cells), 0, None)
+    return overlap / overlap.sum(axis=1, keepdims=True)
 
 
 def star_groups(count: int, pairs: np.ndarray) -> list[int]:
