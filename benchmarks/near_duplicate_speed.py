@@ -1,14 +1,17 @@
 """Near-duplicate search: what hashing adds to analysis, and the index against all pairs.
 
-1. Analysis with and without the perceptual hash, side by side on the same files (warm page
-   cache, same threads): large JPEGs as cameras write them (hashed from the EXIF thumbnail),
-   the same stripped of EXIF (libjpeg decodes them at 1/8 scale, which still entropy-decodes
-   the whole file), and 28x28 PNGs (Fashion-MNIST's size, cut from scikit-learn's bundled
-   photos). Target: <= 3x per image.
+1. Analysis with and without near-duplicates (fingerprints, hash candidates, verification on
+   pixels, calibration), side by side on the same files (warm page cache, same threads):
+   large JPEGs as cameras write them (hashed from the EXIF thumbnail), the same stripped of
+   EXIF (libjpeg decodes them at 1/8 scale, which still entropy-decodes the whole file), and
+   28x28 PNGs (Fashion-MNIST's size, cut from scikit-learn's bundled photos). Target: <= 3x
+   per image.
 2. The multi-index search against comparing all pairs (numpy, blockwise) at 70,000 hashes,
    and the index alone at 1,000,000 (all pairs there projected from 70,000 by n^2). The
    hashes are uniform random 64-bit values with 1% planted near copies: real hashes are
    correlated, so buckets are uneven and the index does more work than here.
+3. The candidate search analysis runs (``near_verify.candidate_pairs``: every image's whole
+   and centre hash, as a large image has) at 100,000 and 1,000,000 images.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from sklearn.datasets import load_sample_images
 
 from benchmarks.synthetic import write_large_jpegs
 from components.bit import near_duplicates as nd
+from components.bit import near_verify as nv
 from components.bit.analysis import AnalysisConfig, analyze
 
 TARGET_HASHING_COST = 3.0
@@ -114,6 +118,28 @@ def _index_cost() -> dict:
     }
 
 
+def _candidate_cost(sizes: tuple[int, ...] = (100_000, 1_000_000)) -> dict:
+    rng = np.random.default_rng(1)
+    figures = {}
+    for count in sizes:
+        hashes = list(zip(_hashes(count, rng).tolist(), _hashes(count, rng).tolist(), strict=True))
+        start = time.perf_counter()
+        rows = nv.candidate_pairs(hashes)
+        figures[f"candidates s, {count:,} images"] = time.perf_counter() - start
+        figures[f"candidate rows, {count:,} images"] = float(len(rows))
+    small, large = sizes[0], sizes[-1]
+    growth = figures[f"candidates s, {large:,} images"] / figures[f"candidates s, {small:,} images"]
+    return {
+        "name": "near-duplicate candidates: 2 hashes per image",
+        "setup": "uniform 64-bit whole and centre hashes, 1% planted copies of each",
+        "figures": figures,
+        "ratio": growth / (large / small),
+        "ratio_label": f"time growth over image growth, {small:,} to {large:,}",
+        "target": 2.0,
+        "passed": growth / (large / small) <= 2.0,
+    }
+
+
 def run() -> list[dict]:
     workers = 2 * (os.cpu_count() or 1)
     camera = _hashing_cost(
@@ -134,4 +160,4 @@ def run() -> list[dict]:
         lambda root: _small_pngs(root, 4000) or 4000,
         workers,
     )
-    return [camera, stripped, small, _index_cost()]
+    return [camera, stripped, small, _index_cost(), _candidate_cost()]
