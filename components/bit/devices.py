@@ -166,6 +166,15 @@ def is_chief_replica() -> bool:
     return kind == "chief" or (kind == "worker" and int(task.get("index", 0)) == 0 and alone)
 
 
+def replica_role() -> str:
+    """This process's part in a multi-machine job as TF_CONFIG (or else Vertex AI's
+    CLUSTER_SPEC) names it, e.g. ``chief-0``, ``worker-1`` or ``workerpool1-0``; ``""`` when
+    it runs alone. Reads the environment only (TF_CONFIG is set when the strategy is made)."""
+    config = os.environ.get("TF_CONFIG") or os.environ.get("CLUSTER_SPEC") or "{}"
+    task = json.loads(config).get("task") or {}
+    return f"{task['type']}-{task.get('index', 0)}" if task.get("type") else ""
+
+
 def end_worker_replica() -> None:
     """End a non-chief replica with success before KFP's executor writes the task's outputs:
     every replica of a CustomJob runs the same executor input, so only the chief may write

@@ -22,7 +22,17 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from components.bit import augment, devices, hyperrule, inputs, models, params, serving, storage
+from components.bit import (
+    augment,
+    devices,
+    hyperrule,
+    inputs,
+    models,
+    params,
+    serving,
+    storage,
+    tf_env,
+)
 from components.bit import dataset as ds
 from components.bit.errors import BittuneError
 from components.bit.inputs import tf
@@ -168,7 +178,10 @@ class _Folder:
             os.makedirs(target, exist_ok=True)
             self.local = target
             return
-        self.local = os.path.join(tempfile.gettempdir(), "bittune-train", target.replace("/", "_"))
+        # Keyed by this process's part in a multi-machine job too: two replicas on one machine
+        # (a test on loopback) must not clear each other's mirror.
+        self.local = os.path.join(tempfile.gettempdir(), "bittune-train", devices.replica_role(),
+                                  target.replace("/", "_"))  # fmt: skip
         shutil.rmtree(self.local, ignore_errors=True)  # an exact mirror: nothing from older runs
         os.makedirs(self.local, exist_ok=True)
         for entry in storage.list_files(target) if storage.is_dir(target) else []:
@@ -259,9 +272,10 @@ class _Setup:
 def _set_up(config: TrainConfig, rule: hyperrule.HyperRule) -> _Setup:
     """Devices, threads, strategy, precision policy, XLA, determinism and seeds."""
     devices.configure_devices()
-    if config.cpus:  # the step's share of the node, not every core the node has
-        tf.config.threading.set_intra_op_parallelism_threads(config.cpus)
-        tf.config.threading.set_inter_op_parallelism_threads(min(config.cpus, 4))
+    if config.cpus:  # the step's share of the node, never more than the cores it can use
+        cpus = min(config.cpus, tf_env.usable_cpus())
+        tf.config.threading.set_intra_op_parallelism_threads(cpus)
+        tf.config.threading.set_inter_op_parallelism_threads(min(cpus, 4))
     strategy = devices.make_strategy(
         config.training_strategy, config.accelerator, config.training_replicas
     )
@@ -287,6 +301,7 @@ class _Trainable:
     accumulators: list[Any]
     checkpoint: Any
     manager: Any
+    scratch: tuple[str, ...] = ()  # a worker's own folders, removed when the run ends
 
 
 def _build(run: _Run, setup: _Setup) -> _Trainable:
@@ -314,16 +329,68 @@ def _build(run: _Run, setup: _Setup) -> _Trainable:
             else []
         )
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-    chief = devices.is_chief(setup.strategy)
-    if chief:
+    manager, latest, scratch = _checkpoints(run, setup.strategy, checkpoint)
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+    _same_start_everywhere(setup.strategy, int(optimizer.iterations.numpy()), run.config)
+    return _Trainable(model, optimizer, accumulators, checkpoint, manager, scratch)
+
+
+def _checkpoints(run: _Run, strategy, checkpoint) -> tuple[Any, str | None, tuple[str, ...]]:
+    """Where this process writes checkpoints and which one it restores: (manager, latest
+    checkpoint or None, scratch folders).
+
+    The chief writes the run's checkpoints folder. With several machines every worker must
+    save too (reading the ON_READ accumulators is a collective), but into a scratch folder
+    of its own, and it restores from the *chief's* folder, which the job's storage (gs://)
+    lets every machine read: tf_keras 2.21.0 ``tf_keras/src/distribute/worker_training_state.py``
+    ``WorkerTrainingState.__init__`` (read_checkpoint_manager on the shared folder for every
+    worker, write_checkpoint_manager on ``distributed_file_utils.write_dirpath``'s temporary
+    folder for the others)."""
+    keep = run.config.keep_checkpoints
+    if devices.is_chief(strategy):
         run.checkpoints = _Folder(run.config.checkpoints)
-        folder = run.checkpoints.local
-    else:
-        folder = tempfile.mkdtemp()
-    manager = tf.train.CheckpointManager(checkpoint, folder, run.config.keep_checkpoints)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    return _Trainable(model, optimizer, accumulators, checkpoint, manager)
+        manager = tf.train.CheckpointManager(checkpoint, run.checkpoints.local, keep)
+        return manager, manager.latest_checkpoint, ()
+    write = tempfile.mkdtemp(prefix="bittune-worker-checkpoints-")
+    manager = tf.train.CheckpointManager(checkpoint, write, keep)
+    read = tempfile.mkdtemp(prefix="bittune-worker-restore-")
+    return manager, _latest_in(run.config.checkpoints, read), (write, read)
+
+
+def _latest_in(folder: str, scratch: str) -> str | None:
+    """The latest checkpoint in ``folder`` (local, or gs://: the index file and that one
+    checkpoint's files, downloaded into ``scratch``), as a path to restore; None if none."""
+    if not storage.is_gcs(folder):
+        return tf.train.latest_checkpoint(folder) if os.path.isdir(folder) else None
+    state = storage.join(folder, "checkpoint")
+    if not storage.exists(state):
+        return None
+    storage.write_bytes(os.path.join(scratch, "checkpoint"), storage.read_bytes(state))
+    name = os.path.basename(tf.train.get_checkpoint_state(scratch).model_checkpoint_path)
+    for entry in storage.list_files(folder):
+        if entry.relpath.startswith(f"{name}."):  # ckpt-N.index, ckpt-N.data-…
+            storage.write_bytes(os.path.join(scratch, entry.relpath), storage.read_bytes(entry.uri))
+    return tf.train.latest_checkpoint(scratch)
+
+
+def _same_start_everywhere(strategy, step: int, config: TrainConfig) -> None:
+    """Several machines must resume from the same step: a worker that cannot see the chief's
+    checkpoints (a folder on each machine's own disk) would otherwise train other weights in
+    lockstep, or hang once the chief is done. Every replica learns every replica's step (one
+    all-gather) and all of them stop with the same line when they differ."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    mine = strategy.experimental_distribute_values_from_function(
+        lambda _: tf.constant([step], tf.int64)
+    )
+    others = sorted({int(s) for s in strategy.gather(mine, axis=0).numpy()} - {step})
+    if others:
+        raise TrainingError(
+            f"the machines found different checkpoints in {config.checkpoints} (step {step} "
+            f"here, {', '.join(map(str, others))} on another): every machine must read the "
+            "chief's checkpoints; give a folder they all reach (gs://), not a machine's own disk"
+        )
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -336,7 +403,10 @@ def train(config: TrainConfig) -> TrainResult:
     setup = _set_up(config, run.rule)
     trainable = _build(run, setup)
     history, step, rate = _loop(run, setup, trainable)
-    return _finish(run, setup, trainable, history, step, rate)
+    result = _finish(run, setup, trainable, history, step, rate)
+    for folder in trainable.scratch:
+        shutil.rmtree(folder, ignore_errors=True)
+    return result
 
 
 def _loop(run: _Run, setup: _Setup, t: _Trainable) -> tuple[list[dict[str, float]], int, float]:
@@ -367,6 +437,7 @@ def _loop(run: _Run, setup: _Setup, t: _Trainable) -> tuple[list[dict[str, float
         f"classes: steps {start}->{end} of {rule.total_steps}, batch {rule.batch_size} = "
         f"{rule.micro_batch_size} x {rule.accumulation_steps} accumulation, {setup.replicas} "
         f"replica(s), {setup.accelerator}, {setup.precision}, XLA {'on' if setup.xla else 'off'}"
+        f"; CPU kernels: {tf_env.cpu_kernels()}"
     )
     history: list[dict[str, float]] = []
     started, images_done, step = time.monotonic(), 0, start
