@@ -229,11 +229,7 @@ def close_pairs(unique: np.ndarray, max_distance: int) -> np.ndarray:
     bits: buckets of ~5-15 hashes per million): fewer choices where there are fewer hashes.
     Small buckets are compared by offsets in key order, all at once; a bucket over
     :data:`_SMALL` hashes is compared block by block."""
-    agree, most = 1, max(1, math.ceil(max_distance / 3))
-    while agree < most and len(unique) > _BUCKET * 2 ** (
-        HASH_BITS * agree / (max_distance + agree)
-    ):
-        agree += 1
+    agree = _agree(len(unique), max_distance)
     layout = _chunks(max_distance + agree)
     chunks = [(unique >> np.uint64(shift)) & np.uint64((1 << width) - 1) for shift, width in layout]
 
@@ -250,6 +246,53 @@ def close_pairs(unique: np.ndarray, max_distance: int) -> np.ndarray:
             found += part
     pairs = np.concatenate(found).astype(np.int64)
     return unique_rows(pairs, len(unique))
+
+
+def close_to(table: np.ndarray, queries: np.ndarray, max_distance: int) -> np.ndarray:
+    """Pairs (q, t, distance) of a query hash and a table hash (indices into ``queries`` and
+    ``table``, both of distinct values) within ``max_distance`` bits: the same pigeonhole
+    chunks as :func:`close_pairs`, but only the table is sorted; each query looks up its
+    bucket (``searchsorted``) and is compared with the bucket's members."""
+    agree = _agree(len(table), max_distance)
+    layout = _chunks(max_distance + agree)
+
+    def keys(values: np.ndarray, chosen: tuple[int, ...]) -> np.ndarray:
+        key = np.zeros(len(values), dtype=np.uint64)
+        for c in chosen:
+            shift, width = layout[c]
+            key = (key << np.uint64(width)) | (
+                (values >> np.uint64(shift)) & np.uint64((1 << width) - 1)
+            )
+        return key
+
+    def search(chosen: tuple[int, ...]) -> np.ndarray:
+        table_key = keys(table, chosen)
+        order = np.argsort(table_key)
+        ordered = table_key[order]
+        query_key = keys(queries, chosen)
+        lo = np.searchsorted(ordered, query_key, side="left")
+        count = np.searchsorted(ordered, query_key, side="right") - lo
+        q = np.repeat(np.arange(len(queries)), count)
+        t = order[np.repeat(lo - np.cumsum(count) + count, count) + np.arange(len(q))]
+        distance = np.bitwise_count(queries[q] ^ table[t]).astype(np.int64)
+        near = distance <= max_distance
+        return np.stack([q[near], t[near], distance[near]], axis=1)
+
+    found = [np.zeros((0, 3), dtype=np.int64)]
+    choices = itertools.combinations(range(len(layout)), agree)
+    if len(table) and len(queries):
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            found += list(pool.map(search, choices))  # numpy's sorts run outside the GIL
+    pairs = np.concatenate(found).astype(np.int64)
+    return unique_rows(pairs, max(len(table), len(queries)))
+
+
+def _agree(count: int, max_distance: int) -> int:
+    """How many chunks two close hashes must share (see :func:`close_pairs`)."""
+    agree, most = 1, max(1, math.ceil(max_distance / 3))
+    while agree < most and count > _BUCKET * 2 ** (HASH_BITS * agree / (max_distance + agree)):
+        agree += 1
+    return agree
 
 
 def unique_rows(rows: np.ndarray, bound: int) -> np.ndarray:

@@ -62,34 +62,53 @@ def candidate_pairs(
     hashes: Sequence[Sequence[int]], max_distance: int = nd.MAX_DISTANCE
 ) -> np.ndarray:
     """Rows (i, j, kind_i, kind_j), i < j: hash ``kind_i`` of item i (``hashes[i]``, kinds
-    as in ``near_duplicates.KINDS``) is within ``max_distance`` bits of hash ``kind_j`` of item
-    j. Every pair of hashes sharing a value, and every pair across two close values (the
-    multi-index search, ``near_duplicates.close_pairs``)."""
+    as in ``near_duplicates.KINDS``, the first the whole image's) is within ``max_distance``
+    bits of hash ``kind_j`` of item j, one of the two a whole hash. The whole hashes are the
+    table of the multi-index search (``near_duplicates.close_pairs`` among them,
+    ``near_duplicates.close_to`` for the other kinds); every pair of items behind two close
+    values is a row (at most :data:`MAX_SHARED` items a value)."""
     owners = np.fromiter((i for i, h in enumerate(hashes) for _ in h), dtype=np.int64)
     kinds = np.fromiter((k for h in hashes for k in range(len(h))), dtype=np.int64)
     flat = np.fromiter((v for h in hashes for v in h), dtype=np.uint64, count=len(owners))
-    if not len(flat):
-        return np.zeros((0, 4), dtype=np.int64)
-    unique, inverse = np.unique(flat, return_inverse=True)
-    order = np.argsort(inverse, kind="stable")
-    starts = np.searchsorted(inverse[order], np.arange(len(unique) + 1))
-    close = nd.close_pairs(unique, max_distance)[:, :2]
-    close = np.concatenate([np.repeat(np.arange(len(unique)), 2).reshape(-1, 2), close])
-    sizes = np.minimum(np.diff(starts), MAX_SHARED)
-    su, sv = sizes[close[:, 0]], sizes[close[:, 1]]
-    which = np.repeat(np.arange(len(close)), su * sv)
-    within = np.arange(len(which)) - np.repeat(np.cumsum(su * sv) - su * sv, su * sv)
-    first = starts[close[which, 0]] + within // sv[which]
-    second = starts[close[which, 1]] + within % sv[which]
-    ends = np.stack([order[first], order[second]], axis=1)
+    whole, other = np.flatnonzero(kinds == 0), np.flatnonzero(kinds != 0)
+    table, table_members = _members(flat, whole)
+    queries, query_members = _members(flat, other)
+    same = np.repeat(np.arange(len(table)), 2).reshape(-1, 2)
+    among = np.concatenate([same, nd.close_pairs(table, max_distance)[:, :2]])
+    across = nd.close_to(table, queries, max_distance)[:, :2]
+    ends = np.concatenate(
+        [
+            _expand(among, table_members, table_members),
+            _expand(across, query_members, table_members),
+        ]
+    )
     ends = ends[owners[ends[:, 0]] != owners[ends[:, 1]]]
     swap = owners[ends[:, 0]] > owners[ends[:, 1]]
     ends[swap] = ends[swap][:, ::-1]
-    rows = np.stack(
-        [owners[ends[:, 0]], owners[ends[:, 1]], kinds[ends[:, 0]], kinds[ends[:, 1]]], 1
-    )
-    rows = rows[(rows[:, 2] == 0) | (rows[:, 3] == 0)]  # one side whole: the alignments used
+    a, b = ends[:, 0], ends[:, 1]
+    rows = np.stack([owners[a], owners[b], kinds[a], kinds[b]], axis=1)
     return nd.unique_rows(rows, len(hashes)) if len(rows) else rows.reshape(0, 4)
+
+
+def _members(flat: np.ndarray, positions: np.ndarray):
+    """The distinct values at ``positions`` of ``flat``, and for each its positions:
+    (positions grouped by value, where each value's group starts)."""
+    values, inverse = np.unique(flat[positions], return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    starts = np.searchsorted(inverse[order], np.arange(len(values) + 1))
+    return values, (positions[order], starts)
+
+
+def _expand(pairs: np.ndarray, left, right) -> np.ndarray:
+    """Every (position, position) behind each pair of values (u in left, v in right)."""
+    (left_at, left_starts), (right_at, right_starts) = left, right
+    su = np.minimum(np.diff(left_starts), MAX_SHARED)[pairs[:, 0]]
+    sv = np.minimum(np.diff(right_starts), MAX_SHARED)[pairs[:, 1]]
+    which = np.repeat(np.arange(len(pairs)), su * sv)
+    within = np.arange(len(which)) - np.repeat(np.cumsum(su * sv) - su * sv, su * sv)
+    first = left_starts[pairs[which, 0]] + within // sv[which]
+    second = right_starts[pairs[which, 1]] + within % sv[which]
+    return np.stack([left_at[first], right_at[second]], axis=1)
 
 
 def similarities(prints: Sequence[nd.Fingerprint], rows: np.ndarray) -> np.ndarray:
