@@ -28,7 +28,7 @@ import yaml
 from google.protobuf import json_format
 from kfp import components
 
-from components.bit.machines import TrainingMachine
+from components.bit.machines import TrainingMachine, vertex_machine_spec
 
 LAUNCHER_IMAGE = "gcr.io/ml-pipeline/google-cloud-pipeline-components:2.22.0"
 # The job's identity: the run's service account, network and encryption key unless a task sets
@@ -43,12 +43,18 @@ LAUNCHER_MODULE = "google_cloud_pipeline_components.container.v1.custom_job.laun
 
 def forget_failed_job(gcp_resources: str, location: str, api_endpoint: str = "") -> str:
     """Before the GCPC launcher starts: if ``gcp_resources`` (kept from an earlier attempt of
-    this task) names a CustomJob that ended without success, set the file aside, so that the
-    launcher creates a new job (which resumes from the checkpoints) instead of polling the
-    failed one again (GCPC 2.22.0 container/v1/gcp_launcher/job_remote_runner.py
-    ``check_if_job_exists``). A job still running is kept: the launcher polls it, as after its
-    own pod was restarted. Returns what it did. Runs in the GCPC image: standard library and
-    google-cloud-aiplatform only."""
+    this task) names a CustomJob the launcher would not see succeed, set the file aside, so
+    that the launcher creates a new job (which resumes from the checkpoints) instead of
+    taking up the old one again (GCPC 2.22.0 container/v1/gcp_launcher/job_remote_runner.py
+    ``check_if_job_exists``).
+
+    Which states, as GCPC 2.22.0 has them (job_remote_runner.py ``JobRemoteRunner.poll_job``
+    with ``_JOB_ERROR_STATES``): FAILED, CANCELLED and PAUSED fail the launcher at once, so a
+    retry would fail again on the same job; EXPIRED is in no list, so the launcher polls it,
+    and since an expired job never changes state it would poll until the task is stopped.
+    Those four are set aside. Any other state (queued, pending, running, cancelling,
+    updating) is kept: the launcher polls it, as after its own pod was restarted. Returns what
+    it did. Runs in the GCPC image: standard library and google-cloud-aiplatform only."""
     import json
     import os
     import time
@@ -68,7 +74,8 @@ def forget_failed_job(gcp_resources: str, location: str, api_endpoint: str = "")
 
         options.update(credentials=AnonymousCredentials(), transport="rest")
     state = aiplatform_v1.JobServiceClient(**options).get_custom_job(name=name).state.name
-    if state in ("JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"):
+    ended = ("JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_PAUSED", "JOB_STATE_EXPIRED")
+    if state in ended:
         os.replace(gcp_resources, f"{gcp_resources}.{state.lower()}-{int(time.time())}")
         return f"{name} ended {state}: a new job starts"
     return f"{name} is {state}: polling it"
@@ -96,13 +103,10 @@ def _encoded(value: list[str]) -> list[str]:
 
 def worker_pool_specs(command: dict, image: str, machine: TrainingMachine) -> list[dict]:
     """The CustomJob's pools: pool 0 the chief (one replica), pool 1 the other replicas, all
-    on the same machine type and accelerators (CustomJobSpec.worker_pool_specs, v1)."""
-    spec = {"machine_type": machine.training_machine_type}
-    if machine.accelerator in ("gpu", "tpu"):
-        spec.update(accelerator_type=machine.accelerator_type,
-                    accelerator_count=machine.accelerator_count)  # fmt: skip
+    on the same machine (CustomJobSpec.worker_pool_specs, v1; a TPU VM's with its
+    ``tpu_topology``: :func:`components.bit.machines.vertex_machine_spec`)."""
     pool = {
-        "machine_spec": spec,
+        "machine_spec": vertex_machine_spec(machine),
         "replica_count": 1,
         "disk_spec": {"boot_disk_type": "pd-ssd", "boot_disk_size_gb": 100},
         "container_spec": {"image_uri": image, **command},

@@ -93,7 +93,7 @@ def _train(p: dict[str, Any], inputs: dict[str, Any], machine: TrainingMachine, 
     its machine type (components/vertex_job.py)."""
     component = train_model_tpu if machine.accelerator == "tpu" else train_model
     inputs = {**inputs, "accelerator": machine.accelerator}
-    if target == "vertex" and (machine.training_replicas > 1 or machine.accelerator == "tpu"):
+    if machine.custom_job(target):  # several machines, a TPU VM, or a machine type asked for
         image = BITTUNE_TPU_IMAGE if machine.accelerator == "tpu" else BITTUNE_GPU_IMAGE
         job = training_job(component, machine, image)
         return _retried_training(_resources(job(**_args(job, p, **inputs)), "1", "2G", target),

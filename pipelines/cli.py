@@ -363,6 +363,8 @@ def _submitter(args: argparse.Namespace) -> Callable[[dict[str, Any]], dict[str,
             service_account=args.service_account,
             experiment=args.experiment,
             api_endpoint=args.api_endpoint,
+            network=args.network,
+            encryption_spec_key_name=args.encryption_spec_key_name,
         )
     if not args.host:
         raise BittuneError("give --host (the KFP API), or --vertex for Vertex AI Pipelines")
@@ -423,6 +425,17 @@ def _params(args: argparse.Namespace, **given: str) -> dict[str, Any]:
 def cmd_submit(args: argparse.Namespace) -> None:
     run = _submitter(args)(_params(args))
     print(f"submitted run {run['run_id']}: {run['url']}")
+    _warned(run)
+
+
+class SubmittedWithWarning(Exception):
+    """A run was created though a follow-up failed (Vertex: joining the Experiment): one
+    warning line and exit status 1 (2 means nothing was submitted)."""
+
+
+def _warned(run: dict[str, Any]) -> None:
+    if run.get("warning"):
+        raise SubmittedWithWarning(run["warning"])
 
 
 def cmd_trigger(args: argparse.Namespace) -> None:
@@ -443,6 +456,8 @@ def cmd_trigger(args: argparse.Namespace) -> None:
         "busy": lambda r: "another trigger is submitting this change: nothing submitted",
     }
     print(messages[result["action"]](result))
+    if result["action"] == "submitted":
+        _warned(result["run"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -694,7 +709,19 @@ def _add_submit_options(p: argparse.ArgumentParser) -> None:
     vertex.add_argument("--project", help="Google Cloud project")
     vertex.add_argument("--region", help="Vertex AI region, e.g. us-central1")
     vertex.add_argument("--pipeline-root", help="gs:// folder for the run's artifacts")
-    vertex.add_argument("--service-account", help="service account the run's steps use")
+    vertex.add_argument(
+        "--service-account",
+        help="service account the run's steps (and its training CustomJob) run as; it needs "
+        "Service Account User on itself (default: the Compute Engine default service account)",
+    )
+    vertex.add_argument(
+        "--network", help="VPC the run is peered with: projects/NUMBER/global/networks/NAME"
+    )
+    vertex.add_argument(
+        "--encryption-spec-key-name",
+        help="Cloud KMS key (CMEK) for the run and its CustomJob: projects/P/locations/R/"
+        "keyRings/K/cryptoKeys/KEY",
+    )
     vertex.add_argument(
         "--api-endpoint", help="Vertex AI API endpoint (default: the region's public one)"
     )
@@ -771,6 +798,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         filter_native_noise()
     try:
         args.func(args)
+    except SubmittedWithWarning as exc:
+        print(f"bittune: warning: {exc}", file=sys.stderr)
+        return 1
     except BittuneError as exc:
         print(f"{ERROR_PREFIX}{exc}", file=sys.stderr)
         return 2

@@ -211,17 +211,21 @@ def _client(
     namespace: str | None = None,
     ssl_ca_cert: str | None = None,
 ):
+    import warnings
+
     import kfp
 
     try:
-        return kfp.Client(
-            host=host,
-            existing_token=token,
-            namespace=namespace or "kubeflow",
-            ssl_ca_cert=ssl_ca_cert,
-        )
+        with warnings.catch_warnings():  # "This client only works with … v2.0.0-beta.2 and
+            warnings.simplefilter("ignore", FutureWarning)  # later": submit checks the release
+            return kfp.Client(
+                host=host,
+                existing_token=token,
+                namespace=namespace or "kubeflow",
+                ssl_ca_cert=ssl_ca_cert,
+            )
     except Exception as exc:  # connection and auth failures surface as many types
-        raise SubmitError(f"cannot reach the KFP API at {host}: {exc}") from None
+        raise SubmitError(f"cannot reach the KFP API at {host}: {_reason(exc)}") from None
 
 
 def submit(
@@ -242,10 +246,11 @@ def submit(
     params = _checked(params, spec, pipeline_file, "kubeflow")
     version_name = f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
     client = _client(host, token, namespace, ssl_ca_cert)
+    import urllib3
     from kfp_server_api.exceptions import ApiException
 
-    check_backend_version(client, host)
     try:
+        check_backend_version(client, host)
         pipeline_id = client.get_pipeline_id(name)
         if pipeline_id is None:
             # The first version takes the pipeline's name; its description carries the
@@ -272,6 +277,8 @@ def submit(
         )
     except ApiException as exc:
         raise SubmitError(f"the KFP API refused the request ({exc.status}): {exc.reason}") from None
+    except (urllib3.exceptions.HTTPError, OSError) as exc:  # kfp_server_api calls urllib3
+        raise SubmitError(f"cannot reach the KFP API at {host}: {_reason(exc)}") from None
     return {
         "run_id": run.run_id,
         "pipeline_id": pipeline_id,
@@ -322,6 +329,36 @@ def _bracketed(text: str | None) -> list[str]:
     return re.findall(r"\[([^\]]+)\]", text or "")
 
 
+NETWORK = re.compile(r"^projects/[^/]+/global/networks/[^/]+$")
+KMS_KEY = re.compile(r"^projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+$")
+
+
+def check_vertex_options(region: str, network: str | None, key: str | None) -> None:
+    """Refuse, in one line, a region python-aiplatform does not know (the list
+    ``aiplatform.init`` checks: google/cloud/aiplatform/constants/base.py ``SUPPORTED_REGIONS``
+    and ``MREP_JURISDICTIONS``, via utils/__init__.py ``validate_region``), a network that is
+    not a full VPC name and a key that is not a full Cloud KMS key name (the forms the
+    PipelineJob fields ``network`` and ``encryption_spec.kms_key_name`` take)."""
+    from google.cloud.aiplatform.constants import base
+
+    known = set(base.SUPPORTED_REGIONS) | set(getattr(base, "MREP_JURISDICTIONS", ()))
+    if region.lower() not in known:
+        raise SubmitError(
+            f"--region {region} is not a Vertex AI region (e.g. us-central1, europe-west4; the "
+            "regions are listed at https://cloud.google.com/vertex-ai/docs/general/locations)"
+        )
+    if network and not NETWORK.match(network):
+        raise SubmitError(
+            f"--network {network!r} is not a full VPC name: projects/PROJECT_NUMBER/global/"
+            "networks/NETWORK (peered with Vertex AI by private services access)"
+        )
+    if key and not KMS_KEY.match(key):
+        raise SubmitError(
+            f"--encryption-spec-key-name {key!r} is not a Cloud KMS key: projects/P/locations/"
+            f"{region}/keyRings/R/cryptoKeys/K"
+        )
+
+
 def submit_vertex(
     params: Mapping[str, Any],
     project: str,
@@ -331,12 +368,21 @@ def submit_vertex(
     service_account: str | None = None,
     experiment: str | None = None,
     api_endpoint: str | None = None,
+    network: str | None = None,
+    encryption_spec_key_name: str | None = None,
 ) -> dict[str, str]:
     """Submit a Vertex AI PipelineJob of the compiled (``--target vertex``) pipeline.
 
     Checked first like :func:`submit`, and more: one YAML document (Vertex refuses a
-    Kubernetes platform spec) and a ``gs://`` pipeline root. Application Default Credentials
-    authenticate; an ``api_endpoint`` given as plain ``http://`` (a local stand-in) gets none."""
+    Kubernetes platform spec), a ``gs://`` pipeline root, the region, network and key.
+    Application Default Credentials authenticate; an ``api_endpoint`` given as plain
+    ``http://`` (a local stand-in) gets none. The run's steps, and a CustomJob it starts, run
+    as ``service_account`` (None: Vertex's default, the project's Compute Engine default
+    service account), on ``network``, encrypted with ``encryption_spec_key_name``.
+
+    Failures are one line (:func:`_vertex_failure`). When the job was created but joining
+    ``experiment`` failed, the run is returned with a ``warning``: it exists, and must not be
+    submitted again."""
     pipeline_file = pipeline_file or default_pipeline_file("vertex")
     text, spec = load_pipeline(pipeline_file)
     if len([d for d in yaml.safe_load_all(text) if d is not None]) != 1:
@@ -348,40 +394,155 @@ def submit_vertex(
         raise SubmitError(
             f"the Vertex AI pipeline root must be a gs:// folder, got {pipeline_root}"
         )
+    check_vertex_options(region, network, encryption_spec_key_name)
     params = _checked(params, spec, pipeline_file, "vertex")
-    import logging
-
     from google.cloud import aiplatform
 
-    logging.getLogger("google.cloud.aiplatform").setLevel(logging.WARNING)
     options: dict[str, Any] = {"project": project, "location": region}
     if api_endpoint:
         options.update(api_endpoint=api_endpoint, api_transport="rest")
-        if api_endpoint.startswith("http://"):
-            from google.auth.credentials import AnonymousCredentials
-
-            options["credentials"] = AnonymousCredentials()
     name = spec["pipelineInfo"]["name"]
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
-    try:
-        aiplatform.init(**options)
-        job = aiplatform.PipelineJob(
-            display_name=f"{name}-{stamp}",
-            template_path=pipeline_file,
-            pipeline_root=pipeline_root,
-            parameter_values=dict(params),
-            job_id=f"{name}-{stamp}-{uuid.uuid4().hex[:6]}",  # two in one second never collide
-            labels={"app": "bittune"},
-        )
-        job.submit(service_account=service_account, experiment=experiment)
-    except Exception as exc:  # the API's refusals and the client's own checks
-        from google.api_core import exceptions
-
-        reason = exc.message if isinstance(exc, exceptions.GoogleAPICallError) else str(exc)
-        raise SubmitError(f"Vertex AI refused the pipeline job: {reason.splitlines()[0]}") from None
+    endpoint = api_endpoint or f"{region}-aiplatform.googleapis.com"
+    job = None
+    with _sdk_log() as log:
+        try:
+            anonymous = bool(api_endpoint and api_endpoint.startswith("http://"))
+            aiplatform.init(**options, credentials=_credentials(anonymous))
+            job = aiplatform.PipelineJob(
+                display_name=f"{name}-{stamp}",
+                template_path=pipeline_file,
+                pipeline_root=pipeline_root,
+                parameter_values=dict(params),
+                job_id=f"{name}-{stamp}-{uuid.uuid4().hex[:6]}",  # two in one second never collide
+                labels={"app": "bittune"},
+                encryption_spec_key_name=encryption_spec_key_name or None,
+            )
+            job.submit(service_account=service_account, network=network or None,
+                       experiment=experiment)  # fmt: skip
+            warning = ""
+        except Exception as exc:  # the API's refusals, the client's own checks, the network
+            if job is None or not job._gca_resource.name:  # not created: nothing to keep
+                raise SubmitError(_vertex_failure(exc, endpoint, log)) from None
+            reason = _vertex_failure(exc, endpoint, log, "the request")
+            warning = f"the run was created, but adding it to Vertex AI Experiment {experiment} "
+            warning += f"failed: {reason}"
     url = (f"https://console.cloud.google.com/vertex-ai/locations/{region}/pipelines/runs/"
            f"{job.job_id}?project={project}")  # fmt: skip
-    return {"run_id": job.job_id, "name": job.resource_name, "url": url}
+    run = {"run_id": job.job_id, "name": job.resource_name, "url": url}
+    return {**run, "warning": warning} if warning else run
+
+
+class _Records(list):
+    """The SDK's log records of one submission (the SDK logs a failed bucket check with
+    its traceback and carries on: pipeline_jobs.py ``PipelineJob.submit``)."""
+
+
+class _sdk_log:
+    """Keep google.cloud.aiplatform's log records of a submission instead of printing them:
+    each of its module loggers has a handler of its own (google/cloud/aiplatform/base.py
+    ``Logger``), so they are all routed to one list for the duration, then restored."""
+
+    def __enter__(self) -> _Records:
+        import logging
+
+        self.records = _Records()
+        handler = logging.Handler(logging.WARNING)
+        handler.emit = self.records.append
+        top = "google.cloud.aiplatform"
+        names = [n for n in logging.root.manager.loggerDict if n.startswith(top + ".")]
+        self.saved = []
+        for name in [top, *names]:
+            logger = logging.getLogger(name)
+            self.saved.append((logger, logger.handlers[:], logger.propagate, logger.level))
+            logger.handlers, logger.propagate = ([handler] if name == top else []), name != top
+            logger.setLevel(logging.WARNING if name == top else logging.NOTSET)
+        return self.records
+
+    def __exit__(self, *exc: object) -> None:
+        for logger, handlers, propagate, level in self.saved:
+            logger.handlers, logger.propagate = handlers, propagate
+            logger.setLevel(level)
+
+
+def _credentials(anonymous: bool):
+    """Application Default Credentials with a fresh token, fetched here so that a token
+    endpoint that cannot be reached fails at once in one line (the SDK would first spend its
+    bucket check's two-minute retry on it). None for a local stand-in."""
+    if anonymous:
+        from google.auth.credentials import AnonymousCredentials
+
+        return AnonymousCredentials()
+    import google.auth
+    import google.auth.transport.requests
+
+    credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+    credentials.refresh(google.auth.transport.requests.Request())
+    return credentials
+
+
+def _vertex_failure(
+    exc: BaseException, endpoint: str, log: Sequence[Any] = (), what: str = "the pipeline job"
+) -> str:
+    """One line for a failed Vertex AI call: the credentials' token endpoint or the API that
+    could not be reached (google.auth's TransportError / RefreshError; requests' and
+    google-api-core's connection errors), else the API's refusal, else the client's own."""
+    from google.api_core import exceptions as api
+    from google.auth import exceptions as auth
+
+    chain = _exception_chain(exc)
+    for error in chain:
+        if isinstance(error, auth.DefaultCredentialsError):
+            hint = "gcloud auth application-default login; in CI, workload identity federation"
+            return f"no Google credentials: {_first_line(str(error))} ({hint})"
+        if isinstance(error, auth.TransportError | auth.RefreshError):
+            host = _host_in(str(error)) or "Google's token endpoint"
+            return f"cannot get an access token: {host} could not be reached ({_reason(error)})"
+    for error in chain:
+        if isinstance(error, api.ServiceUnavailable | api.RetryError | api.DeadlineExceeded):
+            return f"cannot reach the Vertex AI API at {endpoint}: {_reason(error)}"
+        if isinstance(error, api.GoogleAPICallError):
+            reason = re.sub(r"^[A-Z]+ \S+: ", "", _first_line(error.message))  # less "POST url: "
+            return f"Vertex AI refused {what} ({error.code}): {reason}"
+    import requests
+
+    if any(isinstance(e, requests.ConnectionError | ConnectionError) for e in chain):
+        return f"cannot reach the Vertex AI API at {endpoint}: {_reason(chain[-1])}"
+    noted = [r.getMessage() for r in log if r.levelno >= 40]
+    extra = f" (after: {_first_line(noted[0])})" if noted else ""
+    return f"Vertex AI refused {what}: {_first_line(str(exc))}{extra}"
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
+
+
+def _first_line(text: str) -> str:
+    return (str(text).strip().splitlines() or [""])[0][:300]
+
+
+def _host_in(text: str) -> str:
+    """The host (and port) an error message names: urllib3's ``host='…', port=…`` or a URL."""
+    match = re.search(r"host='([^']+)', port=(\d+)", text)
+    if match:
+        return f"{match.group(1)}:{match.group(2)}"
+    match = re.search(r"https?://([^/\s'\"]+)", text)
+    return match.group(1) if match else ""
+
+
+def _reason(error: BaseException) -> str:
+    """The innermost cause of a connection failure, e.g. "Connection refused"."""
+    text = str(error)
+    for pattern in (r"\[Errno -?\d+\] ([^'\")\]]+)", r"(Name or service not known)",
+                    r"(timed out)", r"(Connection refused)"):  # fmt: skip
+        match = re.search(pattern, text)
+        if match:
+            return match.group(1).strip()
+    return _first_line(text) or type(error).__name__
 
 
 # ---------------------------------------------------------------------------------------------

@@ -133,6 +133,37 @@ POOL_FIELDS = {"containerSpec", "pythonPackageSpec", "machineSpec", "replicaCoun
                "diskSpec"}  # fmt: skip
 MACHINE_FIELDS = {"machineType", "acceleratorType", "acceleratorCount", "tpuTopology",
                   "reservationAffinity"}  # fmt: skip
+# Which machines carry which accelerators, read from Google's pages (as of 2026-12):
+# https://cloud.google.com/vertex-ai/docs/training/configure-compute (the GPU compatibility
+# table; TPU VMs: "TPU v2 and v3", "TPU v5e", "TPU v6e") and, for GPUs attached to N1,
+# https://cloud.google.com/compute/docs/gpus#n1-gpus (vCPU and memory bounds per GPU count).
+FIXED_GPU_MACHINES = {  # machine type -> (accelerator, count): the machine comes with them
+    **{f"g2-standard-{n}": ("NVIDIA_L4", 1) for n in (4, 8, 12, 16, 32)},
+    "g2-standard-24": ("NVIDIA_L4", 2), "g2-standard-48": ("NVIDIA_L4", 4),
+    "g2-standard-96": ("NVIDIA_L4", 8),
+    **{f"a2-highgpu-{n}g": ("NVIDIA_TESLA_A100", n) for n in (1, 2, 4, 8)},
+    "a2-megagpu-16g": ("NVIDIA_TESLA_A100", 16),
+    **{f"a2-ultragpu-{n}g": ("NVIDIA_A100_80GB", n) for n in (1, 2, 4, 8)},
+    **{f"a3-highgpu-{n}g": ("NVIDIA_H100_80GB", n) for n in (1, 2, 4, 8)},
+    "a3-megagpu-8g": ("NVIDIA_H100_MEGA_80GB", 8), "a3-ultragpu-8g": ("NVIDIA_H200_141GB", 8),
+    "a4-highgpu-8g": ("NVIDIA_B200", 8), "a4x-highgpu-4g": ("NVIDIA_GB200", 4),
+}  # fmt: skip
+N1_GPU_BOUNDS = {  # accelerator -> {count: (most vCPUs, most GB)}
+    "NVIDIA_TESLA_T4": {1: (48, 312), 2: (48, 312), 4: (96, 624)},
+    "NVIDIA_TESLA_P4": {1: (24, 156), 2: (48, 312), 4: (96, 624)},
+    "NVIDIA_TESLA_V100": {1: (12, 78), 2: (24, 156), 4: (48, 312), 8: (96, 624)},
+    "NVIDIA_TESLA_P100": {1: (16, 104), 2: (32, 208), 4: (96, 624)},
+}
+N1_MEMORY_PER_CPU = {"standard": 3.75, "highmem": 6.5, "highcpu": 0.9}
+TPU_VM_CHIPS = {  # machine type -> chips on one host; these take tpuTopology, no accelerator
+    "ct5lp-hightpu-1t": 1, "ct5lp-hightpu-4t": 4, "ct5lp-hightpu-8t": 8,
+    "ct6e-standard-1t": 1, "ct6e-standard-4t": 4, "ct6e-standard-8t": 8,
+}  # fmt: skip
+GPU_COUNTS: dict[str, set[int]] = {}  # accelerator -> the counts any machine carries
+for _kind, _count in FIXED_GPU_MACHINES.values():
+    GPU_COUNTS.setdefault(_kind, set()).add(_count)
+for _kind, _bounds in N1_GPU_BOUNDS.items():
+    GPU_COUNTS[_kind] = set(_bounds)
 ROUTES = [
     ("POST", re.compile(PARENT + r"$"), "create"),
     ("GET", re.compile(PARENT + r"$"), "list"),
@@ -161,7 +192,8 @@ TYPE_CHECKS: dict[str, tuple[str, Any]] = {
 class ApiError(Exception):
     """An error answered as Google's JSON error body."""
 
-    STATUS = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 409: "ALREADY_EXISTS"}
+    STATUS = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+              409: "ALREADY_EXISTS"}  # fmt: skip
 
     def __init__(self, code: int, message: str, status: str = "") -> None:
         super().__init__(message)
@@ -296,6 +328,11 @@ def check_task(resources: dict[str, Any], scope: dict[str, Any], task: str) -> N
         count is None or float(count) >= 1,
         f"task {task}: accelerator count must be >= 1 when a type is set",
     )
+    counts = GPU_COUNTS.get(name) if name is not None else None
+    _require(
+        count is None or counts is None or int(float(count)) in counts,
+        f"task {task}: no machine carries {count} x {name} (counts {sorted(counts or ())})",
+    )
 
 
 def _gigabytes(quantity: Any) -> float:
@@ -364,6 +401,67 @@ def _unknown(given: dict[str, Any], allowed: set[str], where: str) -> None:
     _require(not extra, f"Invalid JSON payload received. Unknown name(s) {extra} in {where}")
 
 
+def _topology_chips(topology: str) -> int:
+    chips = 1
+    for side in topology.split("x"):
+        chips *= int(side)
+    return chips
+
+
+def check_machine(machine: dict[str, Any], replicas: int, pools: int, where: str) -> None:
+    """A worker pool's machine against Google's tables (:data:`FIXED_GPU_MACHINES`,
+    :data:`N1_GPU_BOUNDS`, :data:`TPU_VM_CHIPS`): the accelerator a machine comes with and its
+    count, N1's bounds for the GPUs attached, a TPU VM's topology ("required for TPU v5
+    versions": python-aiplatform google/cloud/aiplatform/jobs.py ``CustomJob.
+    from_local_script``) and its one worker pool; ``cloud-tpu`` with TPU v2/v3 cores."""
+    kind = machine.get("acceleratorType", "ACCELERATOR_TYPE_UNSPECIFIED")
+    count, name = int(machine.get("acceleratorCount", 0)), machine["machineType"]
+    topology = machine.get("tpuTopology", "")
+    if name in TPU_VM_CHIPS:
+        _require(bool(topology), f"{where}: machine type {name} needs a tpu_topology")
+        _require(
+            re.fullmatch(r"\d+x\d+", topology) is not None
+            and _topology_chips(topology) == TPU_VM_CHIPS[name] * replicas,
+            f"{where}: tpu_topology {topology!r} is not a slice of {replicas} x {name}",
+        )
+        _require(pools == 1, f"{where}: a TPU VM job takes one worker pool")
+        return
+    _require(not topology, f"{where}: tpu_topology is for TPU VM machine types")
+    if name == "cloud-tpu":
+        _require(
+            kind in ("TPU_V2", "TPU_V3") and (count == 8 or count % 32 == 0),
+            f"{where}: cloud-tpu takes TPU_V2 or TPU_V3 with 8 cores (32n: a pod)",
+        )
+        _require(pools == 1 and replicas == 1, f"{where}: a TPU job takes one replica")
+        return
+    if name in FIXED_GPU_MACHINES:
+        _require(
+            (kind, count) == FIXED_GPU_MACHINES[name],
+            f"{where}: machine type {name} comes with "
+            f"{FIXED_GPU_MACHINES[name][1]} x {FIXED_GPU_MACHINES[name][0]}, not "
+            f"{count} x {kind}",
+        )
+        return
+    _require(
+        kind == "ACCELERATOR_TYPE_UNSPECIFIED" or kind in N1_GPU_BOUNDS,
+        f"{where}: {kind} does not attach to machine type {name}",
+    )
+    if kind in N1_GPU_BOUNDS:
+        series = re.fullmatch(r"n1-(standard|highmem|highcpu)-(\d+)", name)
+        _require(series is not None, f"{where}: {kind} attaches to N1 machines, not {name}")
+        _require(
+            count in N1_GPU_BOUNDS[kind],
+            f"{where}: {kind} comes {sorted(N1_GPU_BOUNDS[kind])} to an N1 machine, not {count}",
+        )
+        cpus = int(series.group(2))
+        most_cpus, most_memory = N1_GPU_BOUNDS[kind][count]
+        _require(
+            cpus <= most_cpus and cpus * N1_MEMORY_PER_CPU[series.group(1)] <= most_memory,
+            f"{where}: {name} is too large for {count} x {kind} (at most {most_cpus} vCPUs,"
+            f" {most_memory} GB)",
+        )
+
+
 def check_custom_job(job: Any) -> dict[str, Any]:
     """Validate a create request's CustomJob (v1): the fields, the pools (pool 0 is the chief:
     one replica), machines with valid accelerators, a service account that is an e-mail, and
@@ -396,6 +494,7 @@ def check_custom_job(job: Any) -> dict[str, Any]:
             _require(int(machine.get("acceleratorCount", 0)) >= 1, "accelerator count must be >= 1")
         replicas = int(pool.get("replicaCount", 0))
         _require(replicas >= 1, f"worker_pool_specs[{index}].replica_count must be >= 1")
+        check_machine(machine, replicas, len(pools), f"worker_pool_specs[{index}]")
         _require(index != 0 or replicas == 1, "the first worker pool (the chief) takes 1 replica")
         _require(bool((pool.get("containerSpec") or {}).get("imageUri")),
                  f"worker_pool_specs[{index}]: container_spec.image_uri is required")  # fmt: skip
@@ -410,6 +509,8 @@ class FakeVertex:
 
     final_state: str = "PIPELINE_STATE_SUCCEEDED"
     custom_job_state: str = "JOB_STATE_SUCCEEDED"
+    custom_job_error: dict[str, Any] | None = None  # a google.rpc.Status for ended jobs
+    refuse_experiment_runs: bool = False  # addContextChildren answers PERMISSION_DENIED
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     custom_jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     contexts: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -554,6 +655,8 @@ class FakeVertex:
 
     def _add_children(self, where: dict[str, str], query: Any, body: Any) -> dict[str, Any]:
         context = self._get_context(where, query, body)
+        if self.refuse_experiment_runs:
+            raise ApiError(403, "Permission 'aiplatform.metadataStores.write' denied")
         children = body.get("childContexts") or []
         _require(bool(children), "child_contexts must not be empty")
         with self._lock:
@@ -565,6 +668,8 @@ class FakeVertex:
         name = f"projects/{where['project']}/locations/{where['location']}/customJobs/"
         name += str(1000 + next(self._ids))
         job.update(name=name, state=self.custom_job_state, createTime=_now())
+        if self.custom_job_error:
+            job["error"] = dict(self.custom_job_error)
         with self._lock:
             self.custom_jobs[name] = job
         return job

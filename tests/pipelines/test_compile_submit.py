@@ -205,6 +205,24 @@ def test_submit_checks_the_server_release(compiled, tag, accepted):
         assert server.pipelines == {} and server.runs == {}
 
 
+def test_an_unreachable_kfp_host_is_one_line(compiled, capsys):
+    """kfp_server_api calls urllib3, whose connection errors are not ApiExceptions: submit
+    and trigger say what could not be reached in one line, exit 2."""
+    import socket
+
+    from pipelines import cli
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        host = f"http://127.0.0.1:{s.getsockname()[1]}"  # closed once the block ends
+    args = ["submit", "--host", host, "--pipeline", str(compiled),
+            "--param", "data_source=gs://b/d", "--param", "data_fingerprint=x"]  # fmt: skip
+    assert cli.main(args) == 2
+    out, err = capsys.readouterr()
+    assert err == f"bittune: error: cannot reach the KFP API at {host}: Connection refused\n"
+    assert out == ""
+
+
 def test_submit_uploads_versions_and_runs(kfp_server, compiled, tmp_path):
     params = {"data_source": "gs://b/flowers", "model": "bit-m-r50x1", "training_cpu": "4",
               **GIVEN}  # fmt: skip

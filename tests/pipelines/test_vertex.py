@@ -8,6 +8,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -109,34 +110,139 @@ def test_submit_vertex_sends_the_spec_root_and_typed_values(vertex, vertex_yaml,
     assert body["serviceAccount"].startswith("runner@")
 
 
-BAD_VERTEX_MACHINES = [  # (options, the one line that refuses them)
+BAD_VERTEX_MACHINES = [  # (options, the one line that refuses them): Google's tables forbid them
     (["--accelerator-type", "nvidia.com/gpu"], "'nvidia.com/gpu' is not a Vertex AI accelerator"),
     (["--accelerator-count", "0"], "accelerator_count must be between 1 and 64, got 0"),
+    (["--accelerator-count", "3"], "NVIDIA_L4 comes 1, 2, 4 or 8 to a machine, not 3"),
     (["--accelerator", "tpu", "--training-replicas", "2"], "a TPU host trains alone"),
     (["--accelerator-type", "NVIDIA_TESLA_T4", "--training-machine-type", "g2-standard-8"],
      "g2-standard-8 does not carry 1 x NVIDIA_TESLA_T4"),
+    (["--accelerator-type", "NVIDIA_TESLA_T4", "--accelerator-count", "8"],
+     "NVIDIA_TESLA_T4 comes 1, 2 or 4 to a machine, not 8"),
+    (["--accelerator-type", "NVIDIA_TESLA_V100", "--training-machine-type", "n1-highmem-32"],
+     "attaches 1 x NVIDIA_TESLA_V100 to at most 12 vCPUs and 78 GB"),
+    (["--accelerator-type", "NVIDIA_TESLA_T4", "--accelerator-count", "2",
+      "--training-machine-type", "n1-standard-64"], "at most 48 vCPUs and 312 GB"),
     (["--accelerator-type", "NVIDIA_L4", "--training-machine-type", "n1-standard-8"],
      "n1-standard-8 does not carry 1 x NVIDIA_L4"),
     (["--accelerator-type", "NVIDIA_TESLA_A100", "--training-machine-type", "n1-standard-8"],
      "n1-standard-8 does not carry 1 x NVIDIA_TESLA_A100"),
+    (["--accelerator-type", "NVIDIA_H100_80GB", "--accelerator-count", "3"],
+     "NVIDIA_H100_80GB comes 1, 2, 4 or 8 to a machine, not 3"),
+    (["--accelerator-type", "NVIDIA_H100_MEGA_80GB", "--accelerator-count", "8",
+      "--training-machine-type", "a3-highgpu-8g"], "a3-highgpu-8g does not carry 8 x NVIDIA_H"),
+    (["--accelerator-type", "NVIDIA_GB200", "--accelerator-count", "4"], "Arm machines"),
+    (["--accelerator-type", "NVIDIA_TESLA_K80"], "NVIDIA_TESLA_K80 has reached end of support"),
     (["--accelerator", "tpu", "--accelerator-count", "2"],
      "TPU_V5_LITEPOD comes 1, 4 or 8 to a machine, not 2"),
-    (["--accelerator", "tpu", "--accelerator-type", "TPU_V3"], "TPU_V3 runs on a legacy TPU"),
-    (["--accelerator", "tpu", "--accelerator-type", "TPU_V2"], "TPU_V2 runs on a legacy TPU"),
-    (["--accelerator", "tpu", "--accelerator-type", "TPU_V4_POD"], "is a multi-host slice"),
+    (["--accelerator", "tpu", "--accelerator-count", "16"], "is a multi-host slice"),
+    (["--accelerator", "tpu", "--accelerator-type", "TPU_V3", "--accelerator-count", "32"],
+     "TPU_V3 comes 8 to a machine, not 32 (more is a multi-host slice"),
+    (["--accelerator", "tpu", "--accelerator-type", "TPU_V4_POD", "--accelerator-count", "4"],
+     "TPU_V4_POD is not among the TPU VMs Vertex AI training lists"),
+    (["--accelerator", "tpu", "--accelerator-type", "TPU_V6E", "--training-machine-type",
+      "ct5lp-hightpu-4t", "--accelerator-count", "4"], "ct5lp-hightpu-4t does not carry 4 x TPU_"),
     (["--accelerator-type", "TPU_V5_LITEPOD"], "TPU_V5_LITEPOD is a TPU: compile with"),
     (["--accelerator", "cpu", "--training-machine-type", "g2-standard-8"],
      "'g2-standard-8' is not a CPU machine type"),
+    (["--region", "us-middle9"], "--region us-middle9 is not a Vertex AI region"),
+    (["--network", "my-vpc"], "--network 'my-vpc' is not a full VPC name"),
+    (["--encryption-spec-key-name", "my-key"], "'my-key' is not a Cloud KMS key"),
 ]  # fmt: skip
-GOOD_VERTEX_MACHINES = [
+GOOD_VERTEX_MACHINES = [  # ... and these they allow
     [],
     ["--accelerator", "cpu"],
+    ["--accelerator", "cpu", "--training-machine-type", "n2-standard-32"],
     ["--accelerator-type", "NVIDIA_TESLA_T4", "--accelerator-count", "4"],
+    ["--accelerator-type", "NVIDIA_TESLA_T4", "--training-machine-type", "n1-highmem-16"],
+    ["--accelerator-type", "NVIDIA_TESLA_V100", "--training-machine-type", "n1-highmem-8"],
+    ["--accelerator-type", "NVIDIA_TESLA_P4", "--accelerator-count", "2"],
     ["--accelerator-type", "NVIDIA_TESLA_A100", "--training-machine-type", "a2-highgpu-1g"],
     ["--accelerator-type", "NVIDIA_L4", "--accelerator-count", "2"],
+    ["--accelerator-type", "NVIDIA_H100_80GB", "--accelerator-count", "1"],
+    ["--accelerator-type", "NVIDIA_H100_80GB", "--accelerator-count", "4"],
+    ["--accelerator-type", "NVIDIA_H100_MEGA_80GB", "--accelerator-count", "8"],
+    ["--accelerator-type", "NVIDIA_H200_141GB", "--accelerator-count", "8"],
+    ["--accelerator-type", "NVIDIA_B200", "--accelerator-count", "8"],
     ["--accelerator", "tpu", "--accelerator-count", "8"],
+    ["--accelerator", "tpu", "--accelerator-type", "TPU_V6E", "--accelerator-count", "4"],
+    ["--accelerator", "tpu", "--accelerator-type", "TPU_V2", "--accelerator-count", "8"],
     ["--training-replicas", "3"],
-]
+    ["--region", "europe-west4", "--network", "projects/123/global/networks/vpc",
+     "--encryption-spec-key-name", "projects/p/locations/europe-west4/keyRings/r/cryptoKeys/k"],
+]  # fmt: skip
+
+
+def _spec_as_sent(machine):
+    """The machine spec as the CustomJob's JSON carries it (camelCase), as the fake gets it."""
+    from components.bit.machines import vertex_machine_spec
+
+    names = {"machine_type": "machineType", "accelerator_type": "acceleratorType",
+             "accelerator_count": "acceleratorCount", "tpu_topology": "tpuTopology"}  # fmt: skip
+    return {names[k]: v for k, v in vertex_machine_spec(machine).items()}
+
+
+def _vertex_grid():
+    """Every accelerator name, count and machine type worth asking about."""
+    from components.bit.machines import VERTEX_ACCELERATORS, VERTEX_N1
+    from tests.vertex_fake import FIXED_GPU_MACHINES, TPU_VM_CHIPS
+
+    machines = {*FIXED_GPU_MACHINES, *TPU_VM_CHIPS, *VERTEX_N1, "cloud-tpu"}
+    for row in VERTEX_ACCELERATORS.values():
+        machines |= {m for ms in row.machines.values() for m in ms}
+    for kind, row in VERTEX_ACCELERATORS.items():
+        for count in (1, 2, 3, 4, 8, 16):
+            for machine in sorted(machines):
+                yield kind, row.family, count, machine
+
+
+def test_the_settings_table_and_the_fake_agree_on_every_machine():
+    """bittune's table (components/bit/machines.py) accepts a machine exactly when the fake,
+    which encodes Google's tables on its own (tests/vertex_fake.py ``check_machine``), takes
+    the job it becomes; every accepted machine is one the fake takes."""
+    from components.bit.machines import TrainingMachine
+    from tests.vertex_fake import ApiError, check_machine
+
+    accepted = refused = 0
+    for kind, family, count, machine_type in _vertex_grid():
+        machine = TrainingMachine(family, kind, count, 1, machine_type)
+        ours = not machine.problems("vertex")
+        sent = (
+            _spec_as_sent(machine.resolved("vertex"))
+            if ours
+            else {"machineType": machine_type, "acceleratorType": kind, "acceleratorCount": count}
+        )
+        try:
+            check_machine(sent, 1, 1, "pool")
+            theirs = True
+        except ApiError:
+            theirs = False
+        if kind == "TPU_V6E" and not ours:  # no AcceleratorType value: the fake cannot tell
+            theirs = False
+        assert ours == theirs, (kind, count, machine_type, machine.problems("vertex"))
+        accepted, refused = accepted + ours, refused + (not ours)
+    assert accepted > 60 and refused > 1000
+
+
+def test_the_fake_refuses_a_tpu_v5e_job_without_its_topology(vertex):
+    from google.api_core import exceptions
+
+    client = _client(vertex)
+    pool = {"machine_spec": {"machine_type": "ct5lp-hightpu-4t"}, "replica_count": 1,
+            "container_spec": {"image_uri": "x"}}  # fmt: skip
+    job = {"display_name": "j", "job_spec": {"worker_pool_specs": [pool]}}
+    parent = f"projects/{PROJECT}/locations/{REGION}"
+    with pytest.raises(exceptions.BadRequest, match="ct5lp-hightpu-4t needs a tpu_topology"):
+        client.create_custom_job(parent=parent, custom_job=job)
+    pool["machine_spec"]["tpu_topology"] = "2x4"
+    with pytest.raises(exceptions.BadRequest, match="is not a slice of 1 x ct5lp-hightpu-4t"):
+        client.create_custom_job(parent=parent, custom_job=job)
+    pool["machine_spec"] = {"machine_type": "n1-standard-32", "accelerator_count": 1,
+                            "accelerator_type": "NVIDIA_TESLA_V100"}  # fmt: skip
+    with pytest.raises(exceptions.BadRequest, match="too large for 1 x NVIDIA_TESLA_V100"):
+        client.create_custom_job(parent=parent, custom_job=job)
+    pool["machine_spec"] = {"machine_type": "ct5lp-hightpu-4t", "tpu_topology": "2x2"}
+    assert client.create_custom_job(parent=parent, custom_job=job).name
 
 
 def _submit_args(vertex, bucket, *extra):
@@ -319,12 +425,34 @@ def test_a_tpu_host_trains_as_a_custom_job_that_names_its_machine(tmp_path, vert
     _launch_as_vertex_would(spec, name, {}, "", vertex)
     (sent,) = vertex.custom_jobs.values()
     (pool,) = sent["jobSpec"]["workerPoolSpecs"]
-    assert pool["machineSpec"] == {
-        "machineType": "ct5lp-hightpu-4t",
-        "acceleratorType": "TPU_V5_LITEPOD",
-        "acceleratorCount": 4,
-    }
+    # the SDK's own v5e spec: the machine type and tpu_topology (python-aiplatform
+    # tests/unit/aiplatform/constants.py ``_TEST_TPU_V5E_WORKER_POOL_SPEC``)
+    assert pool["machineSpec"] == {"machineType": "ct5lp-hightpu-4t", "tpuTopology": "2x2"}
     assert pool["containerSpec"]["imageUri"] == f"{REGISTRY}/bittune-tpu:1.0"
+
+
+def test_a_machine_type_asked_for_one_gpu_machine_is_honoured(tmp_path, vertex):
+    """A plain pipeline task cannot name its machine (Vertex picks one from the limits), so
+    one machine with --training-machine-type trains as a CustomJob on that machine type;
+    without it, training stays a plain task and names no machine."""
+    _, spec, name = _custom_job_yaml(tmp_path, "--accelerator-type", "NVIDIA_TESLA_T4",
+                                     "--training-machine-type", "n1-highmem-16")  # fmt: skip
+    _launch_as_vertex_would(spec, name, {}, "", vertex)
+    (sent,) = vertex.custom_jobs.values()
+    (pool,) = sent["jobSpec"]["workerPoolSpecs"]
+    assert pool["machineSpec"] == {
+        "machineType": "n1-highmem-16",
+        "acceleratorType": "NVIDIA_TESLA_T4",
+        "acceleratorCount": 1,
+    }
+    assert "n1-highmem-16" in spec["pipelineInfo"]["description"]
+    path = submit.compile_pipeline(str(tmp_path / "plain.yaml"), REGISTRY, "1.0", "vertex")
+    plain = yaml.safe_load(pathlib.Path(path).read_text())
+    from components.vertex_job import LAUNCHER_IMAGE
+
+    executors = plain["deploymentSpec"]["executors"].values()
+    assert all(e["container"]["image"] != LAUNCHER_IMAGE for e in executors)
+    assert "g2-standard" not in plain["pipelineInfo"]["description"]  # Vertex picks it
 
 
 def test_the_fake_refuses_a_custom_job_with_a_placeholder_left(vertex):
@@ -370,10 +498,10 @@ def test_a_retried_custom_job_task_starts_a_new_job_and_a_running_one_is_polled(
 
     vertex.custom_job_state = "JOB_STATE_FAILED"
     first, _ = _launch_as_vertex_would(spec, name, {}, "", vertex, launch=attempt)
-    assert first.returncode == 1 and "JOB_STATE_FAILED" in first.stderr
+    assert first.returncode == 13 and "JOB_STATE_FAILED" in first.stderr  # an internal error
     again, _ = _launch_as_vertex_would(spec, name, {}, "", vertex,
                                        launch=lambda c, a: attempt(c, a, plain=True))  # fmt: skip
-    assert again.returncode == 1 and "Continue polling" in again.stdout
+    assert again.returncode == 13 and "Continue polling" in again.stdout
     assert len(vertex.custom_jobs) == 1  # GCPC alone: the retry re-polled the failed job
 
     vertex.custom_job_state = "JOB_STATE_SUCCEEDED"
@@ -396,6 +524,51 @@ def test_a_retried_custom_job_task_starts_a_new_job_and_a_running_one_is_polled(
     assert resources.exists()
     resources.unlink()
     assert forget_failed_job(str(resources), REGION, vertex.url) == "no earlier job"
+
+
+def _standin(resources, vertex, timeout=60):
+    """GCPC's launcher (the stand-in) creating and polling a small job."""
+    import os
+
+    args = ["--type", "CustomJob", "--project", PROJECT, "--location", REGION, "--payload",
+            json.dumps(RUNNING_JOB), "--gcp_resources", str(resources)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(STANDIN), "BITTUNE_VERTEX_API_ENDPOINT": vertex.url}
+    return subprocess.Popen(
+        [sys.executable, "-m", "google_cloud_pipeline_components.container.v1.custom_job.launcher",
+         *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def test_job_states_as_gcpc_2_22_has_them(tmp_path, vertex):
+    """GCPC 2.22.0 job_remote_runner.py ``poll_job``: PAUSED fails the launcher (exit 13, or a
+    ValueError when the job's error code is a user error), EXPIRED is polled on; bittune's
+    retry sets a paused or expired job aside and keeps a running one."""
+    from components.vertex_job import forget_failed_job
+
+    vertex.custom_job_state = "JOB_STATE_PAUSED"
+    done = _standin(tmp_path / "paused", vertex)
+    out, err = done.communicate(timeout=60)
+    assert done.returncode == 13 and "error state: JOB_STATE_PAUSED" in err
+    vertex.custom_job_error = {"code": 7, "message": "permission denied"}
+    done = _standin(tmp_path / "denied", vertex)
+    out, err = done.communicate(timeout=60)
+    assert done.returncode == 1 and "ValueError: Job failed with value error" in err
+    vertex.custom_job_state, vertex.custom_job_error = "JOB_STATE_EXPIRED", None
+    polling = _standin(tmp_path / "expired", vertex)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and sum(
+                r["method"] == "GET" for r in vertex.requests) < 5:  # fmt: skip
+            time.sleep(0.1)
+        assert polling.poll() is None  # still polling the expired job
+    finally:
+        polling.kill()
+        polling.communicate()
+    for state in ("paused", "expired"):
+        assert forget_failed_job(str(tmp_path / state), REGION, vertex.url).endswith(
+            "a new job starts"
+        ), state
+        assert not (tmp_path / state).exists() and list(tmp_path.glob(f"{state}.job_state_*"))
 
 
 RUNNING_JOB = {"display_name": "j", "job_spec": {"worker_pool_specs": [
@@ -429,3 +602,91 @@ def test_a_vertex_run_joins_the_experiment_asked_for(vertex, vertex_yaml, gcs):
                                    PROJECT, REGION, f"gs://{bucket}/r", vertex_yaml,
                                    api_endpoint=vertex.url)  # fmt: skip
     assert without["run_id"] != run["run_id"] and len(vertex.contexts) == 1
+
+
+def _closed_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _adc_with_token_endpoint(tmp_path, token_uri):
+    """Application Default Credentials (a service-account key) whose token endpoint is
+    ``token_uri``."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()  # fmt: skip
+    path = tmp_path / "adc.json"
+    path.write_text(json.dumps({
+        "type": "service_account", "project_id": PROJECT, "private_key_id": "1",
+        "private_key": pem, "client_email": f"ci@{PROJECT}.iam.gserviceaccount.com",
+        "client_id": "1", "token_uri": token_uri,
+    }))  # fmt: skip
+    return str(path)
+
+
+def test_unreachable_token_endpoint_and_api_are_one_line(vertex_yaml, tmp_path, monkeypatch,
+                                                          capsys):  # fmt: skip
+    from pipelines import cli
+
+    port = _closed_port()
+    common = ["submit", "--vertex", "--project", PROJECT, "--region", REGION, "--pipeline-root",
+              "gs://b/root", "--pipeline", vertex_yaml, "--param", "data_source=gs://b/d",
+              "--param", "data_fingerprint=abc"]  # fmt: skip
+    token = f"http://127.0.0.1:{port}/token"
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", _adc_with_token_endpoint(tmp_path, token))
+    assert cli.main([*common, "--api-endpoint", f"127.0.0.1:{_closed_port()}"]) == 2
+    out, err = capsys.readouterr()
+    assert err.strip() == (f"bittune: error: cannot get an access token: 127.0.0.1:{port} could "
+                           "not be reached (Connection refused)"), err  # fmt: skip
+    assert "Traceback" not in out + err
+    api = f"http://127.0.0.1:{port}"
+    assert cli.main([*common, "--api-endpoint", api]) == 2
+    out, err = capsys.readouterr()
+    assert err.strip() == (f"bittune: error: cannot reach the Vertex AI API at {api}: Connection "
+                           "refused"), err  # fmt: skip
+    assert "Traceback" not in out + err and len(out.splitlines()) == 0
+
+
+def test_a_run_that_could_not_join_its_experiment_is_kept(vertex, vertex_yaml, gcs, capsys):
+    """The job is created before the Experiment is joined (python-aiplatform pipeline_jobs.py
+    ``PipelineJob.submit``: ``create_pipeline_job``, then ``_associate_to_experiment``): a
+    failure there is a warning about a run that exists, and trigger records it as submitted,
+    so the next trigger submits nothing."""
+    from components.bit import storage
+    from pipelines import cli
+
+    bucket = gcs.new_bucket()
+    storage.write_bytes(f"gs://{bucket}/data/a/1.jpg", b"1")
+    vertex.refuse_experiment_runs = True
+    args = ["trigger", "--data", f"gs://{bucket}/data", "--state", f"gs://{bucket}/s.json",
+            "--vertex", "--project", PROJECT, "--region", REGION, "--pipeline-root",
+            f"gs://{bucket}/root", "--api-endpoint", vertex.url, "--pipeline", vertex_yaml,
+            "--experiment", "flowers"]  # fmt: skip
+    assert cli.main(args) == 1
+    out, err = capsys.readouterr()
+    assert "submitted run bit-finetune-" in out
+    assert err.startswith(
+        "bittune: warning: the run was created, but adding it to Vertex AI "
+        "Experiment flowers failed: Vertex AI refused the request (403)"
+    )
+    assert len(err.strip().splitlines()) == 1 and "refused the pipeline job:" not in err
+    assert cli.main(args) == 0
+    assert "data unchanged" in capsys.readouterr().out
+    assert len(vertex.jobs) == 1
+
+
+def test_network_and_key_reach_the_pipeline_job(vertex, vertex_yaml, gcs):
+    bucket = gcs.new_bucket()
+    network = "projects/123/global/networks/vpc"
+    key = f"projects/{PROJECT}/locations/{REGION}/keyRings/r/cryptoKeys/k"
+    submit.submit_vertex({"data_source": f"gs://{bucket}/d", "data_fingerprint": "abc"}, PROJECT,
+                         REGION, f"gs://{bucket}/r", vertex_yaml, api_endpoint=vertex.url,
+                         network=network, encryption_spec_key_name=key)  # fmt: skip
+    (job,) = vertex.jobs.values()
+    assert job["network"] == network and job["encryptionSpec"] == {"kmsKeyName": key}

@@ -8,10 +8,15 @@ google_cloud_pipeline_components/container/v1/):
   * a non-empty ``gcp_resources`` file names the job to poll instead of creating one
     (gcp_launcher/job_remote_runner.py ``check_if_job_exists``: the URI after
     ``https://<endpoint>/v1/``);
-  * otherwise the payload is parsed and the job created, and ``gcp_resources`` written with
-    one CustomJob resource (``create_job``; custom_job/remote_runner.py ``create_custom_job``);
-  * the job is polled until it ends: SUCCEEDED exits 0; FAILED, CANCELLED, PAUSED or EXPIRED
-    raise, which exits 1 (``poll_job``; utils/error_util.py ``exit_with_internal_error``).
+  * otherwise the payload is parsed, its empty fields removed (``json_util.
+    recursive_remove_empty``) and the job created, and ``gcp_resources`` written with one
+    CustomJob resource (``create_job``; custom_job/remote_runner.py ``create_custom_job``);
+  * the job is polled (``JobRemoteRunner.poll_job``): SUCCEEDED returns (exit 0); a state in
+    ``_JOB_ERROR_STATES`` (FAILED, CANCELLED, PAUSED) raises ValueError when the job's
+    ``error.code`` is in ``_JOB_USER_ERROR_CODES`` (uncaught: a traceback, exit 1), else
+    RuntimeError, which custom_job/remote_runner.py ``create_custom_job`` turns into exit 13
+    (utils/error_util.py ``exit_with_internal_error``); every other state, EXPIRED included,
+    is polled again.
 The endpoint is ``<location>-aiplatform.googleapis.com`` as in ``JobRemoteRunner.__init__``,
 unless BITTUNE_VERTEX_API_ENDPOINT points at a local stand-in of the API (REST, anonymous)."""
 
@@ -20,6 +25,10 @@ import json
 import os
 import sys
 import time
+
+# gcp_launcher/job_remote_runner.py, GCPC 2.22.0
+ERROR_STATES = ("JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_PAUSED")
+USER_ERROR_CODES = (3, 5, 7, 6, 9, 11, 12)  # INVALID_ARGUMENT ... UNIMPLEMENTED (google.rpc.Code)
 
 
 def _client(location: str):
@@ -36,6 +45,19 @@ def _client(location: str):
     return aiplatform_v1.JobServiceClient(**options), f"https://{public}/v1/"
 
 
+def _without_empty(value):
+    """One pass of gcp_launcher/utils/json_util.py ``__remove_empty`` (which
+    ``recursive_remove_empty`` repeats until nothing changes): empty values inside objects go;
+    primitives inside lists stay."""
+    if isinstance(value, list):
+        kept = [_without_empty(v) for v in value]
+        return [v for v, raw in zip(kept, value, strict=True)
+                if isinstance(raw, int | float | str | bool) or v]  # fmt: skip
+    if isinstance(value, dict):
+        return {k: _without_empty(v) for k, v in value.items() if v}
+    return value
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     for name in ("--type", "--project", "--location", "--payload", "--gcp_resources"):
@@ -49,19 +71,25 @@ def main(argv: list[str]) -> int:
         print(f"CustomJob name already exists: {name}. Continue polling the status", flush=True)
     else:
         parent = f"projects/{args.project}/locations/{args.location}"
-        name = client.create_custom_job(parent=parent, custom_job=json.loads(args.payload)).name
+        payload = json.loads(args.payload, strict=False)
+        while _without_empty(payload) != payload:  # until no field is left empty
+            payload = _without_empty(payload)
+        name = client.create_custom_job(parent=parent, custom_job=payload).name
         with open(args.gcp_resources, "w") as f:
             json.dump({"resources": [{"resourceType": "CustomJob",
                                       "resourceUri": prefix + name}]}, f)  # fmt: skip
         print(f"created {name}", flush=True)
     while True:
-        state = client.get_custom_job(name=name).state.name
+        job = client.get_custom_job(name=name)
+        state = job.state.name
         if state == "JOB_STATE_SUCCEEDED":
             return 0
-        if state in ("JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_PAUSED",
-                     "JOB_STATE_EXPIRED"):  # fmt: skip
-            print(f"Job failed with error state: {state}", file=sys.stderr, flush=True)
-            return 1
+        if state in ERROR_STATES:
+            if job.error.code in USER_ERROR_CODES:
+                raise ValueError(f"Job failed with value error in error state: {state}.")
+            print(f"Job failed with error state: {state}.", file=sys.stderr, flush=True)
+            return 13
+        print(f"Job {name} is in a non-final state {state}.", flush=True)
         time.sleep(0.2)
 
 
