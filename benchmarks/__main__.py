@@ -36,6 +36,12 @@ def _end_to_end():
     return end_to_end.run()
 
 
+def _export():
+    from benchmarks import export_speed  # imports TensorFlow, LiteRT, ONNX Runtime
+
+    return export_speed.run()
+
+
 BENCHMARKS = {
     "analysis": analysis_speed.run,
     "near-duplicates": near_duplicate_speed.run,
@@ -45,6 +51,7 @@ BENCHMARKS = {
     "cpu-step": _cpu_step,
     "group-norm": _group_norm,
     "end-to-end": _end_to_end,
+    "export": _export,
 }
 
 

@@ -16,6 +16,7 @@ from components.image import BITTUNE_IMAGE
         "dataset": "The dataset's manifest.",
         "pipeline_run": "The pipeline run, for the card.",
         "pushed": "The version, when serving_root is empty.",
+        "extras": "The export step's files (warm-up requests, exports) and their parity.",
     },
     returns="The URI of the pushed version.",
 )
@@ -23,6 +24,7 @@ def push_model(
     trained_model: dsl.Input[dsl.Model],
     evaluation: dsl.Input[dsl.Artifact],
     dataset: dsl.Input[dsl.Dataset],
+    extras: dsl.Input[dsl.Artifact],
     serving_root: str,
     model: str,
     pipeline_run: str,

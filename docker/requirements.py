@@ -1,7 +1,8 @@
 """Write the install lists of one image (cpu, gpu or tpu), so that pyproject.toml stays the one
 list of dependencies and constraints.txt the one set of versions:
 
-* ``requirements.txt``: pyproject's runtime dependencies, plus the accelerator's packages;
+* ``requirements.txt``: pyproject's runtime dependencies (cpu: and the ``export`` extra), plus
+  the accelerator's packages;
 * ``build-constraints.txt``: constraints.txt, less the TensorFlow family on TPU;
 * ``no-deps.txt``: packages installed afterwards without their declared dependencies.
 
@@ -25,6 +26,8 @@ ACCELERATOR_PACKAGES = {
     "gpu": ["tensorflow[and-cuda]"],  # CUDA and cuDNN as pip wheels, versions chosen by TF
     "tpu": TPU["requirements"],
 }
+# The cpu image runs push (exports, TF Serving warm-up requests): it carries the export extra.
+EXTRAS = {"cpu": ("export",)}
 
 
 def _name(requirement: str) -> str:
@@ -47,7 +50,10 @@ def lists(accelerator: str, dependencies: list[str], constraints: list[str]):
 
 def main(accelerator: str) -> None:
     with open("pyproject.toml", "rb") as f:
-        dependencies = tomllib.load(f)["project"]["dependencies"]
+        project = tomllib.load(f)["project"]
+    dependencies = project["dependencies"]
+    for extra in EXTRAS.get(accelerator, ()):
+        dependencies = [*dependencies, *project["optional-dependencies"][extra]]
     with open("constraints.txt", encoding="utf-8") as f:
         constraints = [line.strip() for line in f if line.strip()]
     outputs = zip(

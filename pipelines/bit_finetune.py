@@ -22,6 +22,7 @@ from components.analyze import analyze_dataset
 from components.bit import params
 from components.bit.machines import TrainingMachine
 from components.evaluate import evaluate_model
+from components.export import export_model
 from components.image import BITTUNE_GPU_IMAGE, BITTUNE_TPU_IMAGE
 from components.preprocess import gather_dataset, plan_workers, write_shards
 from components.push import push_model
@@ -151,9 +152,16 @@ def build(target: str = "kubeflow", machine: TrainingMachine | None = None):
             **_args(evaluate_model, p, trained_model=model, logs=logs, **wired)
         )
         _resources(evaluated.set_display_name("evaluate and gate"), "4", "16G", target)
+        # at the root: a collected list cannot enter a condition (KFP's compiler refuses it)
+        wired = {"trained_model": model, "dataset": dataset}
+        wired["evaluation"] = evaluated.outputs["evaluation"]
+        wired |= {name: collected(name) for name in ("holdout_shards", "train_shards")}
+        exported = export_model(**_args(export_model, p, **wired))  # nothing unless blessed
+        _resources(exported.set_display_name("export and warm up"), "2", "8G", target)
         with dsl.If(evaluated.outputs["Output"] == True, name="blessed"):  # noqa: E712
             wired = {"trained_model": model, "dataset": dataset}
             wired["evaluation"] = evaluated.outputs["evaluation"]
+            wired["extras"] = exported.outputs["extras"]
             wired["pipeline_run"] = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
             pushed = push_model(**_args(push_model, p, **wired))
             _storage_bound(pushed, "push blessed model", "1", "2G", target)

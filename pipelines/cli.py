@@ -258,10 +258,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from components.bit.serving import predict
+    from components.bit import serving, serving_extras
 
+    if args.format == "savedmodel":
+        results = serving.predict(args.run, args.images)
+    else:
+        results = serving_extras.predict(args.run, args.images, args.format)
     failed = 0
-    for result in predict(args.run, args.images):
+    for result in results:
         if result.error:
             failed += 1
             print(f"{result.image}: error: {result.error}", file=sys.stderr)
@@ -595,6 +599,13 @@ def _add_predict(sub) -> None:
         "the others their results; exits non-zero if any failed.",
     )
     p.add_argument("--run", required=True, help="a training output folder (or a SavedModel)")
+    p.add_argument(
+        "--format",
+        choices=("savedmodel", "tflite", "tflite-int8", "onnx"),
+        default="savedmodel",
+        help="run the SavedModel (default) or, with --run a pushed version, one of its "
+        "exports (LiteRT float32 or int8, ONNX Runtime)",
+    )
     p.add_argument("images", nargs="+", help="image files (local or gs://)")
     p.set_defaults(func=cmd_predict)
 

@@ -148,6 +148,12 @@ def _check_quantity(text: str) -> None:
         raise ParameterError(f"{text!r} is not a resource quantity like 8, 500m, 32G or 30Gi")
 
 
+def _check_formats(text: str) -> None:
+    from components.bit import exports
+
+    exports.parse_formats(text)
+
+
 def _check_model(source: str) -> None:
     from components.bit import model_sources
 
@@ -265,6 +271,15 @@ PARAMETERS: dict[str, Param] = {
               minimum=0, maximum=1),
         Param("serving_root", str, "",
               "Versioned serving location (gs://...); '' keeps versions in the push artifact."),
+        Param("export_formats", str, "",
+              "Exports pushed in <version>/exports/ beside the SavedModel, comma-separated: "
+              "tflite, tflite-int8, onnx ('' none).", parse=_check_formats),
+        Param("export_agreement_float", float, 0.995,
+              "Least top-1 agreement with the SavedModel on the test split for a float export "
+              "(tflite, onnx) to be pushed.", minimum=0, maximum=1),
+        Param("export_agreement_int8", float, 0.98,
+              "Least top-1 agreement with the SavedModel on the test split for the int8 "
+              "export to be pushed.", minimum=0, maximum=1),
     )
 }  # fmt: skip
 

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from components.bit import serving, storage
+from components.bit import serving, serving_extras, storage
 from components.bit.errors import BittuneError
 
 CARD_JSON = serving.CARD_JSON
@@ -101,6 +101,7 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         f"{'Blessed' if card['gate']['blessed'] else 'Not blessed'}: {card['gate']['reason']}",
         *_compared_lines(card["gate"]),
         "",
+        *serving_extras.card_lines(card.get("exports")),
         "## Lineage",
         *[f"- {k}: {v}" for k, v in card["lineage"].items() if v],
     ]
@@ -163,9 +164,12 @@ class Pushed:
     files: int
 
 
-def push(run: str, serving_root: str, card: Mapping[str, Any]) -> Pushed:
+def push(
+    run: str, serving_root: str, card: Mapping[str, Any], extras: Mapping[str, bytes] | None = None
+) -> Pushed:
     """Copy the run's SavedModel to a newly claimed version under ``serving_root`` (the model
-    card first, ``saved_model.pb`` last)."""
+    card first, then ``extras``: relative path -> bytes, then the SavedModel, ``saved_model.pb``
+    last)."""
     if not card["gate"]["blessed"]:
         raise PushError("refusing to push a model that the gate did not bless")
     try:
@@ -182,6 +186,8 @@ def push(run: str, serving_root: str, card: Mapping[str, Any]) -> Pushed:
     files.sort(key=lambda rel: rel == serving.SAVED_MODEL_FILE)  # the graph last
     storage.write_text(storage.join(target, CARD_MARKDOWN), card_markdown(card))
     storage.write_text(storage.join(target, CARD_JSON), json.dumps(card, indent=2) + "\n")
+    for rel, data in (extras or {}).items():  # exports, warm-up requests
+        storage.write_bytes(storage.join(target, rel), data)
     for rel in files:
         with open(os.path.join(export, rel), "rb") as f:
             storage.write_bytes(storage.join(target, rel), f.read())

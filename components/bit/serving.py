@@ -27,6 +27,8 @@ SAVED_MODEL_FILE = "saved_model.pb"
 CLAIM_FILE = ".bittune-claim"
 # What a version is (push.model_card): its data, metrics, gate and lineage, read by the next run.
 CARD_JSON = "model_card.json"
+# The second signature: resized uint8 RGB pixels [batch, crop, crop, 3] -> probabilities.
+PIXELS = "pixels"
 
 
 class ServingError(BittuneError):
@@ -92,14 +94,23 @@ def _serving_module(model, labels: Sequence[str], crop: int, top_k: int):
             images = tf.map_fn(
                 one, image_bytes, fn_output_signature=tf.TensorSpec([crop, crop, 3], tf.float32)
             )
-            logits = self.model(images, training=False)
-            probabilities = tf.nn.softmax(tf.cast(logits, tf.float32))
+            probabilities = self.probabilities(images)
             top = tf.math.top_k(probabilities, k=self.top_k)
             return {
                 "probabilities": probabilities,
                 "top_k_scores": top.values,
                 "top_k_classes": tf.gather(self.labels, top.indices),
             }
+
+        @tf.function(input_signature=[tf.TensorSpec([None, crop, crop, 3], tf.uint8, name=PIXELS)])
+        def pixels(self, pixels):
+            """The same model after decoding and resizing (what the LiteRT and ONNX exports
+            are converted from: their runtimes have no image decoder)."""
+            return {"probabilities": self.probabilities(inputs.to_unit_range(pixels))}
+
+        def probabilities(self, images):
+            logits = self.model(images, training=False)
+            return tf.nn.softmax(tf.cast(logits, tf.float32))
 
     return Serving()
 
@@ -112,7 +123,8 @@ def export(model, labels: Sequence[str], crop: int, directory: str, top_k: int =
     module = _serving_module(model, labels, crop, top_k)
     tmp = directory.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+    signatures = {"serving_default": module.serve, PIXELS: module.pixels}
+    tf.saved_model.save(module, tmp, signatures=signatures)
     shutil.rmtree(directory, ignore_errors=True)
     os.replace(tmp, directory)
     return directory

@@ -228,7 +228,32 @@ def evaluate_model(inputs: Inputs) -> tuple[bool, str]:
 
 
 @stage
+def export_model(inputs: Inputs) -> tuple[str, str]:
+    from components.bit import serving_extras
+
+    evaluation = _read_json(inputs["evaluation"].path, "metrics.json")
+    folder, metrics = inputs["extras"].path, inputs["metrics"]
+    os.makedirs(folder, exist_ok=True)
+    if not evaluation["blessed"]:
+        return "", "not blessed: nothing to export"
+    shards = {k: [a.path for a in inputs[f"{k}_shards"]] for k in ("holdout", "train")}
+    extras = serving_extras.for_dataset(inputs["trained_model"].path, inputs["dataset"].path,
+                                        evaluation["split"], shards["holdout"], shards["train"],
+                                        inputs)  # fmt: skip
+    serving_extras.write(extras, folder)
+    for line in extras.notes:  # an export not pushed, and why
+        print(line)
+    for row in extras.parity:
+        for name in ("agreement", "max_abs_diff", "accuracy"):
+            metrics.log_metric(f"{row.format.replace('-', '_')}_{name}", getattr(row, name))
+    kept = [p.format for p in extras.parity if p.pushed]
+    warm = "warm-up requests" if serving_extras.WARMUP_FILE in extras.files else "no warm-up"
+    return ",".join(kept), f"{warm}; exports: {', '.join(kept) or 'none'}"
+
+
+@stage
 def push_model(inputs: Inputs) -> tuple[str, str]:
+    from components.bit import serving_extras
     from components.bit.push import model_card, push
 
     trained, evaluation, dataset = inputs["trained_model"], inputs["evaluation"], inputs["dataset"]
@@ -245,8 +270,12 @@ def push_model(inputs: Inputs) -> tuple[str, str]:
             "evaluation": evaluation.uri,
         },
     )
-    target = push(trained.path, serving_root or pushed.path, card).uri
+    extras = serving_extras.read(inputs["extras"].path)  # warm-up requests, exports
+    if extras.parity:
+        card["exports"] = extras.card()
+    target = push(trained.path, serving_root or pushed.path, card, extras.files).uri
     if not serving_root:  # kept in this step's artifact: name it by its storage URI
         target = pushed.uri + target[len(pushed.path) :]
     pushed.metadata["version_uri"] = target
-    return target, f"pushed {target}"
+    kept = [p.format for p in extras.parity if p.pushed]
+    return target, f"pushed {target}" + (f" with {', '.join(kept)}" if kept else "")
