@@ -2,12 +2,12 @@
 
 The hash is the 64-bit DCT hash (pHash) of the ``imagehash`` library, taken from a reduced
 image in grayscale: a camera JPEG's EXIF thumbnail when it shows the whole frame (reading it
-costs less than the header read), else a decode that libjpeg does at 1/8 scale when that still
-leaves 32 px (Pillow's ``draft``), which still entropy-decodes the whole file. Two images are
-near-duplicates when their hashes differ in at most ``max_distance`` bits
-(:data:`MAX_DISTANCE`, 8 of 64; recall and false positives on real photos are measured in
-tests/bit/test_near_duplicates and stated in docs/data-quality.md).
-Images under :data:`MIN_SIDE` px on a side are not hashed.
+costs less than the header read), else a decode that libjpeg does at the smallest scale (down
+to 1/8) that still leaves 64 px (Pillow's ``draft``; 2x pHash's input, so that the last
+resize, not libjpeg's, shapes the pixels), which still entropy-decodes the whole file. Hashes
+within ``max_distance`` bits (:data:`MAX_DISTANCE`, 8 of 64) are only candidates:
+:mod:`components.bit.near_verify` confirms them on the fingerprint's pixels (measured on real
+data in docs/data-quality.md). Images under :data:`MIN_SIDE` px on a side are not hashed.
 
 The search is a pigeonhole multi-index: split the 64 bits into ``max_distance + k`` chunks;
 two hashes within ``max_distance`` bits agree exactly on at least ``k`` of them, so only hashes
@@ -79,7 +79,7 @@ def fingerprint(data: bytes) -> Fingerprint | None:
             reduced = embedded_thumbnail(image)
             if reduced is None:
                 if image.format in ("JPEG", "MPO"):
-                    image.draft("L", (_HASH_INPUT, _HASH_INPUT))
+                    image.draft("L", (2 * _HASH_INPUT, 2 * _HASH_INPUT))
                 alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
                     image.mode == "P" and "transparency" in image.info
                 )  # composited on the background training sees, as images.to_rgb does
