@@ -102,7 +102,7 @@ def cmd_hyperrule(args: argparse.Namespace) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
-    from components.bit.analysis import AnalysisConfig, analyze
+    from components.bit.analysis import AnalysisConfig, analyze, balance_line
 
     config = AnalysisConfig.from_params(
         vars(args), data_source=args.source, hyperrule_overrides=_overrides(args)
@@ -129,6 +129,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
             f"near-duplicates: {near['items_in_groups']:,} images in {near['groups']:,} groups "
             f"(pairs: {pairs}); held out with a near-duplicate in training: {leaked}{small}"
         )
+    if "split_balance" in stats:
+        print(balance_line(stats["split_balance"]))
     if "drift" in stats:
         print(stats["drift"].get("summary") or stats["drift"]["note"])
     excluded = stats["source"].get("exclude_list")

@@ -89,6 +89,7 @@ def test_analyze_command(odd_folder, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "25 images, 16 valid, 9 flagged, 5 non-items ignored; 3 classes" in done.stdout
     assert "flagged truncated: 2" in done.stdout
+    assert "split balance: every class within " in done.stdout  # bittune's own splits
     assert (tmp_path / "out" / "report.html").exists()
 
 

@@ -52,7 +52,7 @@ def _read_json(*parts: str) -> Any:
 
 @stage
 def analyze_dataset(inputs: Inputs) -> tuple[int, str]:
-    from components.bit.analysis import AnalysisConfig, analyze
+    from components.bit.analysis import AnalysisConfig, analyze, balance_line
 
     analysis, report, report_html = inputs["analysis"], inputs["report"], inputs["report_html"]
     # data_fingerprint is an input only so that changed data is not a cache hit
@@ -73,6 +73,8 @@ def analyze_dataset(inputs: Inputs) -> tuple[int, str]:
         leaked = sum(near["leaked"].values())
         analysis.metadata.update(near_duplicate_groups=near["groups"], leaked=leaked)
         headline += f", {near['groups']:,} near-duplicate groups ({leaked:,} held out leaked)"
+    if "split_balance" in result.stats:
+        headline += f"; {balance_line(result.stats['split_balance'])}"
     drifted = result.stats.get("drift", {}).get("drifted")
     if drifted is not None:
         analysis.metadata.update(drifted=", ".join(drifted) or "none")
