@@ -52,11 +52,14 @@ def _tpu_strategy():
 
 
 def vertex_tf_config() -> None:
-    """Set ``TF_CONFIG`` from Vertex AI's ``CLUSTER_SPEC`` when only the latter is given."""
+    """Set ``TF_CONFIG`` from Vertex AI's ``CLUSTER_SPEC`` whenever that is given, replacing
+    a ``TF_CONFIG`` the platform set too: the worker pools are Vertex's documented contract
+    (workerpool0 the primary replica, workerpool1 the workers), while a platform-written
+    ``TF_CONFIG`` may name the primary ``master`` (AI Platform's task types: "chief, worker,
+    ps, or master"), which MultiWorkerMirroredStrategy does not take."""
     spec = os.environ.get("CLUSTER_SPEC")
-    if not spec or os.environ.get("TF_CONFIG"):
+    if not spec:
         return
-    os.environ.pop("TF_CONFIG", None)  # an empty one
     cluster_spec = json.loads(spec)
     task = cluster_spec["task"]
     pools = {

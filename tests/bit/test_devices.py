@@ -53,3 +53,24 @@ def test_vertex_cluster_spec_becomes_tf_config(monkeypatch):
         "cluster": {"chief": ["chief:2222"], "worker": ["w0:2222", "w1:2222"]},
         "task": {"type": "worker", "index": 1},
     }
+
+
+def test_cluster_spec_wins_over_a_tf_config_that_names_a_master(monkeypatch):
+    """Vertex sets both variables; the legacy AI Platform's TF_CONFIG could name the primary
+    replica ``master``, which MultiWorkerMirroredStrategy refuses. CLUSTER_SPEC's worker
+    pools decide, so the primary replica is the chief and writes the results."""
+    spec = {
+        "cluster": {"workerpool0": ["m:2222"], "workerpool1": ["w0:2222"]},
+        "task": {"type": "workerpool0", "index": 0},
+    }
+    legacy = {"cluster": {"master": ["m:2222"], "worker": ["w0:2222"]},
+              "task": {"type": "master", "index": 0}}  # fmt: skip
+    monkeypatch.setenv("CLUSTER_SPEC", json.dumps(spec))
+    monkeypatch.setenv("TF_CONFIG", json.dumps(legacy))
+    assert devices.is_chief_replica()
+    config = json.loads(os.environ["TF_CONFIG"])
+    assert config == {
+        "cluster": {"chief": ["m:2222"], "worker": ["w0:2222"]},
+        "task": {"type": "chief", "index": 0},
+    }
+    assert devices.replica_role() == "chief-0"
