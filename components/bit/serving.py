@@ -3,7 +3,10 @@ the one lookup of a SavedModel in a run folder, and prediction on image files.
 
 The signature ``serving_default`` takes encoded JPEG/PNG bytes (``image_bytes``, a batch of
 strings), resizes each image to the training crop size, and returns ``probabilities``,
-``top_k_classes`` (class names, embedded in the model) and ``top_k_scores``.
+``top_k_classes`` (class names, embedded in the model) and ``top_k_scores``. The signature
+``pixels`` takes what that decoding and resizing make (uint8 ``[batch, crop, crop, 3]``) and
+returns ``probabilities``: what the LiteRT and ONNX exports are converted from
+(:mod:`components.bit.exports`).
 """
 
 from __future__ import annotations

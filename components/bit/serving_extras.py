@@ -114,15 +114,16 @@ def prepare(
             runners[fmt] = exports.runner(fmt, converted[fmt])
         except Exception as exc:  # converters fail in many ways: one line, no traceback
             found.problem = f"conversion failed: {_first_line(exc)}"
-    _measure(parities, runners, serving.load(run).serve, test_paths, crop)
+    model = serving.load(run)
+    _measure(parities, runners, model.serve, test_paths, crop)
     for found in parities:
         if found.pushed:
             files[found.file] = converted[found.format]
         else:
             notes.append(f"{found.format} export not pushed: {found.problem}")
     if any(p.pushed for p in parities):
-        labels = serving.load(run).labels
-        files[f"{EXPORTS_DIR}/{LABELS_FILE}"] = "".join(f"{x}\n" for x in labels).encode()
+        labels = "".join(f"{label}\n" for label in model.labels)
+        files[f"{EXPORTS_DIR}/{LABELS_FILE}"] = labels.encode()
     return Extras(files, parities, notes)
 
 

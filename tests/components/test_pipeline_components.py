@@ -21,6 +21,7 @@ def odd_run(odd_folder, tmp_path_factory):
         hyperrule_overrides=json.dumps(TINY_RULE),
         checkpoint_every=2,
         serving_root=str(tmp_path_factory.mktemp("serving")),
+        export_formats="onnx",  # made and pushed only if the gate blesses the model
     )
     return outputs, expected
 
@@ -101,6 +102,10 @@ def test_evaluate_component_gates_and_pushes(odd_run):
         card = json.loads((pathlib.Path(outputs["pushed"]) / "model_card.json").read_text())
         assert card["lineage"]["pipeline_run"].startswith("bit-finetune")
         assert card["metrics"]["accuracy"] == outputs["test_accuracy"]
+        version = pathlib.Path(outputs["pushed"])
+        assert (version / "assets.extra" / "tf_serving_warmup_requests").stat().st_size > 0
+        (onnx,) = card["exports"]  # two test images: a float export agrees on both
+        assert onnx["agreement"] == 1.0 and (version / "exports" / "model.onnx").exists()
     else:
         assert outputs["pushed"] is None
 
