@@ -1,10 +1,21 @@
 """Helpers the training tests share (imported by test modules, never a test module itself):
 tiny schedules, random checkpoints in the official layout, the training command line, the
-weights a run ends with, a MirroredStrategy run of both momentum optimizers, and training's
-input stream over the digits dataset."""
+weights a run ends with, several training processes run together as a multi-machine job, a
+MirroredStrategy run of both momentum optimizers, and training's input stream over the digits
+dataset."""
 
+import contextlib
 import dataclasses
+import json
+import os
+import pathlib
+import random
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import time
 
 import numpy as np
 
@@ -91,6 +102,122 @@ def checkpoint_weights(checkpoints) -> dict:
 def final_weights(output) -> dict:
     """The model's variables at the end of a ``bittune train --output`` run."""
     return checkpoint_weights(output / "checkpoints")
+
+
+def downloaded(folder: str, local: pathlib.Path) -> pathlib.Path:
+    """A copy of a (gs://) folder in ``local``."""
+    from components.bit import storage
+
+    for entry in storage.list_files(folder):
+        target = local / entry.relpath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(storage.read_bytes(entry.uri))
+    return local
+
+
+# ---------------------------------------------------------------------------------------------
+# Several training processes as one multi-machine job, on loopback
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` loopback ports nobody listens on, drawn below the kernel's ephemeral range:
+    a port the kernel hands out for bind(0) can be taken by any outgoing connection before the
+    worker binds it; one below the range only by another program that picks it by number."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError, IndexError):  # not Linux: the IANA range
+        low = int(pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    draw = random.SystemRandom()
+    ports: list[int] = []
+    while len(ports) < count:
+        port = draw.randrange(max(1024, low - 16384), low)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+def vertex_replica_envs(replicas: int = 2) -> list[dict[str, str]]:
+    """What Vertex AI gives each replica of a CustomJob with two worker pools (pool 0: the
+    chief, pool 1: the other workers), on fresh loopback ports: ``CLUSTER_SPEC`` and no
+    ``TF_CONFIG``. The shape is Vertex's "CLUSTER_SPEC" environment variable
+    (cloud.google.com/vertex-ai/docs/training/distributed-training)."""
+    ports = free_ports(replicas)
+    cluster = {
+        "workerpool0": [f"localhost:{ports[0]}"],
+        "workerpool1": [f"localhost:{p}" for p in ports[1:]],
+    }
+    envs = []
+    for replica in range(replicas):
+        pool, index = ("workerpool0", 0) if replica == 0 else ("workerpool1", replica - 1)
+        task = {"type": pool, "index": index, "trial": ""}
+        spec = {"cluster": cluster, "environment": "cloud", "task": task, "job": {}}
+        envs.append({"CLUSTER_SPEC": json.dumps(spec), "TF_CONFIG": ""})
+    return envs
+
+
+class Job:
+    """Training processes started together (one per command and environment), their stderr in
+    files; leaving the ``with`` block kills any still running (SIGKILL to its process group),
+    so a failed test never leaves a worker behind."""
+
+    def __init__(self, commands: list[list[str]], envs: list[dict[str, str]]) -> None:
+        # closed in __exit__
+        self._logs = [tempfile.TemporaryFile("w+", encoding="utf-8") for _ in commands]  # noqa: SIM115
+        self.processes = [
+            subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                             stderr=log, text=True, start_new_session=True)
+            for command, env, log in zip(commands, envs, self._logs, strict=True)
+        ]  # fmt: skip
+
+    def __enter__(self) -> "Job":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+        for log in self._logs:
+            log.close()
+
+    def kill(self) -> None:
+        """SIGKILL every process still running (all at once, as when a job is stopped)."""
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+        for process in self.processes:
+            process.wait()
+
+    def running(self) -> bool:
+        return all(p.poll() is None for p in self.processes)
+
+    def wait(self, timeout_s: float) -> list[int]:
+        """Every process's exit status; those still running after ``timeout_s`` are killed."""
+        deadline = time.monotonic() + timeout_s
+        for process in self.processes:
+            try:
+                process.wait(max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                break
+        self.kill()
+        return [p.returncode for p in self.processes]
+
+    def wait_until(self, ready, timeout_s: float) -> bool:
+        """Poll ``ready()`` while every process runs; False if one ended or time ran out."""
+        deadline = time.monotonic() + timeout_s
+        while self.running() and time.monotonic() < deadline:
+            if ready():
+                return True
+            time.sleep(0.02)
+        return False
+
+    def stderr(self) -> list[str]:
+        out = []
+        for log in self._logs:
+            log.seek(0)
+            out.append(log.read())
+        return out
 
 
 def mirrored_weights(kind: str) -> list:

@@ -172,7 +172,11 @@ class _Folder:
     """A run folder as a local path: the folder itself, or, for gs://, a local mirror that is
     filled from gs:// at the start (so a new machine resumes) and pushed back (``sync``)."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, apart: Sequence[str] = ()) -> None:
+        """``apart``: folders inside ``target`` mirrored on their own (the checkpoints and logs
+        in the output folder), left out here: else this mirror would hold their state as of the
+        start and ``sync`` would upload it over theirs (a resumed run's latest checkpoint
+        named the one it resumed from)."""
         self.target = target
         if not storage.is_gcs(target):
             os.makedirs(target, exist_ok=True)
@@ -184,7 +188,10 @@ class _Folder:
                                   target.replace("/", "_"))  # fmt: skip
         shutil.rmtree(self.local, ignore_errors=True)  # an exact mirror: nothing from older runs
         os.makedirs(self.local, exist_ok=True)
+        inside = [f"{f.rstrip('/')}/" for f in apart if f.startswith(f"{target.rstrip('/')}/")]
         for entry in storage.list_files(target) if storage.is_dir(target) else []:
+            if any(entry.uri.startswith(folder) for folder in inside):
+                continue
             path = os.path.join(self.local, entry.relpath)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             storage.write_bytes(path, storage.read_bytes(entry.uri))
@@ -232,7 +239,7 @@ def prepare(config: TrainConfig) -> _Run:
     models.resolve(config.model)  # an unknown name fails here, before any download
     roots = list(config.shard_dirs) or [config.dataset_dir]
     shards = {split: manifest.shard_paths(split, roots) for split in ("train", "validation")}
-    output = _Folder(config.output_dir)
+    output = _Folder(config.output_dir, apart=(config.checkpoints, config.logs))
     previous = os.path.join(output.local, LABELS_FILE)
     if os.path.exists(previous):
         earlier = json.loads(storage.read_text(previous))["labels"]
