@@ -28,7 +28,7 @@ import yaml
 from google.protobuf import json_format
 from kfp import components
 
-from components.bit.machines import TrainingMachine, vertex_machine_spec
+from components.bit.machines import TrainingMachine, boot_disk_type, vertex_machine_spec
 
 LAUNCHER_IMAGE = "gcr.io/ml-pipeline/google-cloud-pipeline-components:2.22.0"
 # The job's identity: the run's service account, network and encryption key unless a task sets
@@ -104,11 +104,15 @@ def _encoded(value: list[str]) -> list[str]:
 def worker_pool_specs(command: dict, image: str, machine: TrainingMachine) -> list[dict]:
     """The CustomJob's pools: pool 0 the chief (one replica), pool 1 the other replicas, all
     on the same machine (CustomJobSpec.worker_pool_specs, v1; a TPU VM's with its
-    ``tpu_topology``: :func:`components.bit.machines.vertex_machine_spec`)."""
+    ``tpu_topology``: :func:`components.bit.machines.vertex_machine_spec`); a 100 GB boot
+    disk of the type the machine takes (:func:`components.bit.machines.boot_disk_type`)."""
     pool = {
         "machine_spec": vertex_machine_spec(machine),
         "replica_count": 1,
-        "disk_spec": {"boot_disk_type": "pd-ssd", "boot_disk_size_gb": 100},
+        "disk_spec": {
+            "boot_disk_type": boot_disk_type(machine.training_machine_type),
+            "boot_disk_size_gb": 100,
+        },
         "container_spec": {"image_uri": image, **command},
     }
     if machine.training_replicas == 1:

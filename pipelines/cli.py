@@ -720,7 +720,7 @@ def _add_submit_options(p: argparse.ArgumentParser) -> None:
     vertex = p.add_argument_group("Vertex AI Pipelines")
     vertex.add_argument("--vertex", action="store_true", help="submit to Vertex AI Pipelines")
     vertex.add_argument("--project", help="Google Cloud project")
-    vertex.add_argument("--region", help="Vertex AI region, e.g. us-central1")
+    vertex.add_argument("--region", help="Vertex AI region, e.g. us-central1 (not us, eu)")
     vertex.add_argument("--pipeline-root", help="gs:// folder for the run's artifacts")
     vertex.add_argument(
         "--service-account",

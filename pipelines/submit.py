@@ -335,14 +335,22 @@ KMS_KEY = re.compile(r"^projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys
 
 def check_vertex_options(region: str, network: str | None, key: str | None) -> None:
     """Refuse, in one line, a region python-aiplatform does not know (the list
-    ``aiplatform.init`` checks: google/cloud/aiplatform/constants/base.py ``SUPPORTED_REGIONS``
-    and ``MREP_JURISDICTIONS``, via utils/__init__.py ``validate_region``), a network that is
+    ``aiplatform.init`` checks: google/cloud/aiplatform/constants/base.py ``SUPPORTED_REGIONS``,
+    via utils/__init__.py ``validate_region``), a multi-region (``MREP_JURISDICTIONS``, e.g.
+    ``us``) or ``global``, which that list also holds: GCPC's launcher reaches the job's region
+    as ``{location}-aiplatform.googleapis.com`` (GCPC 2.22.0 container/v1/gcp_launcher/
+    job_remote_runner.py ``JobRemoteRunner.__init__``), which they are not; a network that is
     not a full VPC name and a key that is not a full Cloud KMS key name (the forms the
     PipelineJob fields ``network`` and ``encryption_spec.kms_key_name`` take)."""
     from google.cloud.aiplatform.constants import base
 
-    known = set(base.SUPPORTED_REGIONS) | set(getattr(base, "MREP_JURISDICTIONS", ()))
-    if region.lower() not in known:
+    wide = set(getattr(base, "MREP_JURISDICTIONS", ())) | {"global"}
+    if region.lower() in wide:
+        raise SubmitError(
+            f"--region {region} is not a single region: Vertex AI Pipelines and the CustomJobs "
+            "it starts run in one region (e.g. us-central1, europe-west4)"
+        )
+    if region.lower() not in set(base.SUPPORTED_REGIONS):
         raise SubmitError(
             f"--region {region} is not a Vertex AI region (e.g. us-central1, europe-west4; the "
             "regions are listed at https://cloud.google.com/vertex-ai/docs/general/locations)"
@@ -491,6 +499,9 @@ def _vertex_failure(
     from google.auth import exceptions as auth
 
     chain = _exception_chain(exc)
+    experiment = _experiment_failure(chain, endpoint, log)
+    if experiment:
+        return experiment
     for error in chain:
         if isinstance(error, auth.DefaultCredentialsError):
             hint = "gcloud auth application-default login; in CI, workload identity federation"
@@ -511,6 +522,27 @@ def _vertex_failure(
     noted = [r.getMessage() for r in log if r.levelno >= 40]
     extra = f" (after: {_first_line(noted[0])})" if noted else ""
     return f"Vertex AI refused {what}: {_first_line(str(exc))}{extra}"
+
+
+EXPERIMENT_FAILED = re.compile(r"^Experiment (.+) could not be found or created\.")
+
+
+def _experiment_failure(chain: Sequence[BaseException], endpoint: str, log: Sequence[Any]) -> str:
+    """One line when the SDK could not get or create the Experiment: ``PipelineJob.submit``
+    does that before it creates the job (python-aiplatform pipeline_jobs.py ``submit``:
+    ``_validate_experiment``, then ``create_pipeline_job``), raising ``RuntimeError("Experiment
+    X could not be found or created. PipelineJob not created")`` from the API's error
+    (metadata/experiment_resources.py ``_ExperimentLoggable._validate_experiment``); ""
+    otherwise."""
+    for error in chain:
+        match = EXPERIMENT_FAILED.match(str(error)) if isinstance(error, RuntimeError) else None
+        if match:
+            cause = error.__cause__ or error.__context__
+            reason = (_vertex_failure(cause, endpoint, log, "the Experiment") if cause
+                      else _first_line(str(error)))  # fmt: skip
+            return (f"Vertex AI Experiment {match.group(1)} could not be found or created, so "
+                    f"nothing was submitted: {reason}")  # fmt: skip
+    return ""
 
 
 def _exception_chain(exc: BaseException) -> list[BaseException]:

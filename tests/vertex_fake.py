@@ -155,10 +155,17 @@ N1_GPU_BOUNDS = {  # accelerator -> {count: (most vCPUs, most GB)}
     "NVIDIA_TESLA_P100": {1: (16, 104), 2: (32, 208), 4: (96, 624)},
 }
 N1_MEMORY_PER_CPU = {"standard": 3.75, "highmem": 6.5, "highcpu": 0.9}
+# The API takes a ct6e (TPU v6e) job; bittune refuses v6e itself, for the framework (no
+# TensorFlow on v6e), which a create request does not show.
 TPU_VM_CHIPS = {  # machine type -> chips on one host; these take tpuTopology, no accelerator
     "ct5lp-hightpu-1t": 1, "ct5lp-hightpu-4t": 4, "ct5lp-hightpu-8t": 8,
     "ct6e-standard-1t": 1, "ct6e-standard-4t": 4, "ct6e-standard-8t": 8,
 }  # fmt: skip
+# DiskSpec.boot_disk_type (aiplatform_v1 machine_resources.py): "Valid values: "pd-ssd" ...,
+# "pd-standard" ... or "hyperdisk-balanced""; A3 Ultra's default is hyperdisk-balanced (the
+# same docstring) and, as this fake reads it, A3 Ultra and A4 boot from Hyperdisk only.
+BOOT_DISK_TYPES = {"pd-ssd", "pd-standard", "hyperdisk-balanced"}
+HYPERDISK_ONLY = re.compile(r"^(a3-ultragpu|a4-highgpu)-")
 GPU_COUNTS: dict[str, set[int]] = {}  # accelerator -> the counts any machine carries
 for _kind, _count in FIXED_GPU_MACHINES.values():
     GPU_COUNTS.setdefault(_kind, set()).add(_count)
@@ -462,6 +469,17 @@ def check_machine(machine: dict[str, Any], replicas: int, pools: int, where: str
         )
 
 
+def check_disk(disk: dict[str, Any], machine_type: str, where: str) -> None:
+    """A pool's boot disk: a valid type (:data:`BOOT_DISK_TYPES`), Hyperdisk on the machines
+    that boot from nothing else (:data:`HYPERDISK_ONLY`)."""
+    kind = disk.get("bootDiskType", "")
+    _require(not kind or kind in BOOT_DISK_TYPES, f"{where}: boot_disk_type {kind!r} is not valid")
+    _require(
+        not kind or kind == "hyperdisk-balanced" or not HYPERDISK_ONLY.match(machine_type),
+        f"{where}: machine type {machine_type} does not support boot disk type {kind}",
+    )
+
+
 def check_custom_job(job: Any) -> dict[str, Any]:
     """Validate a create request's CustomJob (v1): the fields, the pools (pool 0 is the chief:
     one replica), machines with valid accelerators, a service account that is an e-mail, and
@@ -495,6 +513,9 @@ def check_custom_job(job: Any) -> dict[str, Any]:
         replicas = int(pool.get("replicaCount", 0))
         _require(replicas >= 1, f"worker_pool_specs[{index}].replica_count must be >= 1")
         check_machine(machine, replicas, len(pools), f"worker_pool_specs[{index}]")
+        check_disk(
+            pool.get("diskSpec") or {}, machine["machineType"], f"worker_pool_specs[{index}]"
+        )
         _require(index != 0 or replicas == 1, "the first worker pool (the chief) takes 1 replica")
         _require(bool((pool.get("containerSpec") or {}).get("imageUri")),
                  f"worker_pool_specs[{index}]: container_spec.image_uri is required")  # fmt: skip
@@ -511,6 +532,7 @@ class FakeVertex:
     custom_job_state: str = "JOB_STATE_SUCCEEDED"
     custom_job_error: dict[str, Any] | None = None  # a google.rpc.Status for ended jobs
     refuse_experiment_runs: bool = False  # addContextChildren answers PERMISSION_DENIED
+    refuse_experiments: bool = False  # creating a context (an Experiment) answers the same
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     custom_jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     contexts: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -646,6 +668,8 @@ class FakeVertex:
         context_id = query.get("contextId", [""])[0]
         _require(bool(JOB_ID.match(context_id)), f"context_id {context_id!r} is not valid")
         _require(bool(body.get("schemaTitle")), "context.schema_title is required")
+        if self.refuse_experiments:
+            raise ApiError(403, "Permission 'aiplatform.metadataStores.write' denied")
         name = f"{self._store(where)}/contexts/{context_id}"
         with self._lock:
             if name in self.contexts:

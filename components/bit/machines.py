@@ -35,8 +35,15 @@ PAGES = {
     # Vertex AI: the machine types custom training runs on, the GPU compatibility table and
     # the TPU VM configurations (machine type, accelerator, count, tpuTopology).
     "vertex": "https://cloud.google.com/vertex-ai/docs/training/configure-compute",
-    # Vertex AI: "you can specify TPU v2, TPU v3, or TPU v5e VMs" (and v6e); v4 is not listed.
+    # Vertex AI: "you can specify TPU v2, TPU v3, or TPU v5e VMs"; "TPU v5e supports ...
+    # TensorFlow 2.15+", "TPU v6e supports ... JAX 0.4.37+, and PyTorch 2.1+" (no TensorFlow);
+    # v4 is not listed. The page's current copy (Agent Platform) says it outright: "Starting
+    # with TPU v6e, TensorFlow isn't supported for training" (PAGES["agent-tpu"]).
     "vertex-tpu": "https://cloud.google.com/vertex-ai/docs/training/training-with-tpu-vm",
+    "agent-tpu": (
+        "https://docs.cloud.google.com/gemini-enterprise-agent-platform/machine-learning/"
+        "training/training-with-tpu-vm"
+    ),
     # Compute Engine: GPU machine types; N1 with attached GPUs bounds vCPUs and memory per
     # GPU count (section "N1 general-purpose machine series").
     "gpus": "https://cloud.google.com/compute/docs/gpus",
@@ -100,7 +107,7 @@ def _tpu_vm(name: str, machines: Mapping[int, str], topologies: Mapping[int, str
     )
 
 
-_SINGLE_HOST = {1: "1x1", 4: "2x2", 8: "2x4"}  # TPU v5e / v6e single-host slices
+_SINGLE_HOST = {1: "1x1", 4: "2x2", 8: "2x4"}  # TPU v5e single-host slices
 VERTEX_ACCELERATORS: dict[str, VertexAccelerator] = {
     a.name: a
     for a in (
@@ -137,18 +144,20 @@ VERTEX_ACCELERATORS: dict[str, VertexAccelerator] = {
         # TPU v2 / v3 VMs: machine type cloud-tpu, 8 cores on one host (32 and more: pods).
         VertexAccelerator("TPU_V2", "tpu", {8: ("cloud-tpu",)}, PAGES["vertex"] + "#tpu"),
         VertexAccelerator("TPU_V3", "tpu", {8: ("cloud-tpu",)}, PAGES["vertex"] + "#tpu"),
-        # TPU v5e and v6e VMs, single host: 1, 4 or 8 chips, topology 1x1, 2x2, 2x4. v6e has no
-        # AcceleratorType value; its machine type names it (bittune calls it TPU_V6E).
+        # TPU v5e VMs, single host: 1, 4 or 8 chips, topology 1x1, 2x2, 2x4. (v6e: refused,
+        # VERTEX_UNSUPPORTED: no TensorFlow on v6e.)
         _tpu_vm("TPU_V5_LITEPOD", {1: "ct5lp-hightpu-1t", 4: "ct5lp-hightpu-4t",
                                    8: "ct5lp-hightpu-8t"}, _SINGLE_HOST),
-        _tpu_vm("TPU_V6E", {1: "ct6e-standard-1t", 4: "ct6e-standard-4t",
-                            8: "ct6e-standard-8t"}, _SINGLE_HOST),
     )
 }  # fmt: skip
 # Vertex AI accelerators bittune refuses, with the reason (one line each).
 VERTEX_UNSUPPORTED = {
-    "TPU_V4_POD": f"is not among the TPU VMs Vertex AI training lists (v2, v3, v5e, v6e: "
+    "TPU_V4_POD": f"is not among the TPU VMs Vertex AI training lists (v2, v3, v5e: "
                   f"{PAGES['vertex-tpu']})",
+    # v6e (ct6e-standard-*t) has no AcceleratorType value; bittune calls it TPU_V6E.
+    "TPU_V6E": f"trains JAX and PyTorch on Vertex AI, not TensorFlow (\"Starting with TPU v6e, "
+               f"TensorFlow isn't supported for training\": {PAGES['agent-tpu']}); use "
+               f"TPU_V5_LITEPOD",
     "NVIDIA_GB200": "runs on A4X (a4x-highgpu-4g), Arm machines; bittune's images are x86-64",
     "NVIDIA_TESLA_K80": "has reached end of support (https://cloud.google.com/compute/docs/"
                         "eol/k80-eol)",
@@ -157,12 +166,26 @@ VERTEX_UNSUPPORTED = {
 VERTEX_CPU_MACHINE = r"(n1|n2|n2d|e2|c2|c2d)-(standard|highmem|highcpu)-\d+"
 VERTEX_DEFAULT_TYPES = {"gpu": "NVIDIA_L4", "tpu": "TPU_V5_LITEPOD"}
 VERTEX_CPU_DEFAULT = "n1-standard-8"
+# Machine series whose boot disk is Hyperdisk, not Persistent Disk: A3 Ultra (a3-ultragpu-*,
+# H200; aiplatform_v1 ``DiskSpec.boot_disk_type``, google/cloud/aiplatform_v1/types/
+# machine_resources.py: "For non-A3U machines, the default value is "pd-ssd", for A3U machines,
+# the default value is "hyperdisk-balanced"") and A4 (a4-highgpu-*, B200), whose Compute
+# Engine series boots from Hyperdisk only by the second reading's recollection (not verified
+# from a page here: docs/vertex.md, "Not verified"); "hyperdisk-balanced" is one of DiskSpec's
+# valid values either way.
+HYPERDISK_BOOT = ("a3-ultragpu-", "a4-highgpu-")
+
+
+def boot_disk_type(machine_type: str) -> str:
+    """The CustomJob's ``disk_spec.boot_disk_type`` for ``machine_type``: ``hyperdisk-balanced``
+    on :data:`HYPERDISK_BOOT` machines, else ``pd-ssd`` (DiskSpec's valid values)."""
+    return "hyperdisk-balanced" if machine_type.startswith(HYPERDISK_BOOT) else "pd-ssd"
 
 
 def vertex_machine_spec(machine: TrainingMachine) -> dict[str, Any]:
     """A resolved Vertex machine's CustomJob ``machine_spec`` (aiplatform_v1 MachineSpec):
     the machine type; the accelerator type and count unless the machine type names them (TPU
-    v5e/v6e VMs); and a TPU VM's ``tpu_topology``, which python-aiplatform's
+    v5e VMs); and a TPU VM's ``tpu_topology``, which python-aiplatform's
     ``CustomJob.from_local_script`` docstring (google/cloud/aiplatform/jobs.py) says "is
     required for TPU v5 versions"."""
     spec: dict[str, Any] = {"machine_type": machine.training_machine_type}

@@ -140,12 +140,14 @@ BAD_VERTEX_MACHINES = [  # (options, the one line that refuses them): Google's t
      "TPU_V3 comes 8 to a machine, not 32 (more is a multi-host slice"),
     (["--accelerator", "tpu", "--accelerator-type", "TPU_V4_POD", "--accelerator-count", "4"],
      "TPU_V4_POD is not among the TPU VMs Vertex AI training lists"),
-    (["--accelerator", "tpu", "--accelerator-type", "TPU_V6E", "--training-machine-type",
-      "ct5lp-hightpu-4t", "--accelerator-count", "4"], "ct5lp-hightpu-4t does not carry 4 x TPU_"),
+    (["--accelerator", "tpu", "--accelerator-type", "TPU_V6E", "--accelerator-count", "4"],
+     "TPU_V6E trains JAX and PyTorch on Vertex AI, not TensorFlow"),
     (["--accelerator-type", "TPU_V5_LITEPOD"], "TPU_V5_LITEPOD is a TPU: compile with"),
     (["--accelerator", "cpu", "--training-machine-type", "g2-standard-8"],
      "'g2-standard-8' is not a CPU machine type"),
     (["--region", "us-middle9"], "--region us-middle9 is not a Vertex AI region"),
+    (["--region", "us"], "--region us is not a single region"),
+    (["--region", "global"], "--region global is not a single region"),
     (["--network", "my-vpc"], "--network 'my-vpc' is not a full VPC name"),
     (["--encryption-spec-key-name", "my-key"], "'my-key' is not a Cloud KMS key"),
 ]  # fmt: skip
@@ -165,7 +167,6 @@ GOOD_VERTEX_MACHINES = [  # ... and these they allow
     ["--accelerator-type", "NVIDIA_H200_141GB", "--accelerator-count", "8"],
     ["--accelerator-type", "NVIDIA_B200", "--accelerator-count", "8"],
     ["--accelerator", "tpu", "--accelerator-count", "8"],
-    ["--accelerator", "tpu", "--accelerator-type", "TPU_V6E", "--accelerator-count", "4"],
     ["--accelerator", "tpu", "--accelerator-type", "TPU_V2", "--accelerator-count", "8"],
     ["--training-replicas", "3"],
     ["--region", "europe-west4", "--network", "projects/123/global/networks/vpc",
@@ -216,8 +217,6 @@ def test_the_settings_table_and_the_fake_agree_on_every_machine():
             check_machine(sent, 1, 1, "pool")
             theirs = True
         except ApiError:
-            theirs = False
-        if kind == "TPU_V6E" and not ours:  # no AcceleratorType value: the fake cannot tell
             theirs = False
         assert ours == theirs, (kind, count, machine_type, machine.problems("vertex"))
         accepted, refused = accepted + ours, refused + (not ours)
@@ -429,6 +428,49 @@ def test_a_tpu_host_trains_as_a_custom_job_that_names_its_machine(tmp_path, vert
     # tests/unit/aiplatform/constants.py ``_TEST_TPU_V5E_WORKER_POOL_SPEC``)
     assert pool["machineSpec"] == {"machineType": "ct5lp-hightpu-4t", "tpuTopology": "2x2"}
     assert pool["containerSpec"]["imageUri"] == f"{REGISTRY}/bittune-tpu:1.0"
+
+
+def test_a3_ultra_and_a4_jobs_boot_from_hyperdisk(tmp_path, vertex):
+    """aiplatform_v1 ``DiskSpec.boot_disk_type``: A3 Ultra's default is hyperdisk-balanced; the
+    fake refuses pd-ssd there and on A4, and the compiled H200 job reaches it with Hyperdisk."""
+    from google.api_core import exceptions
+
+    options = ["--accelerator-type", "NVIDIA_H200_141GB", "--accelerator-count", "8"]
+    _, spec, name = _custom_job_yaml(tmp_path, *options, "--training-replicas", "2")
+    _launch_as_vertex_would(spec, name, {}, "", vertex)
+    (sent,) = vertex.custom_jobs.values()
+    for pool in sent["jobSpec"]["workerPoolSpecs"]:  # the chief and the worker
+        assert pool["machineSpec"]["machineType"] == "a3-ultragpu-8g"
+        assert pool["diskSpec"]["bootDiskType"] == "hyperdisk-balanced"
+    client, parent = _client(vertex), f"projects/{PROJECT}/locations/{REGION}"
+    hyperdisk_only = {"a3-ultragpu-8g": "NVIDIA_H200_141GB", "a4-highgpu-8g": "NVIDIA_B200"}
+    for machine, kind in hyperdisk_only.items():
+        machine_spec = {"machine_type": machine, "accelerator_type": kind, "accelerator_count": 8}
+        pool = {"machine_spec": machine_spec, "replica_count": 1,
+                "disk_spec": {"boot_disk_type": "pd-ssd"},
+                "container_spec": {"image_uri": "x"}}  # fmt: skip
+        job = {"display_name": "j", "job_spec": {"worker_pool_specs": [pool]}}
+        with pytest.raises(exceptions.BadRequest, match=f"{machine} does not support boot disk"):
+            client.create_custom_job(parent=parent, custom_job=job)
+        pool["disk_spec"]["boot_disk_type"] = "hyperdisk-balanced"
+        assert client.create_custom_job(parent=parent, custom_job=job).name
+
+
+def test_every_table_machine_gets_a_boot_disk_the_fake_takes():
+    from components.bit.machines import VERTEX_ACCELERATORS, TrainingMachine
+    from components.vertex_job import worker_pool_specs
+    from tests.vertex_fake import check_disk
+
+    kinds = set()
+    for kind, row in VERTEX_ACCELERATORS.items():
+        for count, machines in row.machines.items():
+            for machine_type in machines:
+                machine = TrainingMachine(row.family, kind, count, 1, machine_type)
+                (pool,) = worker_pool_specs({}, "x", machine.resolved("vertex"))
+                disk = {"bootDiskType": pool["disk_spec"]["boot_disk_type"]}
+                check_disk(disk, machine_type, machine_type)  # raises ApiError if refused
+                kinds.add(disk["bootDiskType"])
+    assert kinds == {"pd-ssd", "hyperdisk-balanced"}
 
 
 def test_a_machine_type_asked_for_one_gpu_machine_is_honoured(tmp_path, vertex):
@@ -681,6 +723,30 @@ def test_a_run_that_could_not_join_its_experiment_is_kept(vertex, vertex_yaml, g
     assert len(vertex.jobs) == 1
 
 
+def test_an_experiment_that_cannot_be_created_is_named_and_nothing_is_submitted(
+    vertex, vertex_yaml, gcs, capsys
+):
+    """``PipelineJob.submit`` gets or creates the Experiment before it creates the job
+    (python-aiplatform pipeline_jobs.py ``submit``: ``_validate_experiment``, then
+    ``create_pipeline_job``): a refusal there names the Experiment, and no job exists."""
+    from pipelines import cli
+
+    bucket = gcs.new_bucket()
+    vertex.refuse_experiments = True
+    args = ["submit", "--vertex", "--project", PROJECT, "--region", REGION, "--pipeline-root",
+            f"gs://{bucket}/root", "--api-endpoint", vertex.url, "--pipeline", vertex_yaml,
+            "--param", f"data_source=gs://{bucket}/d", "--param", "data_fingerprint=abc",
+            "--experiment", "flowers"]  # fmt: skip
+    assert cli.main(args) == 2
+    out, err = capsys.readouterr()
+    assert err.strip() == (
+        "bittune: error: Vertex AI Experiment flowers could not be found or created, so nothing "
+        "was submitted: Vertex AI refused the Experiment (403): Permission "
+        "'aiplatform.metadataStores.write' denied"
+    ), err
+    assert vertex.jobs == {} and "submitted run" not in out
+
+
 def test_network_and_key_reach_the_pipeline_job(vertex, vertex_yaml, gcs):
     bucket = gcs.new_bucket()
     network = "projects/123/global/networks/vpc"
@@ -690,3 +756,26 @@ def test_network_and_key_reach_the_pipeline_job(vertex, vertex_yaml, gcs):
                          network=network, encryption_spec_key_name=key)  # fmt: skip
     (job,) = vertex.jobs.values()
     assert job["network"] == network and job["encryptionSpec"] == {"kmsKeyName": key}
+
+
+def test_the_tpu_image_puts_libtpu_so_in_lib(tmp_path):
+    """Vertex AI's TPU page: a custom container "must save libtpu.so in the '/lib' directory".
+    The Dockerfile's final stage links it there for ACCELERATOR=tpu only; its program, run
+    against a stand-in libtpu wheel (the library beside the package's __init__.py, as the
+    wheel installs it), names that file; the TPU image installs libtpu."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    final = (root / "docker" / "Dockerfile").read_text().split("\nFROM ")[-1]
+    (step,) = [r for r in final.split("\nRUN ")[1:] if "/lib/libtpu.so" in r]
+    assert step.startswith('if [ "${ACCELERATOR}" = tpu ]; then')
+    program = step.split("python -c '", 1)[1].split("'", 1)[0]
+    package = tmp_path / "libtpu"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "libtpu.so").write_bytes(b"")
+    found = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                           env={"PYTHONPATH": str(tmp_path)}, check=True)  # fmt: skip
+    assert found.stdout.strip() == str(package / "libtpu.so")
+    import runpy
+
+    image = runpy.run_path(str(root / "docker" / "requirements.py"))
+    assert any(r.startswith("libtpu==") for r in image["ACCELERATOR_PACKAGES"]["tpu"])
