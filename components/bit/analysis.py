@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import os
 import posixpath
 import sys
@@ -443,7 +444,10 @@ def split_balance(
     inspected: list[Inspected], fractions: Sequence[float], near: Mapping[str, Any] | None
 ) -> dict[str, Any]:
     """How far each class's split shares are from the target fractions (bittune's own
-    splits), in points, and the near-duplicate groups left unplaced to avoid a skew."""
+    splits), in points, and the near-duplicate groups left unplaced to avoid a skew. The
+    worst class and split also carry ``noise_points``: one standard deviation of that share
+    when each image's split is its own stable hash (binomial, ``sources.hash_split``), the
+    deviation a split that never moves an image when others are added must accept."""
     target = dict(zip(sources.SPLITS, fractions, strict=True))
     counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for r in inspected:
@@ -457,8 +461,10 @@ def split_balance(
         for s in sources.SPLITS:
             points = 100 * abs(shares[s] - target[s])
             if points > worst["points"]:
+                noise = 100 * math.sqrt(target[s] * (1 - target[s]) / total)  # binomial s.d.
                 worst = {"points": round(points, 2), "class": label, "split": s,
-                         "share": round(shares[s], 4), "target": target[s]}  # fmt: skip
+                         "share": round(shares[s], 4), "target": target[s], "images": total,
+                         "noise_points": round(noise, 2)}  # fmt: skip
     unplaced = (near or {}).get("unplaced_groups", [])
     return {"target": target, "max_deviation_points": worst["points"], "worst": worst,
             "per_class": per_class, "unplaced_groups": len(unplaced)}  # fmt: skip
@@ -472,7 +478,8 @@ def balance_line(balance: Mapping[str, Any]) -> str:
     if "class" in worst:
         line += (
             f" (largest: {worst['class']!r} {worst['split']} {100 * worst['share']:.1f}% "
-            f"against {100 * worst['target']:.0f}%)"
+            f"against {100 * worst['target']:.0f}%; a stable per-image hash split of its "
+            f"{worst['images']:,} images varies by ±{worst['noise_points']:.1f} points, 1 s.d.)"
         )
     if balance["unplaced_groups"]:
         line += f"; {balance['unplaced_groups']} near-duplicate groups too large to place"

@@ -42,10 +42,16 @@ SMALL = 64  # images at most this many px a side also get hashes of themselves m
 SHIFT = 2  # … by this many px (their own pixels) in each of 8 directions
 SHIFTS = [(dy, dx) for dy in (-SHIFT, 0, SHIFT) for dx in (-SHIFT, 0, SHIFT) if dy or dx]
 KINDS = ("whole", "centre", *(f"moved {dy},{dx}" for dy, dx in SHIFTS))  # what hashes are of
+# where Pillow's getexif finds an orientation (EXIF, a PNG's text profile, XMP); without any
+# of them exif_transpose would only copy the image
+_ORIENTATION_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
 _THUMBNAIL_OFFSET, _THUMBNAIL_LENGTH = 0x0201, 0x0202  # EXIF IFD1: JPEGInterchangeFormat(Length)
 _BLOCK = 2048  # rows compared at once inside a large bucket
 _SMALL = 64  # buckets up to this size are compared by offsets, all at once
 _BUCKET = 8  # the most hashes a bucket holds on average (uniform hashes)
+# … when queries look buckets up: a lookup (a binary search per query and chunk choice) costs
+# about as much as comparing with 64 members, so fewer choices with larger buckets are cheaper
+_QUERY_BUCKET = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,9 +89,11 @@ def fingerprint(data: bytes) -> Fingerprint | None:
                 alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
                     image.mode == "P" and "transparency" in image.info
                 )  # composited on the background training sees, as images.to_rgb does
-                reduced = (images.to_rgb(image) if alpha else image).convert("L")
-            gray = ImageOps.exif_transpose(reduced)
-            return fingerprint_of(gray)
+                source = images.to_rgb(image) if alpha else image
+                source.load()  # a PNG's eXIf may follow its pixels
+                reduced = source if source.mode == "L" else source.convert("L")
+            oriented = any(key in reduced.info for key in _ORIENTATION_KEYS)
+            return fingerprint_of(ImageOps.exif_transpose(reduced) if oriented else reduced)
     except Exception:  # decoding errors come in many types; the caller reports the count
         return None
 
@@ -96,14 +104,21 @@ def fingerprint_of(gray: Image.Image) -> Fingerprint:
     width, height = gray.size
     whole = gray.resize((_HASH_INPUT, _HASH_INPUT), Image.Resampling.LANCZOS)
     rows, cols = _kind_matrices(width, height)
-    low = rows @ np.asarray(whole, dtype=np.float64) @ cols
+    resized = _array(whole)
+    low = rows @ resized.astype(np.float64) @ cols
     if width > SIDE and height > SIDE:
-        pixels = np.asarray(whole)
+        pixels = resized
     elif max(width, height) > SIDE:
-        pixels = np.asarray(gray.resize((min(width, SIDE), min(height, SIDE))))
+        pixels = _array(gray.resize((min(width, SIDE), min(height, SIDE))))
     else:
-        pixels = np.asarray(gray)
-    return Fingerprint(np.array(pixels, dtype=np.uint8), _bits(low), (width, height))
+        pixels = _array(gray)
+    return Fingerprint(pixels, _bits(low), (width, height))
+
+
+def _array(gray: Image.Image) -> np.ndarray:
+    """A grayscale image's pixels, uint8 (its raw bytes: cheaper than numpy's array
+    interface for a small image)."""
+    return np.frombuffer(gray.tobytes(), dtype=np.uint8).reshape(gray.height, gray.width)
 
 
 def _dct_rows(size: int = _HASH_INPUT, keep: int = 8) -> np.ndarray:
@@ -162,8 +177,8 @@ def _bits(low: np.ndarray) -> tuple[int, ...]:
     flat = low.reshape(len(low), -1)
     ordered = np.sort(flat, axis=1)
     median = (ordered[:, HASH_BITS // 2 - 1] + ordered[:, HASH_BITS // 2]) / 2
-    packed = np.packbits(flat > median[:, None], axis=1)
-    return tuple(int.from_bytes(row.tobytes(), "big") for row in packed)
+    packed = np.packbits(flat > median[:, None], axis=1)  # 8 bytes a row, first bit first
+    return tuple(packed.view(">u8").ravel().tolist())
 
 
 def embedded_thumbnail(image: Image.Image) -> Image.Image | None:
@@ -253,7 +268,7 @@ def close_to(table: np.ndarray, queries: np.ndarray, max_distance: int) -> np.nd
     ``table``, both of distinct values) within ``max_distance`` bits: the same pigeonhole
     chunks as :func:`close_pairs`, but only the table is sorted; each query looks up its
     bucket (``searchsorted``) and is compared with the bucket's members."""
-    agree = _agree(len(table), max_distance)
+    agree = _agree(len(table), max_distance, _QUERY_BUCKET)
     layout = _chunks(max_distance + agree)
 
     def keys(values: np.ndarray, chosen: tuple[int, ...]) -> np.ndarray:
@@ -269,9 +284,12 @@ def close_to(table: np.ndarray, queries: np.ndarray, max_distance: int) -> np.nd
         table_key = keys(table, chosen)
         order = np.argsort(table_key)
         ordered = table_key[order]
+        starts = np.flatnonzero(np.diff(ordered, prepend=ordered[:1] ^ np.uint64(1)))
+        sizes = np.diff(np.append(starts, len(ordered)))
         query_key = keys(queries, chosen)
-        lo = np.searchsorted(ordered, query_key, side="left")
-        count = np.searchsorted(ordered, query_key, side="right") - lo
+        at = np.minimum(np.searchsorted(ordered[starts], query_key), len(starts) - 1)
+        lo = starts[at]
+        count = np.where(ordered[lo] == query_key, sizes[at], 0)
         q = np.repeat(np.arange(len(queries)), count)
         t = order[np.repeat(lo - np.cumsum(count) + count, count) + np.arange(len(q))]
         distance = np.bitwise_count(queries[q] ^ table[t]).astype(np.int64)
@@ -287,10 +305,11 @@ def close_to(table: np.ndarray, queries: np.ndarray, max_distance: int) -> np.nd
     return unique_rows(pairs, max(len(table), len(queries)))
 
 
-def _agree(count: int, max_distance: int) -> int:
-    """How many chunks two close hashes must share (see :func:`close_pairs`)."""
+def _agree(count: int, max_distance: int, bucket: int = _BUCKET) -> int:
+    """How many chunks two close hashes must share (see :func:`close_pairs`): the fewest that
+    keep buckets of ``count`` uniform hashes at most ``bucket`` on average."""
     agree, most = 1, max(1, math.ceil(max_distance / 3))
-    while agree < most and count > _BUCKET * 2 ** (HASH_BITS * agree / (max_distance + agree)):
+    while agree < most and count > bucket * 2 ** (HASH_BITS * agree / (max_distance + agree)):
         agree += 1
     return agree
 

@@ -21,6 +21,7 @@ against its group's representative, so distinct images never chain.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -67,9 +68,10 @@ def candidate_pairs(
     table of the multi-index search (``near_duplicates.close_pairs`` among them,
     ``near_duplicates.close_to`` for the other kinds); every pair of items behind two close
     values is a row (at most :data:`MAX_SHARED` items a value)."""
-    owners = np.fromiter((i for i, h in enumerate(hashes) for _ in h), dtype=np.int64)
-    kinds = np.fromiter((k for h in hashes for k in range(len(h))), dtype=np.int64)
-    flat = np.fromiter((v for h in hashes for v in h), dtype=np.uint64, count=len(owners))
+    lengths = np.fromiter(map(len, hashes), dtype=np.int64, count=len(hashes))
+    owners = np.repeat(np.arange(len(hashes)), lengths)
+    kinds = np.arange(len(owners)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    flat = np.fromiter(itertools.chain.from_iterable(hashes), dtype=np.uint64, count=len(owners))
     whole, other = np.flatnonzero(kinds == 0), np.flatnonzero(kinds != 0)
     table, table_members = _members(flat, whole)
     queries, query_members = _members(flat, other)

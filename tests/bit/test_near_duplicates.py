@@ -251,4 +251,11 @@ def test_own_splits_report_the_balance_and_leave_a_too_large_group_in_place(tmp_
         for split, share in shares.items()
     )
     assert balance["max_deviation_points"] == pytest.approx(worst, abs=0.01)
-    assert "split balance: every class within" in balance_line(balance)
+    largest = balance["worst"]
+    share = balance["target"][largest["split"]]
+    assert largest["images"] == sum(1 for r in result.valid if r.item.label == largest["class"])
+    noise = 100 * (share * (1 - share) / largest["images"]) ** 0.5
+    assert largest["noise_points"] == pytest.approx(noise, abs=0.01)
+    line = balance_line(balance)
+    assert "split balance: every class within" in line
+    assert f"±{noise:.1f} points, 1 s.d." in line and f"its {largest['images']} images" in line
