@@ -58,11 +58,16 @@ BENCHMARKS = {
 def machine() -> str:
     import PIL
 
-    cpu = platform.processor() or platform.machine()
+    from components.bit import tf_env
+
+    tf_env.prepare_environment()  # what every bittune process sets before TensorFlow loads
+    kernels = "on" if os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1" else "off"
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (
-        f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, Python {platform.python_version()}, "
-        f"Pillow {PIL.__version__}, {platform.system()} {platform.release()}"
+        f"{os.cpu_count()} cores, {tf_env.cpu_model()}, {memory:.0f} GiB, Python "
+        f"{platform.python_version()}, Pillow {PIL.__version__}, {platform.system()} "
+        f"{platform.release()}; TensorFlow's CPU kernels: oneDNN {kernels} (TF_ENABLE_ONEDNN_OPTS;"
+        " rows that compare both say so)"
     )
 
 

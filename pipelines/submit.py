@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
@@ -303,10 +304,18 @@ def backend_version(client) -> str | None:
 
 
 def check_backend_version(client, host: str) -> None:
-    """Refuse a KFP server older than :data:`MINIMUM_BACKEND` in one line (one that does not
-    say its version, e.g. a development build, is let through)."""
+    """Refuse a KFP server older than :data:`MINIMUM_BACKEND` in one line. One that does not say
+    its version is let through with a one-line note: release images built without TAG_NAME
+    report ``unknown`` (backend/Dockerfile's default; kubeflow/pipelines issue 11573), so an
+    older release cannot be told from a newer one there."""
     version = backend_version(client)
     if version is None:
+        minimum = ".".join(map(str, MINIMUM_BACKEND))
+        print(
+            f"note: the KFP server at {host} does not say its release; bittune's pipeline needs "
+            f"Kubeflow Pipelines {minimum} or newer (README: Supported backends)",
+            file=sys.stderr,
+        )
         return
     numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
     if numbers < MINIMUM_BACKEND:

@@ -395,7 +395,14 @@ def pipeline_problems(
             if value and not str(value).startswith(CLUSTER_READABLE):
                 found.append(
                     f"{name} {value!r} is a path on this machine, which the cluster cannot "
-                    "read; use gs://… (or /gcs/…)"
+                    "read; use gs://… (or /gcs/… on Vertex AI)"
+                )
+            elif value and target == "kubeflow" and str(value).startswith("/gcs/"):
+                # argocompiler/container.go (2.14.0-2.17.0): every executor pod mounts an
+                # emptyDir of its own at /gcs (gcsScratchLocation), not Cloud Storage.
+                found.append(
+                    f"{name} {value!r}: on Kubeflow Pipelines /gcs/ is each pod's own scratch "
+                    "folder, not a Cloud Storage mount; use gs://…"
                 )
     else:
         found.append(_parsed(lambda: sources.check_source(data, data_dir)))

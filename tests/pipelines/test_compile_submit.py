@@ -187,14 +187,19 @@ def test_images_without_a_registry_are_refused(kfp_server, tmp_path):
 
 
 @pytest.mark.parametrize(("tag", "accepted"), [("2.13.0", False), ("2.14.0", True),
-                                               ("2.17.1", True), ("", True)])  # fmt: skip
-def test_submit_checks_the_server_release(compiled, tag, accepted):
+                                               ("2.17.1", True), ("", True),
+                                               ("unknown", True)])  # fmt: skip
+def test_submit_checks_the_server_release(compiled, tag, accepted, capsys):
     """The oldest release the backend runner passes is the minimum (tests/pipelines/
-    test_cluster.py runs every one from it); an older server is refused before any upload."""
+    test_cluster.py runs every one from it); an older server is refused before any upload,
+    and one that does not say its release gets a one-line note."""
     params = {"data_source": "gs://b/flowers", **GIVEN}
     with FakeKfpServer(tag_name=tag) as server:
         if accepted:
             assert submit.submit(server.url, params, "flowers", str(compiled))["run_id"]
+            note = capsys.readouterr().err
+            assert ("does not say its release" in note) == (tag in ("", "unknown"))
+            assert len(note.splitlines()) == (1 if tag in ("", "unknown") else 0)
             return
         with pytest.raises(SubmitError) as refused:
             submit.submit(server.url, params, "flowers", str(compiled))

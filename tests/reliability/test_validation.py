@@ -74,16 +74,18 @@ def test_submit_refuses_before_calling_the_api(tmp_path, capsys, ledger):
             "--param", "data_source=/home/me/photos",  # a path on this machine
             "--param", "preprocess_workers=-2",
             "--param", "training_strategy=fastest",
+            "--param", "serving_root=/gcs/b/serving",  # a scratch folder on Kubeflow
         )  # fmt: skip
         assert code == 2
         assert "data_source '/home/me/photos' is a path on this machine" in err
+        assert "serving_root '/gcs/b/serving': on Kubeflow Pipelines /gcs/ is each pod's" in err
         assert "preprocess_workers must be between 1 and 1000, got -2" in err
         assert "training_strategy must be one of auto, default" in err
         code, err = _bittune(capsys, "submit", "--host", kfp.url, "--param",
                              "data_source=gs://b/d", "--param", "few_shot=many")  # fmt: skip
         assert code == 2 and "few_shot" in err
         assert kfp.requests == []  # the KFP API was never called
-    ledger["bad_parameters_refused"] += 4
+    ledger["bad_parameters_refused"] += 5
 
 
 def test_unsafe_pipeline_yaml_is_refused(tmp_path, capsys, ledger):
