@@ -254,9 +254,10 @@ PARAMETERS: dict[str, Param] = {
         Param("baseline_model", str, "",
               "Model to beat (a run or SavedModel); '' compares with the newest version "
               "under serving_root."),
-        Param("baseline_tolerance", float, 0.0,
-              "How much below the baseline's accuracy is still blessed: the lower bound of "
-              "the paired accuracy difference's interval must not be below -tolerance.",
+        Param("baseline_tolerance", float, 0.01,
+              "How much below the baseline's accuracy is still blessed (non-inferiority "
+              "margin): the lower bound of the paired accuracy difference's interval must not "
+              "be below -tolerance; 0 asks the challenger to be shown better.",
               minimum=0, maximum=1),
         Param("confidence_level", float, 0.95,
               "Confidence level of the gate's intervals (accuracy, paired difference, "

@@ -29,7 +29,7 @@ class GateSettings:
 
     blessing_threshold: float = 0.0  # minimum top-1 accuracy (0: only the relative rules)
     threshold_on_lower_bound: bool = False  # the threshold judges accuracy's lower bound
-    baseline_tolerance: float = 0.0  # how much worse than the served model is still blessed
+    baseline_tolerance: float = 0.01  # how much worse than the served model is still blessed
     confidence_level: float = 0.95  # of every interval the gate uses
     class_recall_margin: float = 0.05  # largest drop of one class's recall
     calibration_margin: float = 0.05  # how much worse the calibration error may be
