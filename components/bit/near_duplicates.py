@@ -49,9 +49,6 @@ _THUMBNAIL_OFFSET, _THUMBNAIL_LENGTH = 0x0201, 0x0202  # EXIF IFD1: JPEGIntercha
 _BLOCK = 2048  # rows compared at once inside a large bucket
 _SMALL = 64  # buckets up to this size are compared by offsets, all at once
 _BUCKET = 8  # the most hashes a bucket holds on average (uniform hashes)
-# … when queries look buckets up: a lookup (a binary search per query and chunk choice) costs
-# about as much as comparing with 64 members, so fewer choices with larger buckets are cheaper
-_QUERY_BUCKET = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,7 +265,7 @@ def close_to(table: np.ndarray, queries: np.ndarray, max_distance: int) -> np.nd
     ``table``, both of distinct values) within ``max_distance`` bits: the same pigeonhole
     chunks as :func:`close_pairs`, but only the table is sorted; each query looks up its
     bucket (``searchsorted``) and is compared with the bucket's members."""
-    agree = _agree(len(table), max_distance, _QUERY_BUCKET)
+    agree = _agree(len(table), max_distance)  # larger buckets cost more on real hashes
     layout = _chunks(max_distance + agree)
 
     def keys(values: np.ndarray, chosen: tuple[int, ...]) -> np.ndarray:
@@ -305,11 +302,10 @@ def close_to(table: np.ndarray, queries: np.ndarray, max_distance: int) -> np.nd
     return unique_rows(pairs, max(len(table), len(queries)))
 
 
-def _agree(count: int, max_distance: int, bucket: int = _BUCKET) -> int:
-    """How many chunks two close hashes must share (see :func:`close_pairs`): the fewest that
-    keep buckets of ``count`` uniform hashes at most ``bucket`` on average."""
+def _agree(count: int, max_distance: int) -> int:
+    """How many chunks two close hashes must share (see :func:`close_pairs`)."""
     agree, most = 1, max(1, math.ceil(max_distance / 3))
-    while agree < most and count > bucket * 2 ** (HASH_BITS * agree / (max_distance + agree)):
+    while agree < most and count > _BUCKET * 2 ** (HASH_BITS * agree / (max_distance + agree)):
         agree += 1
     return agree
 
