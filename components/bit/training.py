@@ -178,6 +178,7 @@ class _Folder:
         start and ``sync`` would upload it over theirs (a resumed run's latest checkpoint
         named the one it resumed from)."""
         self.target = target
+        self._sent: dict[str, tuple[int, int, int]] = {}  # path -> _stamp as on gs://
         if not storage.is_gcs(target):
             os.makedirs(target, exist_ok=True)
             self.local = target
@@ -195,16 +196,28 @@ class _Folder:
             path = os.path.join(self.local, entry.relpath)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             storage.write_bytes(path, storage.read_bytes(entry.uri))
+            self._sent[path] = _stamp(path)
 
     def sync(self) -> None:
-        """Upload the mirror to gs:// (a checkpoint's index file last)."""
+        """Upload what is new or changed in the mirror to gs:// (a checkpoint's index file
+        last); a checkpoint already there is not sent again at every save."""
         if self.local == self.target:
             return
         files = [os.path.join(d, n) for d, _, names in os.walk(self.local) for n in names]
         files.sort(key=lambda p: os.path.basename(p) == "checkpoint")
         for path in files:
+            stamp = _stamp(path)
+            if self._sent.get(path) == stamp:
+                continue
             rel = os.path.relpath(path, self.local).replace(os.sep, "/")
             storage.upload_file(path, storage.join(self.target, rel))
+            self._sent[path] = stamp
+
+
+def _stamp(path: str) -> tuple[int, int, int]:
+    """What changes when a file is written: its size, time, and (replaced whole) its inode."""
+    status = os.stat(path)
+    return status.st_size, status.st_mtime_ns, status.st_ino
 
 
 # ---------------------------------------------------------------------------------------------
