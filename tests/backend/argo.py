@@ -3,7 +3,8 @@ and omitted tasks, failFast, and retries of the executor pod on a simulated cloc
 (backend/src/v2/compiler/argocompiler/dag.go, container.go; argo-workflows
 workflow/controller/operator.go at the version each release installs -- v3.6.7 for KFP 2.14,
 v3.7.3 for 2.15 and 2.16, v4.0.5 for 2.17, ``releases.ARGO_VERSIONS``. The rules used here read
-the same in all three)."""
+the same in all three, except the retry policy a cluster's ``templateDefaults`` sets:
+``releases.template_retry_strategy``)."""
 
 from __future__ import annotations
 
@@ -147,6 +148,15 @@ class RetryPolicy(NamedTuple):
         return self.base * (self.factor ** (number - 1))
 
 
+# argo-workflows workflow/controller/operator.go ``processNodeRetries`` (v3.6.7-v4.0.5): the
+# node phases each retryPolicy retries (OnTransientError, which reads the message, is left out).
+RETRIED_PHASES = {
+    "OnFailure": ("Failed",),
+    "OnError": ("Error",),
+    "Always": ("Failed", "Error"),
+}
+
+
 class RetryClock:
     """Argo's retries of one container task, on a simulated clock.
 
@@ -157,8 +167,19 @@ class RetryClock:
     the ``ran_for_s`` of the kill hook that stopped it, a backoff as its configured
     ``duration * factor**(n-1)`` (the real wait is shrunk by ``backoff_scale``)."""
 
-    def __init__(self, retry_policy: Mapping[str, Any] | None) -> None:
+    def __init__(
+        self, retry_policy: Mapping[str, Any] | None, defaults: Mapping[str, str] | None = None
+    ) -> None:
+        """``defaults``: the cluster's ``templateDefaults.retryStrategy``
+        (``releases.template_retry_strategy``); its ``retryPolicy`` applies to every step, its
+        ``limit`` to a step without ``set_retry`` (which then retries with no backoff)."""
+        defaults = defaults or {}
         self.policy = RetryPolicy.of(retry_policy or {})
+        if not retry_policy and defaults.get("limit"):
+            self.policy = RetryPolicy(int(defaults["limit"]), 0.0, 0, 0.0)
+        self.retry_on = defaults.get("retryPolicy") or "OnFailure"  # RetryPolicyActual
+        if self.retry_on not in RETRIED_PHASES:
+            raise ValueError(f"retryPolicy must be one of {', '.join(RETRIED_PHASES)}")
         self.clock = 0.0
 
     def finish(self, attempt: AttemptResult, number: int) -> None:
@@ -194,8 +215,9 @@ class RetryClock:
         (``argo_factor``); the next start (this attempt's end + ``duration * factor**(n-1)``)
         past it -> "Backoff would exceed max duration limit"; then the retry policy: the KFP
         compiler sets none (argocompiler/container.go ``getTaskRetryStrategyFromInput``), so
-        ``RetryPolicyActual`` (pkg/apis/workflow/v1alpha1/workflow_types.go) is OnFailure,
-        which retries Failed nodes and not Error ones (a deleted pod)."""
+        it is the cluster's ``templateDefaults`` one, else ``RetryPolicyActual``
+        (pkg/apis/workflow/v1alpha1/workflow_types.go) OnFailure, which retries Failed nodes
+        and not Error ones (a deleted pod); ``RETRIED_PHASES``."""
         policy = self.policy
         if not policy.max_retries:
             return ""
@@ -206,8 +228,11 @@ class RetryClock:
             return f"retry node Error: {policy.factor_error}"
         if limit and self.clock + policy.delay(number) > limit:
             return "Backoff would exceed max duration limit"
-        if attempt.phase == "Error":
-            return "Node not set to be retried after status: Error (retry policy OnFailure)"
+        if attempt.phase not in RETRIED_PHASES[self.retry_on]:
+            return (
+                f"Node not set to be retried after status: {attempt.phase} "
+                f"(retry policy {self.retry_on})"
+            )
         if number > policy.max_retries:
             return ""
         return None

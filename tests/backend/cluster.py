@@ -62,10 +62,14 @@ class Cluster:
         keep_pods: bool = False,
         poll_interval_s: float = 0.05,
         backend_version: str = LATEST_VERSION,
+        template_retry: Mapping[str, str] | None = None,
     ) -> None:
         if backend_version not in BACKEND_VERSIONS:
             raise ValueError(f"backend_version must be one of {', '.join(BACKEND_VERSIONS)}")
         self.backend_version = backend_version
+        # The workflow-controller config map's templateDefaults.retryStrategy ({} none); None:
+        # what the release's manifests install (releases.template_retry_strategy).
+        self.template_retry = dict(template_retry) if template_retry is not None else None
         self.stores = list(stores)
         self.workdir = pathlib.Path(
             workdir if workdir is not None else tempfile.mkdtemp(prefix="kfp-backend-runner-")

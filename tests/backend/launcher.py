@@ -28,6 +28,7 @@ from .pod import (
     task_dirs,
     unpod,
 )
+from .releases import template_retry_strategy
 from .results import ArtifactRecord, AttemptResult, DriverError, LauncherError, TaskResult
 from .stores import StoreError
 from .values import go_json, json_obj, pb_value_to_text, text_to_pb, to_pb
@@ -69,7 +70,7 @@ def launch(
     result.executor_input = _received_input(with_defaults, lambda p: p)
     result.local_executor_input = _received_input(local_input, lambda p: str(pod_path(pod_root, p)))
     result.command = _compile_cmd_and_args(user_command, local_input, pod_root)
-    retries = RetryClock(node.task.get("retryPolicy"))
+    retries = RetryClock(node.task.get("retryPolicy"), template_retry_strategy(cluster))
     number = 0
     while True:
         number += 1

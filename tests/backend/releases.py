@@ -22,6 +22,7 @@ __all__ = [
     "job_time_placeholder",
     "loop_record_name",
     "null_k8s_parameter_fails",
+    "template_retry_strategy",
     "validates_literals",
 ]
 
@@ -128,3 +129,37 @@ def driver_resolves_container_args(cluster: Cluster) -> bool:
           before -> driver/driver.go ``initPodSpecPatch`` -> driver/util.go
           ``resolveContainerArgs``, ``resolveSinglePlaceholder``"""
     return cluster.at_least("2.17")
+
+
+# manifests/kustomize/third-party/argo/base/workflow-controller-configmap-patch.yaml at 2.17.0
+# (``workflowDefaults``; commit 2dea6fd468, PR 13485), included by every env overlay through
+# third-party/argo/installs/*.
+STOCK_2_17_TEMPLATE_RETRY = {"limit": "2", "retryPolicy": "OnError"}
+
+
+def template_retry_strategy(cluster: Cluster) -> dict[str, str]:
+    """The ``templateDefaults.retryStrategy`` Argo merges into every template of the run: the
+    cluster's own setting (``Cluster.template_retry``, what its admin put in the
+    workflow-controller config map) or else what the release's manifests install. ``{}``: none.
+
+    Argo merges the defaults field by field, the template's own fields winning
+    (argo-workflows v4.0.5 workflow/controller/operator.go ``mergedTemplateDefaultsInto``:
+    ``strategicpatch.StrategicMergePatch(defaults, template)``, called from
+    ``executeTemplate``). The KFP compiler writes a task's ``limit`` and ``backoff`` but never
+    a ``retryPolicy`` (argocompiler/container.go ``getTaskRetryStrategyFromInput``, 2.14.0-2.17.0),
+    so the default's ``retryPolicy`` is what a ``set_retry`` step gets, and a step without
+    ``set_retry`` gets the whole default. ``processNodeRetries`` then retries Failed nodes only
+    under OnFailure (``RetryPolicyActual``'s default) or Always, Error nodes (a deleted pod)
+    only under OnError or Always.
+
+    release -> stock templateDefaults.retryStrategy -> source
+      2.14.0, 2.15.0, 2.16.0 -> none: OnFailure -> manifests/kustomize/third-party/argo/base/
+          workflow-controller-configmap-patch.yaml has no ``workflowDefaults``
+      2.17.0 -> ``{limit: '2', retryPolicy: OnError}`` (and a 1 h ``ttlStrategy``): a step that
+          exits non-zero is NOT retried, a deleted pod is -> the same file at 2.17.0; Argo
+          v4.0.5 operator.go ``mergedTemplateDefaultsInto``, ``processNodeRetries``
+    Not modelled: the defaults also land on the DAG and driver templates, so an Error that
+    exhausts a step's retries can re-run the step's wrapper DAG with a fresh retry budget."""
+    if cluster.template_retry is not None:
+        return dict(cluster.template_retry)
+    return dict(STOCK_2_17_TEMPLATE_RETRY) if cluster.at_least("2.17") else {}

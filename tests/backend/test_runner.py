@@ -259,6 +259,11 @@ def two_day_window():
     ).set_caching_options(False)
 
 
+@dsl.pipeline(name="no-retry")
+def no_retry():
+    sleepy(seconds=2.0).set_caching_options(False)
+
+
 @dsl.pipeline(name="join-in-sub-pipeline")
 def join_in_sub_pipeline(parts: Input[list[Artifact]]) -> str:
     return join_numbers(parts=parts).output
@@ -365,12 +370,15 @@ def moto():
 
 @pytest.fixture
 def runner(moto, tmp_path):
+    """A 2.17 cluster whose admin removed the stock ``templateDefaults.retryStrategy`` (as
+    docs/kubeflow.md asks): Argo's own OnFailure policy, as on 2.14-2.16."""
     return BackendRunner(
         [moto.store()],
         workdir=tmp_path / "runner",
         python_bin=pathlib.Path(sys.executable).parent,
         backoff_scale=0.0,
         task_timeout_s=60,
+        template_retry={},
     )
 
 
@@ -591,6 +599,39 @@ def test_a_deleted_pod_ends_in_error_and_is_not_retried(runner, tmp_path):
     task = result.task("sleepy")
     assert result.state == "FAILED" and [a.phase for a in task.attempts] == ["Error"]
     assert any("retry policy OnFailure" in w for w in task.warnings)
+
+
+@pytest.mark.parametrize(
+    ("version", "template_retry", "retried"),
+    [
+        ("2.16", None, {"Failed": True, "Error": False}),  # no templateDefaults: OnFailure
+        ("2.17", None, {"Failed": False, "Error": True}),  # stock {limit 2, OnError}
+        ("2.17", {"limit": "2", "retryPolicy": "Always"}, {"Failed": True, "Error": True}),
+    ],
+)
+def test_the_stock_2_17_template_defaults_retry_deleted_pods_and_not_failed_steps(
+    moto, tmp_path, version, template_retry, retried
+):
+    """2.17.0's manifests add templateDefaults.retryStrategy {limit 2, OnError}; Argo merges its
+    retryPolicy into the step's (mergedTemplateDefaultsInto), since KFP writes none."""
+    runner = _at(version, moto, tmp_path)
+    runner.template_retry = template_retry
+    path = _compile(two_day_window, tmp_path)
+    for phase, expected in retried.items():
+        runner.clear_hooks()
+        runner.kill_on("sleepy", _kill_at_start, phase=phase)
+        task = runner.run(path, raise_on_failure=False).task("sleepy")
+        assert [a.phase for a in task.attempts][:1] == [phase]
+        assert len(task.attempts) == (2 if expected else 1), (version, phase)
+        assert task.state == ("SUCCEEDED" if expected else "FAILED")
+
+
+def test_a_step_without_set_retry_gets_the_default_limit_on_stock_2_17(moto, tmp_path):
+    runner = _at("2.17", moto, tmp_path)
+    runner.kill_on("sleepy", _kill_at_start, phase="Error", attempts=(1, 2))
+    task = runner.run(_compile(no_retry, tmp_path), raise_on_failure=False).task("sleepy")
+    assert [a.phase for a in task.attempts] == ["Error", "Error", "Succeeded"]
+    assert task.retry_delays_s == [0.0, 0.0]  # the default has no backoff
 
 
 # --- rules that changed between backend releases, and ML Metadata read-backs ---------------------

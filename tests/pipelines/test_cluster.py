@@ -58,8 +58,11 @@ def _runner(stores, tmp_path, gcs, version=BACKEND_VERSIONS[-1], **env):
     base = {"LANG": "C.UTF-8", "HOME": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "2"}
     base["STORAGE_EMULATOR_HOST"] = gcs.server.url
     base["PYTHONPATH"] = str(REPO)  # the tasks run this checkout's code (not the editable one's)
+    # template_retry={}: a 2.17 cluster set up as docs/kubeflow.md asks (stock templateDefaults
+    # retryStrategy removed), so retries follow set_retry as on 2.14-2.16
     return BackendRunner(stores, workdir=tmp_path / "cluster", backoff_scale=0.0,
-                         base_env={**base, **env}, backend_version=version)  # fmt: skip
+                         base_env={**base, **env}, backend_version=version,
+                         template_retry={})  # fmt: skip
 
 
 def _parameters(data, **extra):
