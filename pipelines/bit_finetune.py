@@ -37,6 +37,11 @@ TRAINING_TIMEOUT_SECONDS = 48 * 3600
 # retry strategy's backoff.maxDuration has passed (the SDK's default is one hour); a schedule
 # can run for the whole timeout, so a preempted training task must stay retryable that long.
 RETRY_WINDOW_SECONDS = TRAINING_TIMEOUT_SECONDS + 3600
+# The same window for the steps that move data (analyze, plan, write-shards, gather, push): with
+# the default hour, a step whose first attempt ran an hour on a large dataset is not retried,
+# and a retry still running an hour after the first start is killed (Argo processNodeRetries,
+# workflowpod.go getDeadline: ARGO_DEADLINE).
+DATA_RETRY_WINDOW_SECONDS = 24 * 3600
 TRAINING_RETRIES = 2
 
 
@@ -56,7 +61,12 @@ def _resources(task, cpu, memory, target: str):
 def _storage_bound(task, name: str, cpu: str, memory: str, target: str):
     """Display name, resources, and retries with backoff for tasks that mostly move data."""
     _resources(task.set_display_name(name), cpu, memory, target)
-    return task.set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2.0)
+    return task.set_retry(
+        num_retries=3,
+        backoff_duration="30s",
+        backoff_factor=2.0,
+        backoff_max_duration=f"{DATA_RETRY_WINDOW_SECONDS}s",
+    )
 
 
 def _retried_training(task, machine: TrainingMachine):
