@@ -137,15 +137,86 @@ def parse_overrides(text: str | Mapping[str, Any]) -> dict[str, Any]:
     return overrides
 
 
+# The Kubernetes quantity grammar (k8s.io/apimachinery pkg/api/resource/quantity.go: a signed
+# decimal number, then a binary SI suffix, a decimal SI suffix or a decimal exponent).
+_QUANTITY = re.compile(
+    r"(?P<number>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
+    r"(?P<suffix>[KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?"
+)
+_QUANTITY_SCALE = {"n": "1e-9", "u": "1e-6", "m": "1e-3", "k": "1e3", "M": "1e6", "G": "1e9",
+                   "T": "1e12", "P": "1e15", "E": "1e18"}  # fmt: skip
+
+
+def quantity_value(text: str) -> float:
+    """The value of a Kubernetes quantity (``500m`` -> 0.5, ``2Ki`` -> 2048, ``1e3`` ->
+    1000); a ``ParameterError`` for text outside its grammar or not above zero."""
+    match = _QUANTITY.fullmatch(str(text))
+    if match is not None:
+        number, suffix = float(match["number"]), match["suffix"] or ""
+        if suffix.endswith("i"):
+            number *= 1024 ** ("KMGTPE".index(suffix[0]) + 1)
+        elif suffix[:1] in "eE" and suffix:
+            number = float(f"{match['number']}{suffix}")  # past 1e308: inf, refused below
+        elif suffix:
+            number *= float(_QUANTITY_SCALE[suffix])
+        if 0 < number < float("inf"):
+            return number
+    raise ParameterError(f"{text!r} is not a resource quantity like 8, 500m, 32G or 30Gi")
+
+
 def _check_quantity(text: str) -> None:
     """A Kubernetes quantity such as ``8``, ``500m``, ``32G`` or ``30Gi``."""
-    number = str(text).rstrip("mkMGTPEi")
-    try:
-        ok = float(number) > 0
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ParameterError(f"{text!r} is not a resource quantity like 8, 500m, 32G or 30Gi")
+    quantity_value(text)
+
+
+def _check_node_selector(selector: Mapping[str, Any]) -> None:
+    """Label keys to string values: the KFP driver reads it into ``map[string]string``
+    (driver/k8s.go ``extendPodSpecPatch``)."""
+    bad = [k for k, v in selector.items() if not isinstance(v, str)]
+    if bad:
+        value = selector[bad[0]]
+        raise ParameterError(f"training_node_selector values must be text, {bad[0]!r} is {value!r}")
+
+
+# Kubernetes core/v1 Toleration (k8s.io/api core/v1 types.go): its fields, their JSON types,
+# and the values ``operator`` and ``effect`` take; the pairings the API server refuses are from
+# k8s.io/kubernetes pkg/apis/core/validation/validation.go ``validateTolerations``.
+_TOLERATION_FIELDS = {"key": str, "operator": str, "value": str, "effect": str,
+                      "tolerationSeconds": int}  # fmt: skip
+_OPERATORS = ("Exists", "Equal")
+_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+def _toleration_problem(item: Any) -> str | None:
+    if not isinstance(item, dict):
+        return f"is {item!r}, not a JSON object"
+    for field, value in item.items():
+        kind = _TOLERATION_FIELDS.get(field)
+        if kind is None:
+            return f"has an unknown field {field!r} (known: {', '.join(_TOLERATION_FIELDS)})"
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"{field} must be {'a whole number' if kind is int else 'text'}, got {value!r}"
+    operator = item.get("operator", "Equal")
+    if operator not in _OPERATORS:
+        return f"operator must be Exists or Equal, got {operator!r}"
+    if item.get("effect", "") not in ("", *_EFFECTS):
+        return f"effect must be one of {', '.join(_EFFECTS)}, got {item['effect']!r}"
+    if operator == "Exists" and item.get("value"):
+        return "operator Exists takes no value"
+    if operator == "Equal" and not item.get("key"):
+        return "operator Equal needs a key"
+    if "tolerationSeconds" in item and item.get("effect") != "NoExecute":
+        return "tolerationSeconds needs effect NoExecute"
+    return None
+
+
+def _check_tolerations(tolerations: Sequence[Any]) -> None:
+    """Each item a Kubernetes Toleration: the KFP driver reads the list into
+    ``[]k8score.Toleration`` (driver/k8s.go ``extendPodSpecPatch``)."""
+    for number, item in enumerate(tolerations):
+        problem = _toleration_problem(item)
+        if problem:
+            raise ParameterError(f"training_tolerations[{number}] {problem}")
 
 
 def _check_formats(text: str) -> None:
@@ -244,10 +315,10 @@ PARAMETERS: dict[str, Param] = {
               pattern=r"^([a-z][a-z0-9]*(-[a-z0-9]+)+)?$", compile_time=True),
         Param("training_node_selector", dict, {},
               'Node selector for training, e.g. {"cloud.google.com/gke-accelerator": '
-              '"nvidia-l4"}.'),
+              '"nvidia-l4"}.', parse=_check_node_selector),
         Param("training_tolerations", list, [],
               'Tolerations for training, e.g. [{"key": "nvidia.com/gpu", "operator": '
-              '"Exists", "effect": "NoSchedule"}].'),
+              '"Exists", "effect": "NoSchedule"}].', parse=_check_tolerations),
         Param("blessing_threshold", float, 0.0,
               "Minimum test accuracy to push (the model must also beat the majority class "
               "and the current serving version).", minimum=0, maximum=1),
@@ -291,9 +362,7 @@ COMPILE_TIME = tuple(n for n, p in PARAMETERS.items() if p.compile_time)
 def cpu_count(quantity: str) -> int:
     """Whole CPUs in a Kubernetes quantity (``6`` -> 6, ``500m`` -> 1): TensorFlow's thread
     pools are sized from it, not from the node's cores."""
-    text = str(quantity)
-    value = float(text[:-1]) / 1000 if text.endswith("m") else float(text)
-    return max(1, round(value))
+    return max(1, round(quantity_value(quantity)))
 
 
 def names(target: str = "kubeflow") -> list[str]:

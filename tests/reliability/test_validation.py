@@ -163,3 +163,37 @@ def test_components_check_their_parameters_first(component, arguments, message, 
 
 
 run_id = "run-1"
+
+
+@pytest.mark.parametrize("value", ["8", "500m", "24G", "30Gi", "1e3", "2.5", "+.5", "100n"])
+def test_kubernetes_quantities_pass(value):
+    assert params.PARAMETERS["training_memory"].problem(value) is None
+
+
+@pytest.mark.parametrize("value", ["8mi", "8Gii", "8iG", "inf", "1_000", "8K", "1e", "0", "-1", ""])
+def test_text_outside_the_kubernetes_quantity_grammar_is_one_line(value):
+    """k8s.io/apimachinery resource.ParseQuantity would fail the training driver on these."""
+    problem = params.PARAMETERS["training_cpu"].problem(value)
+    assert problem == f"{value!r} is not a resource quantity like 8, 500m, 32G or 30Gi"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("training_node_selector", {"gpu": True}, "values must be text, 'gpu' is True"),
+        ("training_tolerations", ["gpu"], "[0] is 'gpu', not a JSON object"),
+        ("training_tolerations", [{"key": "a", "value": 1}], "[0] value must be text, got 1"),
+        ("training_tolerations", [{"key": "a", "operator": "In"}], "must be Exists or Equal"),
+        ("training_tolerations", [{"key": "a", "effect": "NoRun"}], "effect must be one of"),
+        ("training_tolerations", [{"operator": "Equal"}], "operator Equal needs a key"),
+        ("training_tolerations", [{"key": "a", "keys": "b"}], "unknown field 'keys'"),
+    ],
+)
+def test_node_selectors_and_tolerations_the_driver_cannot_read_are_refused(name, value, message):
+    """The KFP driver reads them into map[string]string / []k8score.Toleration (driver/k8s.go)."""
+    problem = params.PARAMETERS[name].problem(value)
+    assert problem is not None and message in problem and "\n" not in problem
+    good = {"training_node_selector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
+            "training_tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                      "effect": "NoSchedule"}]}  # fmt: skip
+    assert params.PARAMETERS[name].problem(good[name]) is None
