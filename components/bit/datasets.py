@@ -31,6 +31,9 @@ def materialize_digits(root: str | None = None) -> str:
     parent = os.path.dirname(os.path.abspath(root))
     os.makedirs(parent, exist_ok=True)
     partial = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(partial, 0o777 & ~umask)  # as a plain mkdir would (mkdtemp's is owner-only)
     try:
         count = _write_digits(partial)
         with open(os.path.join(partial, _COMPLETE_MARKER), "w") as marker:

@@ -72,16 +72,23 @@ def prepare_environment() -> None:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
+_keras_checked = False
+
+
 def import_tensorflow():
-    """Import and return TensorFlow with tf.keras bound to tf-keras (Keras 2)."""
+    """Import and return TensorFlow with tf.keras bound to tf-keras (Keras 2); checked once
+    per process, at the first import (tf.keras's name is not stable once modules load)."""
+    global _keras_checked
     prepare_environment()
     import tensorflow as tf
 
-    if not tf.keras.__name__.startswith("tf_keras"):
-        raise RuntimeError(
-            "TensorFlow was imported before bittune could select tf-keras: set "
-            "TF_USE_LEGACY_KERAS=1, or import bittune's training code first"
-        )
+    if not _keras_checked:
+        if not tf.keras.__name__.startswith("tf_keras"):
+            raise RuntimeError(
+                "TensorFlow was imported before bittune could select tf-keras: set "
+                "TF_USE_LEGACY_KERAS=1, or import bittune's training code first"
+            )
+        _keras_checked = True
     return tf
 
 
@@ -114,7 +121,7 @@ def cpu_model() -> str:
 def onednn_enabled() -> bool:
     """Whether this process's TensorFlow runs its oneDNN CPU kernels (TensorFlow's own answer,
     ``IsMklEnabled``, which reads ``TF_ENABLE_ONEDNN_OPTS`` and the CPU's features)."""
-    import_tensorflow()
+    prepare_environment()  # before TensorFlow loads, if it has not yet
     from tensorflow.python.util import _pywrap_util_port
 
     return bool(_pywrap_util_port.IsMklEnabled())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -26,6 +27,14 @@ def test_runs_started_together_each_get_the_whole_folder(tmp_path):
     assert outputs == [str(root)] * 3
     assert len(list(root.glob("*/*.png"))) == 1797
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits"]  # no partial copy left
+    mode = root.stat().st_mode & 0o777
+    assert mode == 0o777 & ~_umask()  # readable by others (the Docker steps' user), as mkdir
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_an_incomplete_folder_is_written_again(tmp_path):
