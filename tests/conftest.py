@@ -149,3 +149,25 @@ def pytest_collection_modifyitems(items):
         return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: every file keeps its own order
+
+
+# The suite's time by area (tests/<area>/…), printed at the end of every run (docs/testing.md):
+# setup, call and teardown of every test, summed on the controller (with xdist, per worker's
+# reports), so an area that grows shows up in CI's output.
+_AREA_SECONDS: collections.Counter = collections.Counter()
+
+
+def pytest_runtest_logreport(report):
+    parts = report.nodeid.split("::", 1)[0].split("/")
+    area = parts[1] if len(parts) > 2 else "top level"
+    _AREA_SECONDS[area] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _AREA_SECONDS:
+        return
+    total = sum(_AREA_SECONDS.values())
+    terminalreporter.section("time by area (test seconds, summed over workers)")
+    for area, seconds in _AREA_SECONDS.most_common():
+        terminalreporter.write_line(f"{area:<14} {seconds:8.0f} s  {seconds / total:5.1%}")
+    terminalreporter.write_line(f"{'all':<14} {total:8.0f} s")
