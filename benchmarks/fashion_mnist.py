@@ -229,7 +229,7 @@ def _balance(name: str, items: list, fractions=(0.8, 0.1, 0.1)) -> dict:
         "balance": balance_line(result.stats["split_balance"]),
         "examples": {s: e["total"] for s, e in result.stats["examples"].items()},
         "largest group": near["largest_group"],
-        "moved": near["moved_to_group_split"],
+        "placed whole": near["placed_whole"],
     }
 
 

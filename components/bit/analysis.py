@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import math
 import os
 import posixpath
 import sys
@@ -27,6 +26,7 @@ from components.bit import (
     near_verify,
     params,
     sources,
+    splits,
     storage,
 )
 from components.bit.errors import BittuneError
@@ -136,9 +136,11 @@ def analyze(config: AnalysisConfig, output_dir: str | None = None) -> AnalysisRe
     inspected = inspect_items(listing.items, fractions, config)
     inspected = flag_duplicates(inspected)
     inspected, excluded = flag_excluded(inspected, config.exclude_list)
-    near: dict[str, Any] | None = None
-    if config.near_duplicates:
-        inspected, near = group_near_duplicates(inspected, fractions)
+    verified = group_near_duplicates(inspected) if config.near_duplicates else None
+    if verified is not None:
+        inspected = verified.inspected
+    inspected, unplaced = assign_splits(inspected, fractions)
+    near = near_leaks(inspected, verified, unplaced) if verified is not None else None
     valid = [r for r in inspected if r.problem is None]
     train = [r for r in valid if r.split == "train"]
     if not valid:
@@ -172,7 +174,7 @@ def analyze(config: AnalysisConfig, output_dir: str | None = None) -> AnalysisRe
     if near is not None:
         stats["near_duplicates"] = near
     if not listing.has_splits:
-        stats["split_balance"] = split_balance(inspected, fractions, near)
+        stats["split_balance"] = split_balance(inspected, fractions, unplaced)
     stats["profile"] = data_profile(inspected)
     served = served_model(config)
     if served:
@@ -322,14 +324,21 @@ def drift_from(served: str, new_profile: Mapping[str, Any]) -> dict[str, Any]:
     return {"served": served, **compared, "summary": drift.summary(compared)}
 
 
-def group_near_duplicates(
-    inspected: list[Inspected], fractions: Sequence[float]
-) -> tuple[list[Inspected], dict[str, Any]]:
+@dataclasses.dataclass(frozen=True)
+class Verified:
+    """The near-duplicates found: items with their group set, and the verified pairs."""
+
+    inspected: list[Inspected]
+    hashed: list[int]  # the items fingerprinted, in the order of the pairs' indices
+    pairs: Any  # (n, 2) int array of verified pairs, indices into ``hashed``
+    similarity: Any  # (n,) each pair's similarity
+    found: dict[str, Any]  # candidates, verified, calibration
+
+
+def group_near_duplicates(inspected: list[Inspected]) -> Verified:
     """Find near-duplicates (hash candidates verified on pixels against the dataset's own
-    threshold, :mod:`components.bit.near_verify`), group them in stars, keep each group in one
-    split where the source did not fix the split (unless the group is too large to place
-    without skewing a split: then it is reported, not moved), and mark held-out items with a
-    verified near-duplicate in training (leaked)."""
+    threshold, :mod:`components.bit.near_verify`) and group them in stars: each member of a
+    group carries the key of its group's first member."""
     hashed = [i for i, r in enumerate(inspected) if r.problem is None and r.fingerprint]
     prints = [inspected[i].fingerprint for i in hashed]
     rows = near_verify.candidate_pairs([p.hashes for p in prints])
@@ -340,31 +349,64 @@ def group_near_duplicates(
     members: dict[int, list[int]] = collections.defaultdict(list)
     for index, root in zip(hashed, roots, strict=True):
         members[root].append(index)
-    class_sizes = collections.Counter(r.item.label for r in inspected if r.problem is None)
-    out, moved, unplaced = list(inspected), 0, []
+    out = list(inspected)
     for group in (sorted(g, key=lambda i: inspected[i].key) for g in members.values()):
-        if len(group) < 2:
-            continue
-        first = inspected[group[0]]
-        fixed = [inspected[i].item.split for i in group if inspected[i].item.split]
-        split = fixed[0] if fixed else sources.split_of(first.item, fractions)
+        if len(group) > 1:
+            for i in group:
+                out[i] = dataclasses.replace(out[i], group=inspected[group[0]].key)
+    found = {"candidates": len(rows), "verified": len(pairs), "calibration": calibration.summary()}
+    return Verified(out, hashed, pairs, similarity, found)
+
+
+def assign_splits(
+    inspected: list[Inspected], fractions: Sequence[float]
+) -> tuple[list[Inspected], list[dict[str, Any]]]:
+    """bittune's own splits for the valid items the source left without one, stratified by
+    class (:mod:`components.bit.splits`). A near-duplicate group goes to one split whole (the
+    split the source fixed for one of its members, if any) unless one of its classes holds more
+    than :data:`PLACE_SHARE` of that class (and more than 2 images): such a group would skew the
+    class's balance, so its images are placed one by one and it is returned as unplaced."""
+    valid = [n for n, r in enumerate(inspected) if r.problem is None]
+    class_sizes = collections.Counter(inspected[n].item.label for n in valid)
+    together: dict[str, list[int]] = collections.defaultdict(list)
+    for n in valid:
+        together[inspected[n].group or inspected[n].key].append(n)
+    out, units, unplaced = list(inspected), [], []
+    for group in (sorted(g, key=lambda i: inspected[i].key) for g in together.values()):
         labels = collections.Counter(inspected[i].item.label for i in group)
-        place = all(n <= max(2, PLACE_SHARE * class_sizes[c]) for c, n in labels.items())
-        if not fixed and not place:
-            unplaced.append({"group": first.key, "images": len(group), "classes": dict(labels)})
-        for i in group:
-            r = out[i]
-            new = r.item.split or (split if place else r.split)
-            moved += new != r.split
-            out[i] = dataclasses.replace(r, split=new, group=first.key)
-    for a, b in pairs.tolist():
+        fixed = [inspected[i].item.split for i in group if inspected[i].item.split]
+        whole = all(n <= max(2, PLACE_SHARE * class_sizes[c]) for c, n in labels.items())
+        if len(group) > 1 and not whole and not fixed:
+            unplaced.append({"group": inspected[group[0]].key, "images": len(group),
+                             "classes": dict(labels)})  # fmt: skip
+        if fixed and whole:
+            for i in group:
+                out[i] = dataclasses.replace(out[i], split=out[i].item.split or fixed[0])
+            continue
+        loose = [i for i in group if not inspected[i].item.split]
+        parts = [loose] if whole else [[i] for i in loose]
+        for part in (p for p in parts if p):
+            label = min(labels, key=lambda c: (-labels[c], c))
+            units.append(splits.Unit(tuple(part), label, inspected[part[0]].item.identity))
+    for index, split in splits.assign(units, fractions).items():
+        out[index] = dataclasses.replace(out[index], split=split)
+    return out, unplaced
+
+
+def near_leaks(
+    inspected: list[Inspected], verified: Verified, unplaced: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Mark held-out items with a verified near-duplicate in training (leaked) in place;
+    return the near-duplicate section of stats.json."""
+    hashed = verified.hashed
+    for a, b in verified.pairs.tolist():
         ia, ib = hashed[a], hashed[b]
         for held, other in ((ia, ib), (ib, ia)):
-            if out[held].split != "train" and out[other].split == "train":
-                out[held] = dataclasses.replace(out[held], leaks_train=True)
-    found = {"candidates": len(rows), "verified": len(pairs), "unplaced": unplaced}
-    found["calibration"] = calibration.summary()
-    return out, near_summary(out, (pairs, similarity, prints), hashed, moved, found)
+            if inspected[held].split != "train" and inspected[other].split == "train":
+                inspected[held] = dataclasses.replace(inspected[held], leaks_train=True)
+    prints = [inspected[i].fingerprint for i in hashed]
+    found = {**verified.found, "unplaced": unplaced}
+    return near_summary(inspected, (verified.pairs, verified.similarity, prints), hashed, found)
 
 
 def _verified(rows, scores, minimum: float):
@@ -383,7 +425,7 @@ def _verified(rows, scores, minimum: float):
 
 
 def near_summary(
-    inspected: list[Inspected], verified, hashed: list[int], moved: int, found: dict[str, Any]
+    inspected: list[Inspected], verified, hashed: list[int], found: dict[str, Any]
 ) -> dict[str, Any]:
     """The near-duplicate section of stats.json: counts, pairs per split pair, examples."""
     pairs_found, similarity, prints = verified
@@ -425,7 +467,7 @@ def near_summary(
         "large_groups": sum(1 for n in sizes if n > near_verify.LARGE_GROUP),
         "pairs": {k: v for k, v in sorted(pairs.items()) if v},
         "leaked": dict(collections.Counter(r.split for r in inspected if r.leaks_train)),
-        "moved_to_group_split": moved,
+        "placed_whole": sum(1 for g in grouped.values() if len(g) == 1),
         "unplaced_groups": found["unplaced"],
         "examples": [
             {
@@ -441,49 +483,18 @@ def near_summary(
 
 
 def split_balance(
-    inspected: list[Inspected], fractions: Sequence[float], near: Mapping[str, Any] | None
+    inspected: list[Inspected], fractions: Sequence[float], unplaced: Sequence[Any] = ()
 ) -> dict[str, Any]:
-    """How far each class's split shares are from the target fractions (bittune's own
-    splits), in points, and the near-duplicate groups left unplaced to avoid a skew. The
-    worst class and split also carry ``noise_points``: one standard deviation of that share
-    when each image's split is its own stable hash (binomial, ``sources.hash_split``), the
-    deviation a split that never moves an image when others are added must accept."""
-    target = dict(zip(sources.SPLITS, fractions, strict=True))
+    """How far each class's split shares are from the target fractions (``splits.balance``),
+    and how many near-duplicate groups were too large to place whole."""
     counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for r in inspected:
         if r.problem is None:
             counts[r.item.label][r.split] += 1
-    per_class, worst = {}, {"points": 0.0}
-    for label in sorted(counts):
-        total = sum(counts[label].values())
-        shares = {s: counts[label][s] / total for s in sources.SPLITS}
-        per_class[label] = {s: round(v, 4) for s, v in shares.items()}
-        for s in sources.SPLITS:
-            points = 100 * abs(shares[s] - target[s])
-            if points > worst["points"]:
-                noise = 100 * math.sqrt(target[s] * (1 - target[s]) / total)  # binomial s.d.
-                worst = {"points": round(points, 2), "class": label, "split": s,
-                         "share": round(shares[s], 4), "target": target[s], "images": total,
-                         "noise_points": round(noise, 2)}  # fmt: skip
-    unplaced = (near or {}).get("unplaced_groups", [])
-    return {"target": target, "max_deviation_points": worst["points"], "worst": worst,
-            "per_class": per_class, "unplaced_groups": len(unplaced)}  # fmt: skip
+    return splits.balance(counts, fractions, len(unplaced))
 
 
-def balance_line(balance: Mapping[str, Any]) -> str:
-    """One line: the largest distance of a class's split share from its target."""
-    worst = balance["worst"]
-    line = f"split balance: every class within {balance['max_deviation_points']:.1f} points"
-    line += " of the target fractions"
-    if "class" in worst:
-        line += (
-            f" (largest: {worst['class']!r} {worst['split']} {100 * worst['share']:.1f}% "
-            f"against {100 * worst['target']:.0f}%; a stable per-image hash split of its "
-            f"{worst['images']:,} images varies by ±{worst['noise_points']:.1f} points, 1 s.d.)"
-        )
-    if balance["unplaced_groups"]:
-        line += f"; {balance['unplaced_groups']} near-duplicate groups too large to place"
-    return line
+balance_line = splits.balance_line
 
 
 def _flag(r: Inspected, code: str, reason: str) -> Inspected:

@@ -40,7 +40,8 @@ def sections(stats: dict[str, Any], rule: HyperRule) -> list[Section]:
     if not stats["source"]["has_splits"]:
         fractions = "/".join(f"{f:g}" for f in stats["source"]["split_fractions"])
         summary.paragraphs.append(
-            f"The source has no splits: assigned by a stable hash ({fractions})."
+            f"The source has no splits: assigned per class by a stable hash order "
+            f"({fractions}; near-duplicate groups kept whole)."
         )
     share = decision["share_below"]
     rule_section = Section(
@@ -160,8 +161,8 @@ def near_section(stats: dict[str, Any]) -> Section:
             f"{near_duplicates.MIN_SIDE} px compared by content only, {near['not_decodable']:,} "
             "could not be decoded).",
             f"Held-out images with a near-duplicate in training (leaked): {leaked}. "
-            f"{near['moved_to_group_split']:,} images moved to their group's split so that "
-            "a group stays in one split (splits the source fixed are kept).",
+            f"Groups kept whole in one split: {near['placed_whole']:,} of {near['groups']:,} "
+            "(splits the source fixed are kept).",
             f"Largest group: {near.get('largest_group', 0):,} images; groups too large to "
             f"place in one split without skewing it (reported, not moved): "
             f"{len(near.get('unplaced_groups', [])):,}.",

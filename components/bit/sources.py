@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 import os
@@ -26,6 +25,7 @@ from collections.abc import Iterator, Sequence
 
 from components.bit import storage
 from components.bit.errors import BittuneError
+from components.bit.splits import SPLITS, hash_point
 
 IMAGE_EXTENSIONS = {
     ".jpg": "JPEG",
@@ -38,7 +38,6 @@ IMAGE_EXTENSIONS = {
     ".tif": "TIFF",
     ".tiff": "TIFF",
 }
-SPLITS = ("train", "validation", "test")
 _SPLIT_ALIASES = {
     "train": "train",
     "training": "train",
@@ -100,13 +99,10 @@ def normalise_split(value: str) -> str | None:
 
 
 def hash_split(identity: str, fractions: Sequence[float]) -> str:
-    """The split of an item without one, from a stable hash of its identity.
-
-    The same identity always lands in the same split whatever else is in the dataset, so new
-    files never move existing ones. ``fractions`` are (train, validation, test).
-    """
-    digest = hashlib.sha256(identity.encode("utf-8")).digest()
-    point = int.from_bytes(digest[:8], "big") / 2**64
+    """The split of an item by a stable hash of its identity alone (each image on its own: a
+    class's shares are then binomial; analysis stratifies by class, :mod:`components.bit.splits`).
+    ``fractions`` are (train, validation, test)."""
+    point = hash_point(identity)
     cumulative = 0.0
     for split, fraction in zip(SPLITS, fractions, strict=True):
         cumulative += fraction

@@ -1,3 +1,4 @@
+import collections
 import json
 import shutil
 
@@ -95,16 +96,22 @@ def test_median_area_decides_resolution(tmp_path):
     assert "40.0% of training images are below 96*96" in report
 
 
-def test_hash_splits_are_stable_when_files_are_added(tmp_path):
+def test_own_splits_hold_each_class_fraction_and_move_few_when_files_are_added(tmp_path):
     root = tmp_path / "data"
-    for i in range(60):
-        _image(root / "ab"[i % 2] / f"{i}.png", (8, 8), i)
-    before = {r.item.identity: r.split for r in analyze(AnalysisConfig(str(root))).inspected}
-    for i in range(60, 120):
-        _image(root / "ab"[i % 2] / f"{i}.png", (8, 8), i)
+    for i in range(400):
+        _image(root / "ab"[i % 2] / f"{i}.png", (8 + i // 256, 8), i)  # all distinct
+    result = analyze(AnalysisConfig(str(root), near_duplicates=False))
+    before = {r.item.identity: r.split for r in result.inspected}
+    for label in "ab":
+        shares = collections.Counter(r.split for r in result.valid if r.item.label == label)
+        assert shares == {"train": 160, "validation": 20, "test": 20}
+    assert result.stats["split_balance"]["max_deviation_points"] == 0
+    for i in range(400, 410):  # 5 more images a class
+        _image(root / "ab"[i % 2] / f"{i}.png", (8 + i // 256, 8), i)  # all distinct
     after = {r.item.identity: r.split for r in analyze(AnalysisConfig(str(root))).inspected}
-    assert all(after[k] == v for k, v in before.items())
-    assert set(after.values()) == {"train", "validation", "test"}
+    for label in "ab":
+        moved = sum(after[k] != v for k, v in before.items() if k.startswith(f"{label}/"))
+        assert moved <= 2 * (5 + 1)  # at most m + 1 across each of the two cuts
 
 
 def test_reports_are_self_contained(odd_folder, tmp_path):

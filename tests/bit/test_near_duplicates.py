@@ -122,7 +122,7 @@ def test_own_splits_keep_each_group_together(tmp_path):
     for r in result.valid:
         groups.setdefault(r.group or r.key, set()).add(r.split)
     near = result.stats["near_duplicates"]
-    assert near["groups"] >= 0.9 * len(tiles) and near["moved_to_group_split"] > 0
+    assert near["groups"] >= 0.9 * len(tiles) and near["placed_whole"] == near["groups"]
     assert all(len(splits) == 1 for splits in groups.values()) and near["leaked"] == {}
     assert set(near["pairs"]) <= {"train-train", "validation-validation", "test-test"}
 
@@ -242,7 +242,7 @@ def test_own_splits_report_the_balance_and_leave_a_too_large_group_in_place(tmp_
     splits = {r.split for r in result.valid if r.group == near["unplaced_groups"][0]["group"]}
     leaked = [r for r in result.valid if r.leaks_train]
     assert all(r.split != "train" for r in leaked)
-    # left where the hash put each image: a member held out next to one in train is a leak
+    # placed one by one: a member held out next to one in train is a leak
     assert ("train" in splits and len(splits) > 1) == bool(leaked)
     assert set(balance["per_class"]) == {"c0", "c1"}
     worst = max(
@@ -252,10 +252,10 @@ def test_own_splits_report_the_balance_and_leave_a_too_large_group_in_place(tmp_
     )
     assert balance["max_deviation_points"] == pytest.approx(worst, abs=0.01)
     largest = balance["worst"]
-    share = balance["target"][largest["split"]]
     assert largest["images"] == sum(1 for r in result.valid if r.item.label == largest["class"])
-    noise = 100 * (share * (1 - share) / largest["images"]) ** 0.5
-    assert largest["noise_points"] == pytest.approx(noise, abs=0.01)
+    assert largest["image_points"] == pytest.approx(100 / largest["images"], abs=0.01)
+    # stratified: every class within one image of each target, the large group spread out
+    assert balance["max_deviation_points"] <= largest["image_points"] + 0.01
     line = balance_line(balance)
     assert "split balance: every class within" in line
-    assert f"±{noise:.1f} points, 1 s.d." in line and f"its {largest['images']} images" in line
+    assert f"one image {largest['image_points']:.1f} points" in line
