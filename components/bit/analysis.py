@@ -41,6 +41,7 @@ MAX_PAIRS_SHOWN = 8  # near-duplicate pairs shown with thumbnails in the report
 # A group is placed in one split only when no class of it holds more than this share of the
 # class's images (or 2 images): a larger one would skew that split's class balance.
 PLACE_SHARE = 0.02
+HASH_BATCH = 4096  # reduced images hashed together (their DCTs in one product)
 
 
 class AnalysisError(BittuneError):
@@ -202,18 +203,34 @@ def inspect_items(
         ThreadPoolExecutor(max_workers=workers) as pool,
         tqdm(total=len(items), disable=not show, unit="img", desc="analyzing") as bar,
     ):
-        out = []
+        out: list[Inspected] = []
+        pending: list[int] = []  # reduced, not yet hashed
         seen: collections.Counter[str] = collections.Counter()
         for result in pool.map(one, items):
             identity = result.item.identity
             key = identity if not seen[identity] else f"{identity}#{seen[identity]}"
             seen[identity] += 1
+            if result.fingerprint is not None:
+                pending.append(len(out))
             out.append(dataclasses.replace(result, key=key))
+            if len(pending) >= HASH_BATCH:
+                _hash(out, pending)
             bar.update()
+        _hash(out, pending)
     return out
 
 
+def _hash(out: list[Inspected], pending: list[int]) -> None:
+    """Fingerprint the reduced images at ``pending`` together (in place; empties it)."""
+    prints = near_duplicates.fingerprints([out[i].fingerprint for i in pending])
+    for i, found in zip(pending, prints, strict=True):
+        out[i] = dataclasses.replace(out[i], fingerprint=found, phash=found.phash)
+    pending.clear()
+
+
 def _inspect_one(item: sources.Item, split: str, max_pixels: int, hashing: bool) -> Inspected:
+    """One item's header checks, and with ``hashing`` its image reduced for a fingerprint
+    (``near_duplicates.reduce_image``, in the same open), kept in ``fingerprint``."""
     if item.problem:
         return Inspected(item, split, None, images.Problem(OUTSIDE_ROOT, item.problem))
     try:
@@ -224,13 +241,17 @@ def _inspect_one(item: sources.Item, split: str, max_pixels: int, hashing: bool)
         return Inspected(item, split, None, images.Problem(images.UNREADABLE, str(exc)))
     ext = posixpath.splitext(item.uri)[1].lower()
     expected = sources.IMAGE_EXTENSIONS.get(ext) if item.payload is None else None
-    outcome = images.inspect(data, expected, max_pixels)
+    then = _reduced if hashing else None
+    outcome, reduced = images.inspect_then(data, expected, max_pixels, then)
     if isinstance(outcome, images.Problem):
         return Inspected(item, split, None, outcome)
-    hashable = hashing and min(outcome.height, outcome.width) >= near_duplicates.MIN_SIDE
-    found = near_duplicates.fingerprint(data) if hashable else None
-    phash = found.phash if found else None
-    return Inspected(item, split, outcome, None, phash=phash, fingerprint=found)
+    return Inspected(item, split, outcome, None, fingerprint=reduced)
+
+
+def _reduced(image) -> near_duplicates.Reduced | None:
+    if min(image.size) < near_duplicates.MIN_SIDE:
+        return None
+    return near_duplicates.reduce_image(image)
 
 
 def flag_duplicates(inspected: list[Inspected]) -> list[Inspected]:

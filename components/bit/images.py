@@ -11,8 +11,12 @@ import dataclasses
 import hashlib
 import io
 import warnings
+from collections.abc import Callable
+from typing import TypeVar
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+T = TypeVar("T")
 
 # Our own pixel limit is checked on header sizes; Pillow's warning/error would only duplicate it.
 Image.MAX_IMAGE_PIXELS = None
@@ -70,19 +74,38 @@ def inspect(
     ``expected_format`` is the Pillow format the file name promises (``"JPEG"``, ``"PNG"`` …);
     content of another format is a :data:`FORMAT_MISMATCH`.
     """
+    return inspect_then(data, expected_format, max_pixels)[0]
+
+
+def inspect_then(
+    data: bytes,
+    expected_format: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    then: Callable[[Image.Image], T] | None = None,
+) -> tuple[ImageInfo | Problem, T | None]:
+    """:func:`inspect`, and when the header passes, ``then(image)`` on the image still open
+    (its header read, its pixels not yet decoded): one open for both."""
     if not data:
-        return Problem(EMPTY, "empty file (0 bytes)")
+        return Problem(EMPTY, "empty file (0 bytes)"), None
     try:
         with Image.open(io.BytesIO(data)) as image:
-            fmt = _FORMAT_ALIASES.get(image.format or "", image.format or "unknown")
-            width, height = image.size
-            mode = image.mode
-            orientation = _orientation(image)
+            info = _checked(image, data, expected_format, max_pixels)
+            if then is None or isinstance(info, Problem):
+                return info, None
+            return info, then(image)
     except UnidentifiedImageError:
         promised = f" (the name says {expected_format})" if expected_format else ""
-        return Problem(NOT_IMAGE, f"not a recognised image{promised}")
+        return Problem(NOT_IMAGE, f"not a recognised image{promised}"), None
     except Exception as exc:  # Pillow raises many types for malformed headers
-        return Problem(CORRUPT, f"corrupt header: {exc}")
+        return Problem(CORRUPT, f"corrupt header: {exc}"), None
+
+
+def _checked(
+    image: Image.Image, data: bytes, expected_format: str | None, max_pixels: int
+) -> ImageInfo | Problem:
+    fmt = _FORMAT_ALIASES.get(image.format or "", image.format or "unknown")
+    width, height = image.size
+    orientation = _orientation(image)
     if expected_format and fmt != expected_format:
         return Problem(FORMAT_MISMATCH, f"content is {fmt} but the name says {expected_format}")
     if width < 1 or height < 1:
@@ -98,7 +121,7 @@ def inspect(
         return Problem(TRUNCATED, cut)
     if orientation in _ROTATING_ORIENTATIONS:
         width, height = height, width
-    return ImageInfo(height, width, fmt, mode, content_hash(data), len(data), orientation)
+    return ImageInfo(height, width, fmt, image.mode, content_hash(data), len(data), orientation)
 
 
 def _orientation(image: Image.Image) -> int:

@@ -49,6 +49,7 @@ _THUMBNAIL_OFFSET, _THUMBNAIL_LENGTH = 0x0201, 0x0202  # EXIF IFD1: JPEGIntercha
 _BLOCK = 2048  # rows compared at once inside a large bucket
 _SMALL = 64  # buckets up to this size are compared by offsets, all at once
 _BUCKET = 8  # the most hashes a bucket holds on average (uniform hashes)
+_PRODUCT = 32  # images of one kind set hashed by one matrix product (fewer: one by one)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +70,17 @@ class Fingerprint:
         return self.hashes[0]
 
 
+@dataclasses.dataclass(frozen=True)
+class Reduced:
+    """An image reduced for its fingerprint (in a reader thread, while it is open), in
+    grayscale: an image at most :data:`SIDE` px a side as decoded, to be resized to pHash's
+    32x32 input with many others (:func:`fingerprints`); a larger one already resized."""
+
+    gray: np.ndarray  # uint8: the image as decoded (at most SIDE px a side), else 32x32
+    pixels: np.ndarray  # the fingerprint's pixels
+    size: tuple[int, int]  # the decoded image's (width, height)
+
+
 def perceptual_hash(data: bytes) -> int | None:
     """The image's 64-bit pHash, or None when its pixels cannot be decoded."""
     found = fingerprint(data)
@@ -79,37 +91,120 @@ def fingerprint(data: bytes) -> Fingerprint | None:
     """The image's :class:`Fingerprint`, or None when its pixels cannot be decoded."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            reduced = embedded_thumbnail(image)
-            if reduced is None:
-                if image.format in ("JPEG", "MPO"):
-                    image.draft("L", (2 * _HASH_INPUT, 2 * _HASH_INPUT))
-                alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-                    image.mode == "P" and "transparency" in image.info
-                )  # composited on the background training sees, as images.to_rgb does
-                source = images.to_rgb(image) if alpha else image
-                source.load()  # a PNG's eXIf may follow its pixels
-                reduced = source if source.mode == "L" else source.convert("L")
-            oriented = any(key in reduced.info for key in _ORIENTATION_KEYS)
-            return fingerprint_of(ImageOps.exif_transpose(reduced) if oriented else reduced)
+            reduced = reduce_image(image)
+    except Exception:  # not an image at all
+        return None
+    return fingerprints([reduced])[0] if reduced else None
+
+
+def reduce_image(image: Image.Image) -> Reduced | None:
+    """An open image (its header read, its pixels not yet) reduced for its fingerprint, or
+    None when its pixels cannot be decoded."""
+    try:
+        reduced = embedded_thumbnail(image)
+        if reduced is None:
+            if image.format in ("JPEG", "MPO"):
+                image.draft("L", (2 * _HASH_INPUT, 2 * _HASH_INPUT))
+            alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+                image.mode == "P" and "transparency" in image.info
+            )  # composited on the background training sees, as images.to_rgb does
+            source = images.to_rgb(image) if alpha else image
+            source.load()  # a PNG's eXIf may follow its pixels
+            reduced = source if source.mode == "L" else source.convert("L")
+        oriented = any(key in reduced.info for key in _ORIENTATION_KEYS)
+        return reduced_of(ImageOps.exif_transpose(reduced) if oriented else reduced)
     except Exception:  # decoding errors come in many types; the caller reports the count
         return None
 
 
-def fingerprint_of(gray: Image.Image) -> Fingerprint:
-    """The fingerprint of a decoded grayscale image. One resize to 32x32 (pHash's input);
-    the centre and the moved images are sampled from it inside the DCT's matrices."""
+def reduced_of(gray: Image.Image) -> Reduced:
+    """A decoded grayscale image reduced. An image at most :data:`SIDE` px a side is kept as
+    it is (its own pixels; resized with others in :func:`fingerprints`); a larger one is
+    resized to 32x32 here, and its pixels are that when both sides are larger than
+    :data:`SIDE`, else it shrunk to at most :data:`SIDE` px a side."""
     width, height = gray.size
-    whole = gray.resize((_HASH_INPUT, _HASH_INPUT), Image.Resampling.LANCZOS)
-    rows, cols = _kind_matrices(width, height)
-    resized = _array(whole)
-    low = rows @ resized.astype(np.float64) @ cols
+    if max(width, height) <= SIDE:
+        kept = _array(gray)
+        return Reduced(kept, kept, (width, height))
+    whole = _array(gray.resize((_HASH_INPUT, _HASH_INPUT), Image.Resampling.LANCZOS))
     if width > SIDE and height > SIDE:
-        pixels = resized
-    elif max(width, height) > SIDE:
-        pixels = _array(gray.resize((min(width, SIDE), min(height, SIDE))))
+        pixels = whole
     else:
-        pixels = _array(gray)
-    return Fingerprint(pixels, _bits(low), (width, height))
+        pixels = _array(gray.resize((min(width, SIDE), min(height, SIDE))))
+    return Reduced(whole, pixels, (width, height))
+
+
+def fingerprint_of(gray: Image.Image) -> Fingerprint:
+    """The fingerprint of a decoded grayscale image."""
+    return fingerprints([reduced_of(gray)])[0]
+
+
+def fingerprints(reduced: Sequence[Reduced]) -> list[Fingerprint]:
+    """The fingerprints of reduced images. The centre and the moved images are sampled from
+    the 32x32 input inside the DCT's matrices, so every kind of hash is linear in it: images
+    whose kinds match (every large image; small ones of one size) are hashed in one product."""
+    by_kinds: dict[tuple[int, int], list[int]] = {}
+    for n, r in enumerate(reduced):
+        by_kinds.setdefault(_kinds_key(*r.size), []).append(n)
+    out: list[Fingerprint | None] = [None] * len(reduced)
+    for key, members in by_kinds.items():
+        stack = np.stack([reduced[n].gray for n in members])
+        whole = _lanczos_resize(stack) if max(key) <= SIDE else stack.astype(np.float64)
+        if len(members) >= _PRODUCT:
+            low = whole.reshape(len(members), -1) @ _projection(key)
+        else:
+            rows, cols = _kind_matrices(*key)
+            low = rows[None] @ whole[:, None] @ cols[None]  # (images, kinds, 8, 8)
+        hashes = _bits(low.reshape(-1, 8, 8)).reshape(len(members), -1)
+        for n, row in zip(members, hashes.tolist(), strict=True):
+            out[n] = Fingerprint(reduced[n].pixels, tuple(row), reduced[n].size)
+    return out  # type: ignore[return-value]
+
+
+def _lanczos_resize(stack: np.ndarray) -> np.ndarray:
+    """Images of one size (n, h, w), uint8, at most 32 px a side, resized to 32x32 as
+    Pillow's LANCZOS does for them (the rows first, then the columns, each pass rounded to
+    0-255; a side already 32 px is not resampled: within one grey level of Pillow, tested), in
+    two matrix products for all of them."""
+    count, height, width = stack.shape
+    out = stack.astype(np.float64)
+    if width != _HASH_INPUT:
+        out = out.reshape(count * height, width) @ _lanczos(width).T
+        out = np.clip(np.rint(out), 0, 255).reshape(count, height, _HASH_INPUT)
+    if height != _HASH_INPUT:
+        out = _lanczos(height) @ out.transpose(1, 0, 2).reshape(height, -1)
+        out = np.clip(np.rint(out), 0, 255).reshape(_HASH_INPUT, count, _HASH_INPUT)
+        out = out.transpose(1, 0, 2)
+    return out
+
+
+@functools.lru_cache(maxsize=128)
+def _lanczos(size: int, out: int = _HASH_INPUT) -> np.ndarray:
+    """(out, size): Lanczos-3 weights resampling ``size`` pixels to ``out``, widened by the
+    scale when shrinking, each row normalised (as Pillow's resampling computes them)."""
+    scale = size / out
+    spread = max(scale, 1.0)
+    matrix = np.zeros((out, size))
+    for row in range(out):
+        centre = (row + 0.5) * scale
+        first = max(int(centre - 3 * spread + 0.5), 0)
+        last = min(int(centre + 3 * spread + 0.5), size)
+        x = (np.arange(first, last) - centre + 0.5) / spread
+        weights = np.where(np.abs(x) < 3, np.sinc(x) * np.sinc(x / 3), 0.0)
+        matrix[row, first:last] = weights / weights.sum()
+    return matrix
+
+
+def _kinds_key(width: int, height: int) -> tuple[int, int]:
+    """What an image's kinds of hash depend on: its size when it is small, else nothing."""
+    return (width, height) if max(width, height) <= SMALL else (SMALL + 1, SMALL + 1)
+
+
+@functools.lru_cache(maxsize=16)
+def _projection(key: tuple[int, int]) -> np.ndarray:
+    """(1024, kinds * 64): the flattened 32x32 input to every kind's 8x8 DCT block."""
+    rows, cols = _kind_matrices(*key)
+    return np.einsum("kab,kcd->bckad", rows, cols).reshape(_HASH_INPUT**2, -1)
 
 
 def _array(gray: Image.Image) -> np.ndarray:
@@ -168,14 +263,14 @@ _DCT = _dct_rows()
 _DCT_CENTRE = _DCT @ _centre_sampler()
 
 
-def _bits(low: np.ndarray) -> tuple[int, ...]:
-    """pHash bits of each (8, 8) block of lowest DCT frequencies: above their median, first
-    bit the most significant (as ``str(imagehash.phash(...))`` reads)."""
+def _bits(low: np.ndarray) -> np.ndarray:
+    """pHash of each (8, 8) block of lowest DCT frequencies, as uint64: the bits above their
+    median, first bit the most significant (as ``str(imagehash.phash(...))`` reads)."""
     flat = low.reshape(len(low), -1)
     ordered = np.sort(flat, axis=1)
     median = (ordered[:, HASH_BITS // 2 - 1] + ordered[:, HASH_BITS // 2]) / 2
     packed = np.packbits(flat > median[:, None], axis=1)  # 8 bytes a row, first bit first
-    return tuple(packed.view(">u8").ravel().tolist())
+    return packed.view(">u8").ravel().astype(np.uint64)
 
 
 def embedded_thumbnail(image: Image.Image) -> Image.Image | None:

@@ -134,7 +134,12 @@ def similarities(prints: Sequence[nd.Fingerprint], rows: np.ndarray) -> np.ndarr
     target = np.where(smaller, shapes[i], shapes[j])
     shift = _MOVES[ki] * target / sizes[i] - _MOVES[kj] * target / sizes[j]
     keys = np.column_stack([target, ki == 1, kj == 1, np.round(shift), (ki > 1) | (kj > 1)])
-    unique, inverse = np.unique(keys.astype(np.int64), axis=0, return_inverse=True)
+    keys = keys.astype(np.int64)
+    code = np.zeros(len(keys), dtype=np.int64)
+    for column in keys.T:  # one number per key (radix 256, shifts kept positive)
+        code = code * 256 + column + 128
+    _, first, inverse = np.unique(code, return_index=True, return_inverse=True)
+    unique = keys[first]
     views: dict[tuple[int, tuple, bool], np.ndarray] = {}
     stacked: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
     for shape in {tuple(x) for x in target.tolist()}:
@@ -147,10 +152,9 @@ def similarities(prints: Sequence[nd.Fingerprint], rows: np.ndarray) -> np.ndarr
         a = _views(prints, i[members], (h, w), zoom_a, views, stacked)
         b = _views(prints, j[members], (h, w), zoom_b, views, stacked)
         reach = 1 if search else 0
-        best = np.full(len(members), -1.0)
-        for sy in range(dy - reach, dy + reach + 1):
-            for sx in range(dx - reach, dx + reach + 1):
-                best = np.maximum(best, _correlation(a, b, sy, sx))
+        offsets = [(y, x) for y in range(dy - reach, dy + reach + 1)
+                   for x in range(dx - reach, dx + reach + 1)]  # fmt: skip
+        best = _best_correlation(a, b, offsets)
         out[members] = best
     return out
 
@@ -184,19 +188,29 @@ def _view(prints, index: int, shape: tuple[int, int], zoom: bool, cache: dict) -
     return cache[key]
 
 
-def _correlation(a: np.ndarray, b: np.ndarray, sy: int, sx: int) -> np.ndarray:
-    """Pearson correlation of a[p] and b[p + (sy, sx)] over their overlap, per pair; 0
-    where either side is flat."""
-    h, w = a.shape[1:]
-    if abs(sy) >= h - 1 or abs(sx) >= w - 1:
-        return np.zeros(len(a))
-    pa = a[:, max(-sy, 0) : h - max(sy, 0), max(-sx, 0) : w - max(sx, 0)].reshape(len(a), -1)
-    pb = b[:, max(sy, 0) : h + min(sy, 0), max(sx, 0) : w + min(sx, 0)].reshape(len(a), -1)
-    pa = pa - pa.mean(axis=1, keepdims=True)
-    pb = pb - pb.mean(axis=1, keepdims=True)
-    norm = np.sqrt(np.einsum("ij,ij->i", pa, pa) * np.einsum("ij,ij->i", pb, pb))
-    dot = np.einsum("ij,ij->i", pa, pb)
-    return np.divide(dot, norm, out=np.zeros(len(a)), where=norm > 1e-6)
+def _best_correlation(a: np.ndarray, b: np.ndarray, offsets) -> np.ndarray:
+    """Per pair, the best over ``offsets`` (sy, sx) of the Pearson correlation of a[p] and
+    b[p + (sy, sx)] over their overlap; 0 where either side is flat. The sums are taken on
+    the overlaps in place (no copies), on pixels centred on each image's mean (so that they
+    do not cancel)."""
+    count, h, w = a.shape
+    a = a - (np.einsum("nij->n", a) / (h * w))[:, None, None]
+    b = b - (np.einsum("nij->n", b) / (h * w))[:, None, None]
+    best = np.full(count, -1.0)
+    for sy, sx in offsets:
+        if abs(sy) >= h - 1 or abs(sx) >= w - 1:
+            best = np.maximum(best, 0.0)
+            continue
+        pa = a[:, max(-sy, 0) : h - max(sy, 0), max(-sx, 0) : w - max(sx, 0)]
+        pb = b[:, max(sy, 0) : h + min(sy, 0), max(sx, 0) : w + min(sx, 0)]
+        n = pa.shape[1] * pa.shape[2]
+        sa, sb = np.einsum("nij->n", pa), np.einsum("nij->n", pb)
+        spread_a = np.clip(np.einsum("nij,nij->n", pa, pa) - sa * sa / n, 0, None)
+        spread_b = np.clip(np.einsum("nij,nij->n", pb, pb) - sb * sb / n, 0, None)
+        norm = np.sqrt(spread_a * spread_b)
+        both = np.einsum("nij,nij->n", pa, pb) - sa * sb / n
+        best = np.maximum(best, np.divide(both, norm, out=np.zeros(count), where=norm > 1e-6))
+    return best
 
 
 def calibrate(prints: Sequence[nd.Fingerprint], seed: int = 0) -> Calibration:

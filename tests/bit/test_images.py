@@ -73,3 +73,17 @@ def test_large_images_are_resized_once_to_the_square_resize_size():
     assert stored.action == images.RESIZED and stored.format == "jpeg"
     assert (stored.height, stored.width) == (64, 64)
     assert Image.open(io.BytesIO(stored.data)).size == (64, 64)
+
+
+def test_inspect_then_uses_the_open_image_only_when_the_header_passes():
+    seen = []
+    good = io.BytesIO()
+    Image.new("L", (20, 10), 7).save(good, format="PNG")
+    info, kept = images.inspect_then(
+        good.getvalue(), "PNG", then=lambda im: seen.append(im.size) or "x"
+    )
+    assert (info.width, info.height, kept, seen) == (20, 10, "x", [(20, 10)])
+    problem, kept = images.inspect_then(good.getvalue(), "JPEG", then=seen.append)
+    assert problem.code == images.FORMAT_MISMATCH and kept is None and len(seen) == 1
+    problem, kept = images.inspect_then(good.getvalue(), max_pixels=100, then=seen.append)
+    assert problem.code == images.BOMB and kept is None and len(seen) == 1

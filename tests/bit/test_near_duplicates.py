@@ -259,3 +259,44 @@ def test_own_splits_report_the_balance_and_leave_a_too_large_group_in_place(tmp_
     line = balance_line(balance)
     assert "split balance: every class within" in line
     assert f"one image {largest['image_points']:.1f} points" in line
+
+
+@pytest.mark.parametrize("size", [(28, 28), (16, 31), (31, 16), (32, 20), (17, 32)])
+def test_small_images_are_resized_together_as_pillow_resizes_each(size):
+    # hashes of small images come from one batched resize; a Pillow that resampled
+    # differently would move them off imagehash's pHash and off the larger images' hashes
+    rng = np.random.default_rng(sum(size))
+    stack = rng.integers(0, 256, (6, size[1], size[0])).astype(np.uint8)
+    stack[:, : size[1] // 2] //= 4  # a hard edge: Lanczos overshoots and each pass clips
+    ours = nd._lanczos_resize(stack)
+    pillow = [
+        np.asarray(Image.fromarray(s).resize((32, 32), Image.Resampling.LANCZOS)) for s in stack
+    ]
+    assert np.abs(ours - np.stack(pillow)).max() <= 1
+
+
+def test_hashing_many_at_once_gives_each_image_its_own_hashes():
+    tiles = photo_tiles()[:40]
+    sizes = [(28, 28), (20, 30), (48, 40), (96, 96), (200, 120)]
+    reduced = [
+        nd.reduced_of(t.convert("L").resize(sizes[n % len(sizes)])) for n, t in enumerate(tiles)
+    ]
+    together = nd.fingerprints(reduced)
+    for r, print_ in zip(reduced, together, strict=True):
+        alone = nd.fingerprints([r])[0]
+        assert alone.hashes == print_.hashes and np.array_equal(alone.pixels, print_.pixels)
+        assert len(print_.hashes) == (10 if max(r.size) <= nd.SMALL else 2)
+
+
+def test_correlation_at_an_offset_is_pearsons_on_the_overlap():
+    rng = np.random.default_rng(3)
+    a = rng.normal(100, 30, (5, 20, 24)).astype(np.float32)
+    b = np.roll(a, (1, -2), axis=(1, 2)) + rng.normal(0, 3, a.shape).astype(np.float32)
+    for sy, sx in [(0, 0), (1, -2), (-3, 2)]:
+        got = nv._best_correlation(a, b, [(sy, sx)])
+        for n in range(5):
+            pa = a[n, max(-sy, 0) : 20 - max(sy, 0), max(-sx, 0) : 24 - max(sx, 0)]
+            pb = b[n, max(sy, 0) : 20 + min(sy, 0), max(sx, 0) : 24 + min(sx, 0)]
+            assert got[n] == pytest.approx(np.corrcoef(pa.ravel(), pb.ravel())[0, 1], abs=1e-5)
+    best = nv._best_correlation(a, b, [(y, x) for y in range(-1, 3) for x in range(-3, 1)])
+    assert (best > 0.95).all()  # the true offset (1, -2) is among them
