@@ -31,14 +31,24 @@ from components.bit.analysis import AnalysisConfig, analyze
 
 TARGET_HASHING_COST = 3.0
 TARGET_INDEX_SPEEDUP = 10.0
+REPEATS = 5
 
 
 def _timed_analysis(root: str, hashing: bool, workers: int) -> float:
     config = AnalysisConfig(root, workers=workers, near_duplicates=hashing, progress=False)
-    analyze(config)  # warm imports and the page cache
     start = time.perf_counter()
     analyze(config)
     return time.perf_counter() - start
+
+
+def _best_of(root: str, workers: int, repeats: int = REPEATS) -> tuple[float, float]:
+    """The best of ``repeats`` analyses without and with near-duplicates, alternated (after
+    one of each to warm imports and the page cache)."""
+    _timed_analysis(root, False, workers)
+    _timed_analysis(root, True, workers)
+    runs = [(_timed_analysis(root, False, workers), _timed_analysis(root, True, workers))
+            for _ in range(repeats)]  # fmt: skip
+    return min(r[0] for r in runs), min(r[1] for r in runs)
 
 
 def _small_pngs(root: str, count: int) -> None:
@@ -56,22 +66,36 @@ def _small_pngs(root: str, count: int) -> None:
 def _hashing_cost(name: str, setup: str, write, workers: int) -> dict:
     with tempfile.TemporaryDirectory() as root:
         count = write(root)
-        without = _timed_analysis(root, False, workers)
-        with_hash = _timed_analysis(root, True, workers)
+        without, with_hash = _best_of(root, workers)
     ratio = with_hash / without
     return {
         "name": name,
-        "setup": f"{setup}, {workers} threads, analysis with and without hashing",
+        "setup": f"{setup}, {workers} threads, analysis with and without near-duplicates "
+        f"(fingerprints, candidates, verification, calibration), best of {REPEATS} alternated",
         "figures": {
             "header-only images/s": count / without,
-            "with hashing images/s": count / with_hash,
-            "hashing ms per image": (with_hash - without) / count * 1000 * workers,
+            "with near-duplicates images/s": count / with_hash,
+            "near-duplicates ms per image": (with_hash - without) / count * 1000,
         },
         "ratio": ratio,
-        "ratio_label": "cost with hashing over header-only",
+        "ratio_label": "cost with near-duplicates over header-only",
         "target": TARGET_HASHING_COST,
         "passed": ratio <= TARGET_HASHING_COST,
     }
+
+
+def _fashion_pngs(root: str, count: int = 4000) -> int:
+    """The first ``count`` Fashion-MNIST training images as 28x28 PNGs in class folders
+    (real look-alike product photos: their hashes crowd, so more candidates to verify)."""
+    from benchmarks.fashion_mnist import CLASSES, _idx
+
+    pixels = _idx("train-images-idx3-ubyte.gz")[:count]
+    labels = _idx("train-labels-idx1-ubyte.gz")[:count]
+    for n, (image, label) in enumerate(zip(pixels, labels, strict=True)):
+        folder = os.path.join(root, CLASSES[label])
+        os.makedirs(folder, exist_ok=True)
+        Image.fromarray(image).save(os.path.join(folder, f"{n:05d}.png"))
+    return count
 
 
 def _all_pairs_seconds(hashes: np.ndarray, block: int = 2048) -> tuple[float, int]:
@@ -160,4 +184,17 @@ def run() -> list[dict]:
         lambda root: _small_pngs(root, 4000) or 4000,
         workers,
     )
-    return [camera, stripped, small, _index_cost(), _candidate_cost()]
+    results = [camera, stripped, small]
+    from benchmarks.fashion_mnist import PACKAGE_DIR
+
+    if os.path.exists(os.path.join(PACKAGE_DIR, "train-images-idx3-ubyte.gz")):
+        results.append(
+            _hashing_cost(
+                "near-duplicate hashing, Fashion-MNIST PNGs",
+                "the first 4,000 Fashion-MNIST training images as 28x28 PNGs (Debian's "
+                "dataset-fashion-mnist)",
+                _fashion_pngs,
+                workers,
+            )
+        )
+    return [*results, _index_cost(), _candidate_cost()]

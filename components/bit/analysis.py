@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import os
 import posixpath
 import sys
@@ -42,6 +43,7 @@ MAX_PAIRS_SHOWN = 8  # near-duplicate pairs shown with thumbnails in the report
 # class's images (or 2 images): a larger one would skew that split's class balance.
 PLACE_SHARE = 0.02
 HASH_BATCH = 4096  # reduced images hashed together (their DCTs in one product)
+_PER_TASK = 16  # items a reader thread takes at once (fewer hand-overs between threads)
 
 
 class AnalysisError(BittuneError):
@@ -193,9 +195,14 @@ def inspect_items(
     workers = config.workers or min(32, 4 * (os.cpu_count() or 1))
     show = sys.stderr.isatty() if config.progress is None else config.progress
 
-    def one(item: sources.Item) -> Inspected:
-        split = sources.split_of(item, fractions)
-        return _inspect_one(item, split, config.max_pixels, config.near_duplicates)
+    def some(part: Sequence[sources.Item]) -> list[Inspected]:
+        return [
+            _inspect_one(item, sources.split_of(item, fractions), config.max_pixels, hashing)
+            for item in part
+        ]
+
+    hashing = config.near_duplicates
+    parts = [items[n : n + _PER_TASK] for n in range(0, len(items), _PER_TASK)]
 
     from tqdm import tqdm
 
@@ -206,7 +213,7 @@ def inspect_items(
         out: list[Inspected] = []
         pending: list[int] = []  # reduced, not yet hashed
         seen: collections.Counter[str] = collections.Counter()
-        for result in pool.map(one, items):
+        for result in itertools.chain.from_iterable(pool.map(some, parts)):
             identity = result.item.identity
             key = identity if not seen[identity] else f"{identity}#{seen[identity]}"
             seen[identity] += 1

@@ -206,15 +206,21 @@ def test_candidate_pairs_are_every_pair_of_close_hashes():
     rng = np.random.default_rng(3)
     hashes = [tuple(int(v) for v in rng.integers(0, 2**63, size=3)) for _ in range(300)]
     hashes += [(h[0] ^ 0b1011, h[0] ^ 1, h[2]) for h in hashes[:40]]
-    rows = nv.candidate_pairs(hashes, 4)
+    moved = [0b11, 0b1111]  # moved hashes 2 and 4 bits from another image's whole hash
+    hashes += [(h[1] ^ 0xFFFF0000, h[2] ^ 0xFF00, h[0] ^ moved[n % 2])
+               for n, h in enumerate(hashes[40:80])]  # fmt: skip
+    rows = nv.candidate_pairs(hashes, 4, moved_distance=2)
     expected = set()
     for i in range(len(hashes)):
         for j in range(i + 1, len(hashes)):
             for ki, a in enumerate(hashes[i]):
                 for kj, b in enumerate(hashes[j]):
-                    if nd.hamming(a, b) <= 4 and 0 in (ki, kj):
+                    most = 2 if max(ki, kj) > 1 else 4  # kind 2 is a moved image's hash
+                    if nd.hamming(a, b) <= most and 0 in (ki, kj):
                         expected.add((i, j, ki, kj))
-    assert {tuple(r) for r in rows.tolist()} == expected and len(expected) >= 80
+    found = {tuple(r) for r in rows.tolist()}
+    assert found == expected and len(expected) >= 100
+    assert sum(1 for r in found if 2 in r[2:]) >= 20  # the 2-bit ones, not the 4-bit ones
 
 
 def test_star_groups_never_chain():
