@@ -1,9 +1,9 @@
 """bittune's own splits: stratified by class, ordered by a stable hash, groups kept whole.
 
 Where the source gives no split, each class's images are ordered by a stable hash of their
-identity (:func:`hash_point`) and cut at the target fractions, so every class holds its
-fractions to within half an image (a group of near-duplicates, placed whole, to within half
-the group). The order is a function of the names alone: the same files always get the same
+identity (:func:`hash_point`) and cut at the target fractions: each cut falls within half
+an image of its target, so each split holds its share of every class to within one image (a
+group of near-duplicates, placed whole, moves a cut by up to half the group). The order is a function of the names alone: the same files always get the same
 splits, whatever order they are listed in. Adding ``m`` images to a class shifts the ranks of
 its other images by at most ``m``, so at most about ``m + 1`` of them cross each cut; images of
 other classes never move. (A split that never moved any image would have to be a function of
