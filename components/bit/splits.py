@@ -3,8 +3,9 @@
 Where the source gives no split, each class's images are ordered by a stable hash of their
 identity (:func:`hash_point`) and cut at the target fractions: each cut falls within half
 an image of its target, so each split holds its share of every class to within one image (a
-group of near-duplicates, placed whole, moves a cut by up to half the group). The order is a function of the names alone: the same files always get the same
-splits, whatever order they are listed in. Adding ``m`` images to a class shifts the ranks of
+group of near-duplicates, placed whole, moves a cut by up to half the group). The order is a
+function of the names alone: the same files always get the same splits, whatever order they
+are listed in. Adding ``m`` images to a class shifts the ranks of
 its other images by at most ``m``, so at most about ``m + 1`` of them cross each cut; images of
 other classes never move. (A split that never moved any image would have to be a function of
 each image alone, which is binomial: a 350-image class sits about ±2.1 points from an 80%
