@@ -215,7 +215,7 @@ def _balance(name: str, items: list, fractions=(0.8, 0.1, 0.1)) -> dict:
     """bittune's own splits of a flat class folder: the split balance line."""
     import io
 
-    from components.bit.analysis import balance_line
+    from components.bit.splits import balance_line
 
     with tempfile.TemporaryDirectory() as root:
         for label, item_name, image in items:

@@ -87,14 +87,12 @@ def _hashing_cost(name: str, setup: str, write, workers: int) -> dict:
 def _fashion_pngs(root: str, count: int = 4000) -> int:
     """The first ``count`` Fashion-MNIST training images as 28x28 PNGs in class folders
     (real look-alike product photos: their hashes crowd, so more candidates to verify)."""
-    from benchmarks.fashion_mnist import CLASSES, _idx
+    from benchmarks.fashion_mnist import _fashion
 
-    pixels = _idx("train-images-idx3-ubyte.gz")[:count]
-    labels = _idx("train-labels-idx1-ubyte.gz")[:count]
-    for n, (image, label) in enumerate(zip(pixels, labels, strict=True)):
-        folder = os.path.join(root, CLASSES[label])
-        os.makedirs(folder, exist_ok=True)
-        Image.fromarray(image).save(os.path.join(folder, f"{n:05d}.png"))
+    train, _ = _fashion(train_n=count, test_n=0)
+    for label, name, image in train:
+        os.makedirs(os.path.join(root, label), exist_ok=True)
+        image.save(os.path.join(root, label, f"{name}.png"))
     return count
 
 

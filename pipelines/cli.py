@@ -102,7 +102,8 @@ def cmd_hyperrule(args: argparse.Namespace) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
-    from components.bit.analysis import AnalysisConfig, analyze, balance_line
+    from components.bit.analysis import AnalysisConfig, analyze
+    from components.bit.splits import balance_line
 
     config = AnalysisConfig.from_params(
         vars(args), data_source=args.source, hyperrule_overrides=_overrides(args)

@@ -413,8 +413,8 @@ def assign_splits(
             continue
         loose = [i for i in group if not inspected[i].item.split]
         parts = [loose] if whole else [[i] for i in loose]
+        label = min(labels, key=lambda c: (-labels[c], c))  # the most common, then by name
         for part in (p for p in parts if p):
-            label = min(labels, key=lambda c: (-labels[c], c))
             units.append(splits.Unit(tuple(part), label, inspected[part[0]].item.identity))
     for index, split in splits.assign(units, fractions).items():
         out[index] = dataclasses.replace(out[index], split=split)
@@ -520,9 +520,6 @@ def split_balance(
         if r.problem is None:
             counts[r.item.label][r.split] += 1
     return splits.balance(counts, fractions, len(unplaced))
-
-
-balance_line = splits.balance_line
 
 
 def _flag(r: Inspected, code: str, reason: str) -> Inspected:

@@ -134,11 +134,6 @@ def reduced_of(gray: Image.Image) -> Reduced:
     return Reduced(whole, pixels, (width, height))
 
 
-def fingerprint_of(gray: Image.Image) -> Fingerprint:
-    """The fingerprint of a decoded grayscale image."""
-    return fingerprints([reduced_of(gray)])[0]
-
-
 def fingerprints(reduced: Sequence[Reduced]) -> list[Fingerprint]:
     """The fingerprints of reduced images. The centre and the moved images are sampled from
     the 32x32 input inside the DCT's matrices, so every kind of hash is linear in it: images

@@ -12,6 +12,7 @@ from typing import Any
 from components.bit import dataset, near_duplicates, storage
 from components.bit.hyperrule import HyperRule, format_table
 from components.bit.plots import png_base64
+from components.bit.splits import balance_line
 
 MAX_LISTED = 200
 
@@ -109,8 +110,6 @@ def _balance_text(stats: dict[str, Any]) -> list[str]:
     """The split balance line (bittune's own splits), as analysis words it."""
     if "split_balance" not in stats:
         return []
-    from components.bit.analysis import balance_line
-
     return [balance_line(stats["split_balance"]).capitalize() + "."]
 
 

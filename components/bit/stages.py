@@ -52,7 +52,8 @@ def _read_json(*parts: str) -> Any:
 
 @stage
 def analyze_dataset(inputs: Inputs) -> tuple[int, str]:
-    from components.bit.analysis import AnalysisConfig, analyze, balance_line
+    from components.bit.analysis import AnalysisConfig, analyze
+    from components.bit.splits import balance_line
 
     analysis, report, report_html = inputs["analysis"], inputs["report"], inputs["report_html"]
     # data_fingerprint is an input only so that changed data is not a cache hit

@@ -14,7 +14,8 @@ from sklearn.datasets import load_sample_images
 from benchmarks.synthetic import camera_exif
 from components.bit import near_duplicates as nd
 from components.bit import near_verify as nv
-from components.bit.analysis import AnalysisConfig, analyze, balance_line
+from components.bit.analysis import AnalysisConfig, analyze
+from components.bit.splits import balance_line
 from tests.imagegen import look_alike_shapes, photo_tiles
 
 COPIES = {  # how a photo is copied: re-saved, re-compressed, resized, lightly cropped
